@@ -1,0 +1,222 @@
+"""Pure-PyTorch reference of the adamw8 update (SPEC §2, §2.1-§2.4).
+
+This module is the test oracle and the fallback implementation used when the
+compiled extension is missing.  It is written for clarity and for bit-exactness
+with the C++/CUDA kernels, not for speed:
+
+* every fp32 operation is a separate, correctly rounded torch op on fp32
+  tensors (no fused ``add(alpha=...)``/``addcdiv`` whose vectorised form may
+  use FMA), in the same order as ``csrc/adamw8_math.h``;
+* bias corrections are computed in double with the C library's ``pow`` (as the
+  kernels do) and rounded to fp32 once;
+* square roots go through float64 (``_sqrt32``): torch's vectorised CPU fp32
+  ``sqrt`` is not correctly rounded, IEEE ``sqrtf`` (C++ and CUDA) is, and the
+  double route rounds to exactly that value.
+
+Tests and benchmarks import this module; nobody keeps a copy of this math.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+BLOCK_SIZE = 256  # elements per absmax block (bnb >= 0.44 blockwise layout)
+GNORM_HISTORY = 100  # squared gradient norms kept for percentile clipping
+
+
+def create_dynamic_map(signed: bool = True) -> Tensor:
+    """The 256-entry dynamic quantization map (SPEC §2.2), bit-identical to bnb.
+
+    For exponent i in 0..6 the map holds the midpoints of
+    ``linspace(0.1, 1, k + 1)`` (float32) scaled by 10^(i-6), with k = 2^i for
+    the signed map (plus the negatives) and k = 2^(i+1) for the unsigned map;
+    0 and 1.0 complete it.  Returns a sorted float32 CPU tensor of shape [256].
+    """
+    values: list[float] = []
+    for i in range(7):
+        k = 2**i if signed else 2 ** (i + 1)
+        edges = torch.linspace(0.1, 1, k + 1, dtype=torch.float32)
+        mids = (edges[:-1] + edges[1:]) / 2.0
+        values += ((10 ** (i - 6)) * mids).tolist()
+        if signed:
+            values += (-(10 ** (i - 6)) * mids).tolist()
+    values += [0.0, 1.0]
+    if len(values) != 256:  # construction invariant, not user input
+        raise RuntimeError(f"dynamic map has {len(values)} entries, expected 256")
+    values.sort()
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def num_blocks(numel: int, block_wise: bool) -> int:
+    """Number of absmax values of a state tensor with ``numel`` elements."""
+    return -(-numel // BLOCK_SIZE) if block_wise else 1
+
+
+def quantize_nearest(x: Tensor, qmap: Tensor) -> Tensor:
+    """Nearest code of each normalised fp32 value (ties go to the lower code).
+
+    ``x`` is fp32 of any shape, ``qmap`` the sorted fp32[256] map.  Returns
+    int64 codes with ``x``'s shape.
+    """
+    idx = (torch.searchsorted(qmap, x.contiguous(), right=True) - 1).clamp_(0, 254)
+    lo = qmap[idx]
+    hi = qmap[idx + 1]
+    return idx + ((x - lo) > (hi - x)).long()
+
+
+def sign_fix(codes: Tensor, values: Tensor, qmap: Tensor) -> Tensor:
+    """bnb's sign fix for the signed state: a code whose map value has the other
+    sign bit than the value moves one code toward the value's sign."""
+    wrong = torch.signbit(qmap[codes]) != torch.signbit(values)
+    step = torch.where(values > 0, 1, -1)
+    return torch.where(wrong, codes + step, codes)
+
+
+def _blocks(x: Tensor, block_wise: bool) -> Tensor:
+    """View a flat tensor as [nblocks, B], padded with zeros."""
+    n = x.numel()
+    bs = BLOCK_SIZE if block_wise else max(n, 1)
+    nb = num_blocks(n, block_wise)
+    pad = nb * bs - n
+    return torch.nn.functional.pad(x, (0, pad)).view(nb, bs)
+
+
+def quantize(x: Tensor, qmap: Tensor, block_wise: bool, signed: bool) -> tuple[Tensor, Tensor]:
+    """Quantize fp32 ``x`` (any shape): returns (uint8 codes of x's shape, fp32 absmax[nblocks])."""
+    flat = x.reshape(-1).float()
+    n = flat.numel()
+    absmax = _blocks(flat.abs(), block_wise).amax(dim=1)
+    scale = absmax.repeat_interleave(BLOCK_SIZE if block_wise else max(n, 1))[:n]
+    norm = torch.where(scale > 0, flat / torch.where(scale > 0, scale, 1.0), 0.0)
+    codes = quantize_nearest(norm, qmap)
+    if signed:
+        codes = sign_fix(codes, flat, qmap)
+    return codes.to(torch.uint8).view(x.shape), absmax
+
+
+def dequantize(codes: Tensor, absmax: Tensor, qmap: Tensor, block_wise: bool) -> Tensor:
+    """fp32 values of uint8 ``codes`` (any shape) with per-block ``absmax``."""
+    n = codes.numel()
+    scale = absmax.float().repeat_interleave(BLOCK_SIZE if block_wise else max(n, 1))[:n]
+    return (qmap[codes.reshape(-1).long()] * scale).view(codes.shape)
+
+
+def percentile_scale(grad32: Tensor, gnorm_vec: Tensor, t: int, percentile: int) -> Tensor:
+    """SPEC §2.4: update the squared-norm history in place, return gnorm_scale (fp32 0-d)."""
+    gn2 = (grad32.double() ** 2).sum().float()
+    if t == 1:
+        gnorm_vec.fill_(gn2)
+    else:
+        gnorm_vec[t % GNORM_HISTORY] = gn2
+    clip = _sqrt32(torch.sort(gnorm_vec).values[percentile])
+    current = _sqrt32(gnorm_vec[t % GNORM_HISTORY])
+    return torch.where(current > clip, clip / current, torch.ones_like(clip))
+
+
+def _sqrt32(x: Tensor) -> Tensor:
+    """Correctly rounded fp32 square root (as sqrtf in the kernels)."""
+    return torch.sqrt(x.double()).float()
+
+
+def _f32(x) -> Tensor:
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
+def fused_step_reference(
+    param: Tensor,
+    grad: Tensor,
+    state1: Tensor,
+    state2: Tensor,
+    state3: Tensor | None,
+    absmax1: Tensor | None,
+    absmax2: Tensor | None,
+    absmax3: Tensor | None,
+    qmap1: Tensor | None,
+    qmap2: Tensor | None,
+    step: Tensor,
+    gnorm_vec: Tensor | None,
+    lr: Tensor,
+    beta1: Tensor,
+    beta2: Tensor,
+    eps: float,
+    weight_decay: float,
+    block_wise: bool = True,
+    percentile: int = 100,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """One AdamW step for one parameter, in place (same contract as ``adamw8::fused_step``).
+
+    Mutates ``param``, the state tensors, ``step`` (+1) and ``gnorm_vec``.
+    Runs on any device; synchronises with the host (it is the oracle, not the
+    fast path).
+    """
+    if found_inf is not None and float(found_inf) != 0.0:
+        return  # AMP: an inf/nan somewhere in the grads skips the whole step
+    eight_bit = state1.dtype == torch.uint8
+    t = float(step) + 1.0
+    dev = param.device
+    b1 = _f32(float(beta1))
+    b2 = _f32(float(beta2))
+    lr32 = _f32(float(lr))
+    c1 = _f32(1.0 - math.pow(float(b1), t))
+    c2 = _f32(1.0 - math.pow(float(b2), t))
+    step_size = lr32 / c1
+    c2_sqrt = _sqrt32(c2)
+    decay = _f32(1.0) - lr32 * _f32(weight_decay)
+    eps32 = _f32(eps)
+    b1, b2, step_size, c2_sqrt, decay, eps32 = (
+        x.to(dev) for x in (b1, b2, step_size, c2_sqrt, decay, eps32)
+    )
+
+    g = grad.detach().reshape(-1).float()
+    if grad_scale is not None:
+        g = g / grad_scale.float().to(dev)
+    if gnorm_vec is not None and percentile < 100:
+        g = g * percentile_scale(g, gnorm_vec, int(t), percentile).to(dev)
+
+    p = param.detach().reshape(-1).float()
+    if eight_bit:
+        m = dequantize(state1, absmax1, qmap1, block_wise).reshape(-1)
+        v = dequantize(state2, absmax2, qmap2, block_wise).reshape(-1)
+        vmax = None if state3 is None else dequantize(state3, absmax3, qmap2, block_wise).reshape(-1)
+    else:
+        m = state1.reshape(-1)
+        v = state2.reshape(-1)
+        vmax = None if state3 is None else state3.reshape(-1)
+
+    m_new = b1 * m + (_f32(1.0).to(dev) - b1) * g
+    v_new = b2 * v + (_f32(1.0).to(dev) - b2) * (g * g)
+    if eight_bit:
+        # bnb: a non-finite gradient element resets its moments, keeps its parameter
+        bad = ~torch.isfinite(g)
+        m_new = torch.where(bad, 0.0, m_new)
+        v_new = torch.where(bad, 0.0, v_new)
+    vh = v_new if vmax is None else torch.maximum(vmax, v_new)
+    denom = _sqrt32(vh) / c2_sqrt + eps32
+    p_new = p * decay
+    p_new = p_new - step_size * (m_new / denom)
+    if eight_bit:
+        p_new = torch.where(bad, p, p_new)
+
+    param.copy_(p_new.view(param.shape).to(param.dtype))
+    if eight_bit:
+        c, a = quantize(m_new, qmap1, block_wise, signed=True)
+        state1.copy_(c.view(state1.shape))
+        absmax1.copy_(a)
+        c, a = quantize(v_new, qmap2, block_wise, signed=False)
+        state2.copy_(c.view(state2.shape))
+        absmax2.copy_(a)
+        if state3 is not None:
+            c, a = quantize(vh, qmap2, block_wise, signed=False)
+            state3.copy_(c.view(state3.shape))
+            absmax3.copy_(a)
+    else:
+        state1.copy_(m_new.view(state1.shape))
+        state2.copy_(v_new.view(state2.shape))
+        if state3 is not None:
+            state3.copy_(vh.view(state3.shape))
+    step.add_(1)

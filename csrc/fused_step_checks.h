@@ -1,0 +1,186 @@
+// Argument checks of adamw8::fused_step / fused_step_multi, shared by the CPU
+// and CUDA registrations.  Every check runs before any tensor is written, and
+// every message says what was expected and what was got (STYLE §3).  The fake
+// kernels in adamw8/ops/schemas.py make the same checks for torch.compile.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "adamw8_math.h"
+
+namespace adamw8 {
+
+// One parameter's tensors, as the kernels see them.
+struct ParamSlot {
+  at::Tensor param, grad, state1, state2, state3, absmax1, absmax2, absmax3, step, gnorm_vec;
+};
+
+// What is common to every parameter of one call.
+struct GroupArgs {
+  at::Tensor qmap1, qmap2, lr, beta1, beta2, grad_scale, found_inf;
+  double eps = 0.0, weight_decay = 0.0;
+  bool block_wise = true;
+  int64_t percentile = 100;
+};
+
+inline int64_t expected_blocks(int64_t numel, bool block_wise) {
+  return block_wise ? (numel + kBlockSize - 1) / kBlockSize : 1;
+}
+
+inline at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+
+inline void check_scalar_tensor(const at::Tensor& t, const char* name, const at::Device& dev) {
+  TORCH_CHECK(t.defined(), "adamw8: ", name, " must be a tensor, got None");
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.numel() == 1,
+              "adamw8: ", name, " must be a float32 tensor with one element, got ",
+              t.scalar_type(), " of shape ", t.sizes());
+  TORCH_CHECK(t.device() == dev, "adamw8: ", name, " must be on the parameters' device ", dev,
+              ", got ", t.device());
+}
+
+inline void check_group(const GroupArgs& g, const at::Device& dev, bool eight_bit) {
+  check_scalar_tensor(g.lr, "lr", dev);
+  check_scalar_tensor(g.beta1, "beta1", dev);
+  check_scalar_tensor(g.beta2, "beta2", dev);
+  TORCH_CHECK(g.eps >= 0.0, "adamw8: eps must be >= 0, got ", g.eps);
+  TORCH_CHECK(g.weight_decay >= 0.0, "adamw8: weight_decay must be >= 0, got ", g.weight_decay);
+  TORCH_CHECK(g.percentile >= 1 && g.percentile <= 100,
+              "adamw8: percentile must be in 1..100, got ", g.percentile);
+  if (g.grad_scale.defined()) check_scalar_tensor(g.grad_scale, "grad_scale", dev);
+  if (g.found_inf.defined()) check_scalar_tensor(g.found_inf, "found_inf", dev);
+  for (const auto& [q, name] : {std::pair{g.qmap1, "qmap1"}, std::pair{g.qmap2, "qmap2"}}) {
+    if (eight_bit) {
+      TORCH_CHECK(q.defined(), "adamw8: 8-bit state needs ", name, ", got None");
+      TORCH_CHECK(q.scalar_type() == at::kFloat && q.dim() == 1 && q.numel() == 256 && q.is_contiguous(),
+                  "adamw8: ", name, " must be a contiguous float32 tensor of shape [256], got ",
+                  q.scalar_type(), " of shape ", q.sizes());
+      TORCH_CHECK(q.device() == dev, "adamw8: ", name, " must be on ", dev, ", got ", q.device());
+    } else {
+      TORCH_CHECK(!q.defined(), "adamw8: ", name, " is only used with 8-bit (uint8) state; got a tensor for "
+                  "float32 state");
+    }
+  }
+}
+
+// `what` names the parameter in messages (e.g. "params[3]").
+inline void check_slot(const ParamSlot& s, const GroupArgs& g, const std::string& what) {
+  const auto& p = s.param;
+  TORCH_CHECK(p.layout() == at::kStrided, "adamw8: ", what, " must be a dense tensor, got layout ", p.layout());
+  TORCH_CHECK(p.scalar_type() == at::kFloat || p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf,
+              "adamw8: ", what, " must be float32, bfloat16 or float16, got ", p.scalar_type());
+  const auto dev = p.device();
+  TORCH_CHECK(s.grad.defined(), "adamw8: grad of ", what, " is None");
+  TORCH_CHECK(s.grad.layout() == at::kStrided,
+              "adamw8: grad of ", what, " must be dense, got layout ", s.grad.layout(),
+              " (sparse gradients are not supported)");
+  TORCH_CHECK(s.grad.scalar_type() == p.scalar_type(), "adamw8: grad of ", what, " must have the parameter's dtype ",
+              p.scalar_type(), ", got ", s.grad.scalar_type());
+  TORCH_CHECK(s.grad.device() == dev, "adamw8: grad of ", what, " must be on ", dev, ", got ", s.grad.device());
+  TORCH_CHECK(s.grad.sizes() == p.sizes(), "adamw8: grad of ", what, " must have shape ", p.sizes(), ", got ",
+              s.grad.sizes());
+
+  const bool eight_bit = s.state1.scalar_type() == at::kByte;
+  TORCH_CHECK(s.state1.scalar_type() == at::kFloat || eight_bit,
+              "adamw8: state1 of ", what, " must be float32 (32-bit state) or uint8 (8-bit state), got ",
+              s.state1.scalar_type());
+  struct Named { const at::Tensor& t; const char* name; bool required; };
+  for (const Named& st : {Named{s.state1, "state1", true}, Named{s.state2, "state2", true},
+                          Named{s.state3, "state3", false}}) {
+    if (!st.t.defined()) {
+      TORCH_CHECK(!st.required, "adamw8: ", st.name, " of ", what, " is None");
+      continue;
+    }
+    TORCH_CHECK(st.t.scalar_type() == s.state1.scalar_type(), "adamw8: ", st.name, " of ", what,
+                " must have state1's dtype ", s.state1.scalar_type(), ", got ", st.t.scalar_type());
+    TORCH_CHECK(st.t.sizes() == p.sizes(), "adamw8: ", st.name, " of ", what, " must have the parameter's shape ",
+                p.sizes(), ", got ", st.t.sizes());
+    TORCH_CHECK(st.t.is_contiguous(), "adamw8: ", st.name, " of ", what, " must be contiguous");
+    TORCH_CHECK(st.t.device() == dev, "adamw8: ", st.name, " of ", what, " must be on ", dev, ", got ",
+                st.t.device());
+  }
+  const int64_t nb = expected_blocks(p.numel(), g.block_wise);
+  for (const Named& a : {Named{s.absmax1, "absmax1", eight_bit}, Named{s.absmax2, "absmax2", eight_bit},
+                         Named{s.absmax3, "absmax3", eight_bit && s.state3.defined()}}) {
+    if (!a.required) {
+      TORCH_CHECK(!a.t.defined(), "adamw8: ", a.name, " of ", what,
+                  " is only used with the matching 8-bit state; got a tensor where none was expected");
+      continue;
+    }
+    TORCH_CHECK(a.t.defined(), "adamw8: 8-bit state of ", what, " needs ", a.name, ", got None");
+    TORCH_CHECK(a.t.scalar_type() == at::kFloat && a.t.dim() == 1 && a.t.numel() == nb && a.t.is_contiguous(),
+                "adamw8: ", a.name, " of ", what, " must be a contiguous float32 tensor of shape [", nb, "] (",
+                g.block_wise ? "one per 256-element block" : "one per tensor, block_wise=False", "), got ",
+                a.t.scalar_type(), " of shape ", a.t.sizes());
+    TORCH_CHECK(a.t.device() == dev, "adamw8: ", a.name, " of ", what, " must be on ", dev, ", got ",
+                a.t.device());
+  }
+  check_scalar_tensor(s.step, "step", dev);
+  if (g.percentile < 100) {
+    TORCH_CHECK(s.gnorm_vec.defined(), "adamw8: percentile clipping (percentile=", g.percentile,
+                ") needs gnorm_vec for ", what, ", got None");
+  }
+  if (s.gnorm_vec.defined()) {
+    TORCH_CHECK(s.gnorm_vec.scalar_type() == at::kFloat && s.gnorm_vec.dim() == 1 &&
+                    s.gnorm_vec.numel() == kGnormHistory && s.gnorm_vec.is_contiguous(),
+                "adamw8: gnorm_vec of ", what, " must be a contiguous float32 tensor of shape [100], got ",
+                s.gnorm_vec.scalar_type(), " of shape ", s.gnorm_vec.sizes());
+    TORCH_CHECK(s.gnorm_vec.device() == dev, "adamw8: gnorm_vec of ", what, " must be on ", dev, ", got ",
+                s.gnorm_vec.device());
+  }
+}
+
+// Checks a whole call; all slots must share device, param dtype and state format.
+inline void check_call(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
+  if (slots.empty()) return;
+  const auto dev = slots[0].param.device();
+  const auto dtype = slots[0].param.scalar_type();
+  const auto sdtype = slots[0].state1.scalar_type();
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const std::string what = slots.size() == 1 ? std::string("param") : "params[" + std::to_string(i) + "]";
+    check_slot(slots[i], g, what);
+    TORCH_CHECK(slots[i].param.device() == dev, "adamw8: one call takes parameters of one device: expected ", dev,
+                " for ", what, ", got ", slots[i].param.device());
+    TORCH_CHECK(slots[i].param.scalar_type() == dtype, "adamw8: one call takes parameters of one dtype: expected ",
+                dtype, " for ", what, ", got ", slots[i].param.scalar_type());
+    TORCH_CHECK(slots[i].state1.scalar_type() == sdtype,
+                "adamw8: one call takes one state format: expected state1 dtype ", sdtype, " for ", what,
+                ", got ", slots[i].state1.scalar_type());
+    TORCH_CHECK(slots[i].state3.defined() == slots[0].state3.defined(),
+                "adamw8: either every parameter of a call has state3 (amsgrad) or none has; ", what, " differs");
+  }
+  check_group(g, dev, sdtype == at::kByte);
+}
+
+// Builds the slots of fused_step_multi from its lists; optional lists may be empty.
+inline std::vector<ParamSlot> make_slots(at::TensorList params, at::TensorList grads, at::TensorList state1,
+                                         at::TensorList state2, at::TensorList state3, at::TensorList absmax1,
+                                         at::TensorList absmax2, at::TensorList absmax3, at::TensorList steps,
+                                         at::TensorList gnorm_vecs) {
+  const size_t n = params.size();
+  auto same = [n](at::TensorList l, const char* name, bool may_be_empty) {
+    TORCH_CHECK(l.size() == n || (may_be_empty && l.empty()), "adamw8: ", name, " must have ", n,
+                " entries (one per parameter)", may_be_empty ? " or none" : "", ", got ", l.size());
+  };
+  same(grads, "grads", false);
+  same(state1, "state1", false);
+  same(state2, "state2", false);
+  same(steps, "steps", false);
+  same(state3, "state3", true);
+  same(absmax1, "absmax1", true);
+  same(absmax2, "absmax2", true);
+  same(absmax3, "absmax3", true);
+  same(gnorm_vecs, "gnorm_vecs", true);
+  std::vector<ParamSlot> slots(n);
+  for (size_t i = 0; i < n; ++i) {
+    auto at_or_none = [i](at::TensorList l) { return l.empty() ? at::Tensor() : l[i]; };
+    slots[i] = ParamSlot{params[i], grads[i], state1[i], state2[i], at_or_none(state3), at_or_none(absmax1),
+                         at_or_none(absmax2), at_or_none(absmax3), steps[i], at_or_none(gnorm_vecs)};
+  }
+  return slots;
+}
+
+}  // namespace adamw8

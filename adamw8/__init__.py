@@ -1,5 +1,25 @@
-"""adamw8: the bitsandbytes AdamW family as torch.library custom ops."""
+"""adamw8: the bitsandbytes AdamW family as torch.library custom ops.
+
+``AdamW``, ``AdamW8bit``, ``AdamW32bit``, ``PagedAdamW``, ``PagedAdamW8bit`` and
+``PagedAdamW32bit`` take bitsandbytes' constructor arguments; the step is
+``torch.ops.adamw8.fused_step_multi`` (``fused_step`` for one parameter), which
+``torch.compile(opt.step, fullgraph=True)`` captures whole.
+"""
 
 from . import ops  # noqa: F401  (declares torch.ops.adamw8.* and loads the kernels)
+from .optim import (
+    AdamW,
+    AdamW8bit,
+    AdamW32bit,
+    GlobalOptimManager,
+    PagedAdamW,
+    PagedAdamW8bit,
+    PagedAdamW32bit,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AdamW", "AdamW8bit", "AdamW32bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit",
+    "GlobalOptimManager", "ops",
+]

@@ -1,0 +1,161 @@
+"""State-dict conversion and validation (SPEC §1.2).
+
+Layout: torch's ``{"state": {index: {...}}, "param_groups": [...]}`` with
+bitsandbytes' per-parameter keys (``step``, ``state1``, ``state2``,
+``qmap1``, ``qmap2``, ``absmax1``, ``absmax2``; ``state3``/``absmax3`` with
+amsgrad; ``gnorm_vec`` with percentile clipping).  ``step`` is saved as an
+int and ``lr`` as a float, as bitsandbytes saves them, so the dict loads into
+bitsandbytes too.  On load, bitsandbytes >= 0.49.2's nested
+``"__bnb_optimizer_quant_state__"`` layout is accepted as well.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+from torch import Tensor
+
+from ..ops import GNORM_HISTORY
+from ..ops.reference import num_blocks
+from .config import check_bool, check_hyper
+
+BNB_NESTED_KEY = "__bnb_optimizer_quant_state__"
+_STATE_KEYS = ("state1", "state2", "state3")
+_ABSMAX_KEYS = ("absmax1", "absmax2", "absmax3")
+
+
+def export_state_dict(sd: dict) -> dict:
+    """Copy torch's packed state dict (whose per-param dicts alias live state) into the saved form."""
+    state = {}
+    for idx, st in sd["state"].items():
+        st = dict(st)
+        if isinstance(st.get("step"), Tensor):
+            st["step"] = int(st["step"].item())
+        state[idx] = st
+    groups = []
+    for g in sd["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("lr"), Tensor):
+            g["lr"] = float(g["lr"].item())
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def _fail(where: str, msg: str):
+    raise ValueError(f"load_state_dict: {where}: {msg}")
+
+
+def _tensor(where: str, st: dict, key: str) -> Tensor:
+    v = st.get(key)
+    if not isinstance(v, Tensor):
+        _fail(where, f"expected a tensor for {key!r}, got {type(v).__name__}")
+    return v
+
+
+def _step_value(where: str, v) -> float:
+    if isinstance(v, Tensor):
+        if v.numel() != 1:
+            _fail(where, f"expected a scalar 'step', got a tensor of shape {tuple(v.shape)}")
+        v = float(v.detach().cpu())
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = float(v)
+    else:
+        _fail(where, f"expected 'step' as an int, float or tensor, got {type(v).__name__}")
+    if not (math.isfinite(v) and v >= 0 and v == int(v)):
+        _fail(where, f"expected a non-negative whole 'step', got {v}")
+    return v
+
+
+def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, where: str) -> dict:
+    """Validated, copied state for one parameter, on the parameter's device."""
+    if not isinstance(st, dict):
+        _fail(where, f"expected a dict of state, got {type(st).__name__}")
+    st = dict(st)
+    st.update(st.pop(BNB_NESTED_KEY, {}) or {})  # bnb >= 0.49.2 nests the quantization state
+    if "step" not in st:
+        _fail(where, "missing 'step'")
+    dev = p.device
+    out = {"step": torch.tensor(_step_value(where, st["step"]), dtype=torch.float32, device=dev)}
+    s1 = _tensor(where, st, "state1")
+    if s1.dtype not in (torch.float32, torch.uint8):
+        _fail(where, f"expected state1 of dtype float32 (32-bit) or uint8 (8-bit), got {s1.dtype}")
+    eight = s1.dtype == torch.uint8
+    names = _STATE_KEYS if amsgrad else _STATE_KEYS[:2]
+    if amsgrad and "state3" not in st:
+        _fail(where, "the optimizer uses amsgrad but the checkpoint has no 'state3' (max of v)")
+    for name in names:
+        t = _tensor(where, st, name)
+        if t.dtype != s1.dtype:
+            _fail(where, f"expected {name} of dtype {s1.dtype} (as state1), got {t.dtype}")
+        if t.shape != p.shape:
+            _fail(where, f"expected {name} of the parameter's shape {tuple(p.shape)}, got {tuple(t.shape)}")
+        out[name] = t.detach().to(device=dev, copy=True).contiguous()
+    if eight:
+        nb = num_blocks(p.numel(), conf["block_wise"])
+        for name, signed in (("qmap1", True), ("qmap2", False)):
+            q = _tensor(where, st, name)
+            ours = opt._get_qmaps(dev)[0 if signed else 1]
+            if q.dtype != torch.float32 or q.shape != (256,) or not torch.equal(q.detach().to(dev), ours):
+                _fail(where, f"{name} is not the {'signed' if signed else 'unsigned'} dynamic map of SPEC §2.2")
+            out[name] = ours
+        for name in _ABSMAX_KEYS if amsgrad else _ABSMAX_KEYS[:2]:
+            a = _tensor(where, st, name)
+            if a.dtype != torch.float32 or a.numel() != nb:
+                kind = "256-element blocks" if conf["block_wise"] else "one per tensor (block_wise=False)"
+                _fail(where, f"expected {name} of dtype float32 with {nb} values ({kind}), got {a.dtype} "
+                             f"with {a.numel()}")
+            out[name] = a.detach().reshape(nb).to(device=dev, dtype=torch.float32, copy=True)
+    if conf["percentile_clipping"] < 100:
+        gv = st.get("gnorm_vec")
+        if gv is None:
+            # No history (e.g. a bitsandbytes >= 0.50 checkpoint): +inf slots never
+            # clip, and real norms replace them one step at a time.
+            out["gnorm_vec"] = torch.full((GNORM_HISTORY,), math.inf, dtype=torch.float32, device=dev)
+        else:
+            if not isinstance(gv, Tensor) or gv.dtype != torch.float32 or gv.numel() != GNORM_HISTORY:
+                _fail(where, "expected gnorm_vec as a float32 tensor of 100 values")
+            out["gnorm_vec"] = gv.detach().reshape(-1).to(device=dev, copy=True)
+    return out
+
+
+def import_state_dict(opt, state_dict: dict) -> tuple[dict, list[dict]]:
+    """Check and convert a whole state dict; returns (state by param, group values)."""
+    if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+        raise ValueError("load_state_dict: expected a dict with 'state' and 'param_groups'")
+    groups, saved = opt.param_groups, state_dict["param_groups"]
+    if len(groups) != len(saved):
+        raise ValueError(
+            f"load_state_dict: expected {len(groups)} parameter groups, the checkpoint has {len(saved)}"
+        )
+    for i, (g, s) in enumerate(zip(groups, saved)):
+        if len(g["params"]) != len(s["params"]):
+            raise ValueError(
+                f"load_state_dict: param_groups[{i}] has {len(g['params'])} parameters, "
+                f"the checkpoint's has {len(s['params'])}"
+            )
+    group_values = []
+    for i, (g, s) in enumerate(zip(groups, saved)):
+        values = {k: v for k, v in s.items() if k != "params"}
+        merged = {k: values.get(k, g[k]) for k in ("lr", "betas", "eps", "weight_decay")}
+        if isinstance(merged["betas"], list):
+            merged["betas"] = values["betas"] = tuple(merged["betas"])
+        try:
+            check_hyper(**merged)
+            check_bool("amsgrad", values.get("amsgrad", g["amsgrad"]))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"load_state_dict: param_groups[{i}]: {e}") from None
+        group_values.append(values)
+    index = {}
+    for gi, (g, s) in enumerate(zip(groups, saved)):
+        for pi, (p, saved_id) in enumerate(zip(g["params"], s["params"])):
+            index[saved_id] = (gi, pi, p)
+    new_state = {}
+    for key, st in state_dict["state"].items():
+        if key not in index:
+            raise ValueError(f"load_state_dict: state for parameter id {key!r}, which no group lists")
+        gi, pi, p = index[key]
+        group = groups[gi]
+        amsgrad = group_values[gi].get("amsgrad", group["amsgrad"])
+        conf = opt._config(gi, pi, p)
+        new_state[p] = _import_param_state(opt, p, conf, amsgrad, st, f"param_groups[{gi}]['params'][{pi}]")
+    return new_state, group_values

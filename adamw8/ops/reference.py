@@ -125,6 +125,82 @@ def _f32(x) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float32)
 
 
+def step_values(
+    param: Tensor,
+    grad: Tensor,
+    state1: Tensor,
+    state2: Tensor,
+    state3: Tensor | None,
+    absmax1: Tensor | None,
+    absmax2: Tensor | None,
+    absmax3: Tensor | None,
+    qmap1: Tensor | None,
+    qmap2: Tensor | None,
+    step: Tensor,
+    gnorm_vec: Tensor | None,
+    lr: Tensor,
+    beta1: Tensor,
+    beta2: Tensor,
+    eps: float,
+    weight_decay: float,
+    block_wise: bool = True,
+    percentile: int = 100,
+    grad_scale: Tensor | None = None,
+) -> dict[str, Tensor | None]:
+    """The new fp32 values of one step, before any quantization (SPEC §2).
+
+    Returns flat fp32 tensors ``p``, ``m``, ``v`` and ``vh`` (``max(vmax, v)``
+    with amsgrad, else None).  Only ``gnorm_vec`` (the clipping history) is
+    updated in place; everything else is read.
+    """
+    eight_bit = state1.dtype == torch.uint8
+    t = float(step) + 1.0
+    dev = param.device
+    b1 = _f32(float(beta1))
+    b2 = _f32(float(beta2))
+    lr32 = _f32(float(lr))
+    c1 = _f32(1.0 - math.pow(float(b1), t))
+    c2 = _f32(1.0 - math.pow(float(b2), t))
+    step_size = lr32 / c1
+    c2_sqrt = _sqrt32(c2)
+    decay = _f32(1.0) - lr32 * _f32(weight_decay)
+    one = _f32(1.0)
+    b1, b2, step_size, c2_sqrt, decay, eps32, one = (
+        x.to(dev) for x in (b1, b2, step_size, c2_sqrt, decay, _f32(eps), one)
+    )
+
+    g = grad.detach().reshape(-1).float()
+    if grad_scale is not None:
+        g = g / grad_scale.float().to(dev)
+    if gnorm_vec is not None and percentile < 100:
+        g = g * percentile_scale(g, gnorm_vec, int(t), percentile).to(dev)
+
+    p = param.detach().reshape(-1).float()
+    if eight_bit:
+        m = dequantize(state1, absmax1, qmap1, block_wise).reshape(-1)
+        v = dequantize(state2, absmax2, qmap2, block_wise).reshape(-1)
+        vmax = None if state3 is None else dequantize(state3, absmax3, qmap2, block_wise).reshape(-1)
+    else:
+        m = state1.reshape(-1)
+        v = state2.reshape(-1)
+        vmax = None if state3 is None else state3.reshape(-1)
+
+    m_new = b1 * m + (one - b1) * g
+    v_new = b2 * v + (one - b2) * (g * g)
+    if eight_bit:
+        # bnb: a non-finite gradient element resets its moments, keeps its parameter
+        bad = ~torch.isfinite(g)
+        m_new = torch.where(bad, 0.0, m_new)
+        v_new = torch.where(bad, 0.0, v_new)
+    vh = v_new if vmax is None else torch.maximum(vmax, v_new)
+    denom = _sqrt32(vh) / c2_sqrt + eps32
+    p_new = p * decay
+    p_new = p_new - step_size * (m_new / denom)
+    if eight_bit:
+        p_new = torch.where(bad, p, p_new)
+    return {"p": p_new, "m": m_new, "v": v_new, "vh": None if vmax is None else vh}
+
+
 def fused_step_reference(
     param: Tensor,
     grad: Tensor,
@@ -156,67 +232,20 @@ def fused_step_reference(
     """
     if found_inf is not None and float(found_inf) != 0.0:
         return  # AMP: an inf/nan somewhere in the grads skips the whole step
-    eight_bit = state1.dtype == torch.uint8
-    t = float(step) + 1.0
-    dev = param.device
-    b1 = _f32(float(beta1))
-    b2 = _f32(float(beta2))
-    lr32 = _f32(float(lr))
-    c1 = _f32(1.0 - math.pow(float(b1), t))
-    c2 = _f32(1.0 - math.pow(float(b2), t))
-    step_size = lr32 / c1
-    c2_sqrt = _sqrt32(c2)
-    decay = _f32(1.0) - lr32 * _f32(weight_decay)
-    eps32 = _f32(eps)
-    b1, b2, step_size, c2_sqrt, decay, eps32 = (
-        x.to(dev) for x in (b1, b2, step_size, c2_sqrt, decay, eps32)
-    )
-
-    g = grad.detach().reshape(-1).float()
-    if grad_scale is not None:
-        g = g / grad_scale.float().to(dev)
-    if gnorm_vec is not None and percentile < 100:
-        g = g * percentile_scale(g, gnorm_vec, int(t), percentile).to(dev)
-
-    p = param.detach().reshape(-1).float()
-    if eight_bit:
-        m = dequantize(state1, absmax1, qmap1, block_wise).reshape(-1)
-        v = dequantize(state2, absmax2, qmap2, block_wise).reshape(-1)
-        vmax = None if state3 is None else dequantize(state3, absmax3, qmap2, block_wise).reshape(-1)
-    else:
-        m = state1.reshape(-1)
-        v = state2.reshape(-1)
-        vmax = None if state3 is None else state3.reshape(-1)
-
-    m_new = b1 * m + (_f32(1.0).to(dev) - b1) * g
-    v_new = b2 * v + (_f32(1.0).to(dev) - b2) * (g * g)
-    if eight_bit:
-        # bnb: a non-finite gradient element resets its moments, keeps its parameter
-        bad = ~torch.isfinite(g)
-        m_new = torch.where(bad, 0.0, m_new)
-        v_new = torch.where(bad, 0.0, v_new)
-    vh = v_new if vmax is None else torch.maximum(vmax, v_new)
-    denom = _sqrt32(vh) / c2_sqrt + eps32
-    p_new = p * decay
-    p_new = p_new - step_size * (m_new / denom)
-    if eight_bit:
-        p_new = torch.where(bad, p, p_new)
-
-    param.copy_(p_new.view(param.shape).to(param.dtype))
-    if eight_bit:
-        c, a = quantize(m_new, qmap1, block_wise, signed=True)
-        state1.copy_(c.view(state1.shape))
-        absmax1.copy_(a)
-        c, a = quantize(v_new, qmap2, block_wise, signed=False)
-        state2.copy_(c.view(state2.shape))
-        absmax2.copy_(a)
+    new = step_values(param, grad, state1, state2, state3, absmax1, absmax2, absmax3, qmap1, qmap2, step,
+                      gnorm_vec, lr, beta1, beta2, eps, weight_decay, block_wise, percentile, grad_scale)
+    param.copy_(new["p"].view(param.shape).to(param.dtype))
+    if state1.dtype == torch.uint8:
+        targets = [(state1, absmax1, new["m"], qmap1, True), (state2, absmax2, new["v"], qmap2, False)]
         if state3 is not None:
-            c, a = quantize(vh, qmap2, block_wise, signed=False)
-            state3.copy_(c.view(state3.shape))
-            absmax3.copy_(a)
+            targets.append((state3, absmax3, new["vh"], qmap2, False))
+        for codes, absmax, values, qmap, signed in targets:
+            c, a = quantize(values, qmap, block_wise, signed)
+            codes.copy_(c.view(codes.shape))
+            absmax.copy_(a)
     else:
-        state1.copy_(m_new.view(state1.shape))
-        state2.copy_(v_new.view(state2.shape))
+        state1.copy_(new["m"].view(state1.shape))
+        state2.copy_(new["v"].view(state2.shape))
         if state3 is not None:
-            state3.copy_(vh.view(state3.shape))
+            state3.copy_(new["vh"].view(state3.shape))
     step.add_(1)

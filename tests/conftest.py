@@ -1,0 +1,121 @@
+"""Shared test helpers: devices, the tolerance table, state builders and the 8-bit comparison."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adamw8  # noqa: F401  (loads the ops)
+from adamw8.ops import reference as R
+
+CUDA = torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not CUDA:
+            item.add_marker(skip)
+
+
+def device_params():
+    """Parametrize over devices; the CUDA ids carry the gpu marker."""
+    return [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+
+
+# One tolerance table (STYLE §8).  32-bit state against torch.optim.AdamW:
+# SPEC §2 fixes fp32; bf16/fp16 params are rounded once per step from an fp32
+# update that torch rounds the same way, so they may differ by one ulp of the
+# param dtype per step where the fp32 values straddle a rounding boundary.
+TOL_VS_TORCH = {
+    torch.float32: dict(atol=1e-6, rtol=1e-5),
+    torch.bfloat16: dict(atol=1e-2, rtol=1.6e-2),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+}
+
+# Fraction of 8-bit codes allowed to differ from the reference by one code at
+# a rounding boundary (issue: "well under 1 in 10,000 elements").
+MAX_BOUNDARY_FRACTION = 1e-4
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+ODD_SIZES = [0, 1, 255, 257, 4097]
+
+
+def dtype_id(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def qmaps(device):
+    return (
+        torch.ops.adamw8.create_dynamic_map(True).to(device),
+        torch.ops.adamw8.create_dynamic_map(False).to(device),
+    )
+
+
+def make_state(param: torch.Tensor, eight_bit: bool, amsgrad: bool, block_wise: bool = True,
+               percentile: int = 100) -> dict:
+    """A fresh op-level state for ``param`` (the layout the optimizer creates)."""
+    dev, n = param.device, param.numel()
+    dt = torch.uint8 if eight_bit else torch.float32
+    s = {
+        "state1": torch.zeros(param.shape, dtype=dt, device=dev),
+        "state2": torch.zeros(param.shape, dtype=dt, device=dev),
+        "state3": torch.zeros(param.shape, dtype=dt, device=dev) if amsgrad else None,
+        "absmax1": None, "absmax2": None, "absmax3": None, "qmap1": None, "qmap2": None,
+        "step": torch.zeros((), dtype=torch.float32, device=dev),
+        "gnorm_vec": torch.zeros(100, device=dev) if percentile < 100 else None,
+    }
+    if eight_bit:
+        nb = R.num_blocks(n, block_wise)
+        s["qmap1"], s["qmap2"] = qmaps(dev)
+        s["absmax1"] = torch.zeros(nb, device=dev)
+        s["absmax2"] = torch.zeros(nb, device=dev)
+        if amsgrad:
+            s["absmax3"] = torch.zeros(nb, device=dev)
+    return s
+
+
+def clone_state(s: dict) -> dict:
+    return {k: (v.clone() if isinstance(v, torch.Tensor) and not k.startswith("qmap") else v) for k, v in s.items()}
+
+
+def hyper(device, lr=1e-3, beta1=0.9, beta2=0.999):
+    f = lambda x: torch.tensor(x, dtype=torch.float32, device=device)  # noqa: E731
+    return f(lr), f(beta1), f(beta2)
+
+
+def op_args(param, grad, s, lr, b1, b2, eps=1e-8, wd=1e-2, block_wise=True, percentile=100):
+    """Positional arguments of adamw8::fused_step for one state dict."""
+    return (param, grad, s["state1"], s["state2"], s["state3"], s["absmax1"], s["absmax2"], s["absmax3"],
+            s["qmap1"], s["qmap2"], s["step"], s["gnorm_vec"], lr, b1, b2, eps, wd, block_wise, percentile)
+
+
+def reference_values(param, grad, s, lr, b1, b2, eps=1e-8, wd=1e-2, block_wise=True, percentile=100):
+    """The reference's unquantized fp32 values of one step (reads ``s``; clip history is copied)."""
+    s = dict(s, gnorm_vec=None if s["gnorm_vec"] is None else s["gnorm_vec"].clone())
+    return R.step_values(*op_args(param, grad, s, lr, b1, b2, eps, wd, block_wise, percentile))
+
+
+def compare_codes(name: str, got: torch.Tensor, want: torch.Tensor, want_fp32: torch.Tensor,
+                  want_absmax: torch.Tensor, qmap: torch.Tensor, block_wise: bool) -> int:
+    """8-bit codes must equal the reference's except one-code flips of values that lie
+    within float rounding of the boundary between the two codes.  Returns the count of flips."""
+    got, want = got.reshape(-1).long().cpu(), want.reshape(-1).long().cpu()
+    diff = (got != want).nonzero().reshape(-1)
+    if diff.numel() == 0:
+        return 0
+    assert (got[diff] - want[diff]).abs().max() == 1, f"{name}: codes differ by more than one code"
+    q = qmap.cpu()
+    n = want.numel()
+    bs = R.BLOCK_SIZE if block_wise else max(n, 1)
+    scale = want_absmax.cpu().repeat_interleave(bs)[:n]
+    x = (want_fp32.reshape(-1).cpu() / scale)[diff]
+    mid = (q[got[diff]] + q[want[diff]]) / 2
+    assert torch.allclose(x, mid, rtol=1e-5, atol=1e-7), f"{name}: a code differs away from a boundary"
+    return diff.numel()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)

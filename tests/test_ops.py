@@ -1,0 +1,213 @@
+"""adamw8::fused_step / fused_step_multi against the PyTorch reference, and opcheck."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from adamw8.ops import reference as R
+from conftest import (
+    DTYPES,
+    MAX_BOUNDARY_FRACTION,
+    ODD_SIZES,
+    clone_state,
+    compare_codes,
+    device_params,
+    dtype_id,
+    hyper,
+    make_state,
+    op_args,
+    reference_values,
+)
+
+FORMATS = [  # (eight_bit, amsgrad, block_wise, percentile)
+    (False, False, True, 100),
+    (False, True, True, 100),
+    (False, False, True, 95),
+    (True, False, True, 100),
+    (True, True, True, 100),
+    (True, False, False, 100),
+    (True, True, False, 90),
+    (True, False, True, 95),
+]
+
+
+def fmt_id(f):
+    eight, ams, bw, pct = f
+    return f"{'8bit' if eight else '32bit'}{'-ams' if ams else ''}{'' if bw else '-tensorwise'}" + (
+        f"-pct{pct}" if pct < 100 else ""
+    )
+
+
+def check_against_reference(param, s, got_param, got, new, block_wise, eight, amsgrad, dtype):
+    """Compare one op step (got_*) with the reference step (new = fp32 values, s = reference state)."""
+    if eight:
+        n = max(param.numel(), 1)
+        flips = 0
+        names = [("state1", "absmax1", "m", "qmap1"), ("state2", "absmax2", "v", "qmap2")]
+        if amsgrad:
+            names.append(("state3", "absmax3", "vh", "qmap2"))
+        for codes, absmax, val, qmap in names:
+            torch.testing.assert_close(got[absmax], s[absmax], rtol=3e-7, atol=0)
+            flips += compare_codes(codes, got[codes], s[codes], new[val], s[absmax], s[qmap], block_wise)
+        assert flips <= MAX_BOUNDARY_FRACTION * n * len(names)
+    else:
+        for name in ("state1", "state2") + (("state3",) if amsgrad else ()):
+            torch.testing.assert_close(got[name], s[name], rtol=1e-6, atol=1e-12)
+    # fp32 params: the kernels and the reference round identically (csrc/adamw8_math.h);
+    # half types may differ by one ulp where the fp32 value straddles a rounding boundary.
+    tol = dict(rtol=0, atol=0) if dtype == torch.float32 else dict(rtol=8e-3, atol=1e-5)
+    torch.testing.assert_close(got_param, param, **tol)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("fmt", FORMATS, ids=fmt_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("n", ODD_SIZES + [5000])
+def test_fused_step_matches_reference(device, fmt, dtype, n):
+    """Five steps, the reference re-synced to the op's state before each step."""
+    eight, amsgrad, block_wise, pct = fmt
+    param = torch.randn(n, device=device).to(dtype)
+    s = make_state(param, eight, amsgrad, block_wise, pct)
+    lr, b1, b2 = hyper(device, lr=1e-2)
+    for it in range(5):
+        grad = (torch.randn(n, device=device) * (30.0 if it == 3 else 1.0)).to(dtype)  # a spike at step 4
+        ref_p, ref_s = param.clone(), clone_state(s)
+        new = reference_values(ref_p, grad, clone_state(s), lr, b1, b2, 1e-8, 0.1, block_wise, pct)
+        R.fused_step_reference(*op_args(ref_p, grad, ref_s, lr, b1, b2, 1e-8, 0.1, block_wise, pct))
+        torch.ops.adamw8.fused_step(*op_args(param, grad, s, lr, b1, b2, 1e-8, 0.1, block_wise, pct))
+        check_against_reference(ref_p, ref_s, param, s, new, block_wise, eight, amsgrad, dtype)
+        assert s["step"].item() == it + 1
+        if pct < 100:
+            torch.testing.assert_close(s["gnorm_vec"], ref_s["gnorm_vec"], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("fmt", FORMATS[:2] + FORMATS[3:5], ids=fmt_id)
+def test_fused_step_non_contiguous(device, fmt):
+    """A transposed parameter (and gradient) is updated in flat row-major order."""
+    eight, amsgrad, block_wise, pct = fmt
+    base = torch.randn(70, 90, device=device)
+    param = base.t()  # non-contiguous view
+    assert not param.is_contiguous()
+    s = make_state(param, eight, amsgrad, block_wise, pct)
+    ref_p, ref_s = param.contiguous().clone(), clone_state(s)
+    lr, b1, b2 = hyper(device)
+    for _ in range(3):
+        grad = torch.randn(70, 90, device=device).t()
+        torch.ops.adamw8.fused_step(*op_args(param, grad, s, lr, b1, b2))
+        R.fused_step_reference(*op_args(ref_p, grad.contiguous(), ref_s, lr, b1, b2))
+    torch.testing.assert_close(param, ref_p, rtol=0, atol=0)
+    for k in ("state1", "state2", "absmax1", "absmax2"):
+        if s[k] is not None:
+            torch.testing.assert_close(s[k], ref_s[k], rtol=0, atol=0)
+    assert torch.equal(base.t(), param)  # the view still aliases its base
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("eight", [False, True], ids=["32bit", "8bit"])
+def test_multi_equals_single(device, eight):
+    """One fused_step_multi call equals one fused_step per parameter, bit for bit."""
+    sizes = [1, 300, 4097, 0, 1000]
+    params = [torch.randn(n, device=device) for n in sizes]
+    grads = [torch.randn(n, device=device) for n in sizes]
+    states = [make_state(p, eight, True) for p in params]
+    singles = [(p.clone(), clone_state(s)) for p, s in zip(params, states)]
+    lr, b1, b2 = hyper(device, lr=3e-3)
+    for _ in range(3):
+        lst = lambda k: [s[k] for s in states] if states[0][k] is not None else []  # noqa: E731
+        torch.ops.adamw8.fused_step_multi(
+            params, grads, lst("state1"), lst("state2"), lst("state3"), lst("absmax1"), lst("absmax2"),
+            lst("absmax3"), states[0]["qmap1"], states[0]["qmap2"], lst("step"), [], lr, b1, b2, 1e-8, 1e-2)
+        for (p, s), g in zip(singles, grads):
+            torch.ops.adamw8.fused_step(*op_args(p, g, s, lr, b1, b2))
+    for (p1, s1), p2, s2 in zip(singles, params, states):
+        assert torch.equal(p1, p2)
+        for k, v in s1.items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, s2[k]), k
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_found_inf_skips_everything(device):
+    param = torch.randn(1000, device=device)
+    s = make_state(param, True, True, percentile=90)
+    before_p, before_s = param.clone(), clone_state(s)
+    lr, b1, b2 = hyper(device)
+    found_inf = torch.ones((), device=device)
+    grad_scale = torch.full((), 1024.0, device=device)
+    torch.ops.adamw8.fused_step(*op_args(param, torch.randn(1000, device=device), s, lr, b1, b2, percentile=90),
+                                grad_scale=grad_scale, found_inf=found_inf)
+    assert torch.equal(param, before_p)
+    for k, v in before_s.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, s[k]), k
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("eight", [False, True], ids=["32bit", "8bit"])
+def test_grad_scale_unscales(device, eight):
+    """grad_scale divides the gradient inside the kernel: same result as a pre-divided gradient."""
+    param = torch.randn(3000, device=device)
+    s = make_state(param, eight, False)
+    p2, s2 = param.clone(), clone_state(s)
+    lr, b1, b2 = hyper(device)
+    grad = torch.randn(3000, device=device)
+    scale = torch.full((), 512.0, device=device)
+    torch.ops.adamw8.fused_step(*op_args(param, grad * 512.0, s, lr, b1, b2), grad_scale=scale,
+                                found_inf=torch.zeros((), device=device))
+    torch.ops.adamw8.fused_step(*op_args(p2, grad, s2, lr, b1, b2))
+    assert torch.equal(param, p2)  # (g * 512) / 512 == g exactly: 512 is a power of two
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_nonfinite_grad_resets_8bit_element(device):
+    """bnb's behaviour (SPEC §2.1): a non-finite element resets its m, v; its parameter stays."""
+    param = torch.randn(600, device=device)
+    s = make_state(param, True, False)
+    lr, b1, b2 = hyper(device)
+    torch.ops.adamw8.fused_step(*op_args(param, torch.randn(600, device=device), s, lr, b1, b2))
+    before = param.clone()
+    grad = torch.randn(600, device=device)
+    grad[[3, 300]] = float("nan")
+    grad[17] = float("inf")
+    torch.ops.adamw8.fused_step(*op_args(param, grad, s, lr, b1, b2))
+    for i in (3, 17, 300):
+        assert param[i] == before[i]
+        assert R.dequantize(s["state1"], s["absmax1"], s["qmap1"], True)[i] == 0
+        assert R.dequantize(s["state2"], s["absmax2"], s["qmap2"], True)[i] == 0
+    assert torch.isfinite(param).all() and (param != before).sum() == 597
+
+
+def _opcheck_cases(device):
+    lr, b1, b2 = hyper(device)
+    for eight, ams, pct in itertools.product([False, True], [False, True], [100, 90]):
+        param = torch.randn(300, device=device)
+        s = make_state(param, eight, ams, percentile=pct)
+        yield "fused_step", op_args(param, torch.randn(300, device=device), s, lr, b1, b2, percentile=pct), {}
+    params = [torch.randn(n, device=device) for n in (3, 700)]
+    states = [make_state(p, True, False) for p in params]
+    lst = lambda k: [s[k] for s in states]  # noqa: E731
+    yield "fused_step_multi", (
+        params, [torch.randn_like(p) for p in params], lst("state1"), lst("state2"), [], lst("absmax1"),
+        lst("absmax2"), [], states[0]["qmap1"], states[0]["qmap2"], lst("step"), [], lr, b1, b2, 1e-8, 0.0,
+    ), {"grad_scale": torch.ones((), device=device), "found_inf": torch.zeros((), device=device)}
+    q1, q2 = torch.ops.adamw8.create_dynamic_map(True).to(device), torch.ops.adamw8.create_dynamic_map(False)
+    x = torch.randn(1000, device=device)
+    yield "quantize", (x, q1, True, True), {}
+    yield "quantize", (x.abs(), q2.to(device), False, False), {}
+    codes, absmax = torch.ops.adamw8.quantize(x, q1)
+    yield "dequantize", (codes, absmax, q1, True), {}
+    yield "create_dynamic_map", (True,), {}
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_opcheck_all_ops(device):
+    """Every op passes torch.library.opcheck with all its default test utils."""
+    checked = set()
+    for name, args, kwargs in _opcheck_cases(device):
+        torch.library.opcheck(getattr(torch.ops.adamw8, name).default, args, kwargs)
+        checked.add(name)
+    assert checked == {"fused_step", "fused_step_multi", "quantize", "dequantize", "create_dynamic_map"}

@@ -48,8 +48,6 @@ inline void check_group(const GroupArgs& g, const at::Device& dev, bool eight_bi
   check_scalar_tensor(g.beta2, "beta2", dev);
   TORCH_CHECK(g.eps >= 0.0, "adamw8: eps must be >= 0, got ", g.eps);
   TORCH_CHECK(g.weight_decay >= 0.0, "adamw8: weight_decay must be >= 0, got ", g.weight_decay);
-  TORCH_CHECK(g.percentile >= 1 && g.percentile <= 100,
-              "adamw8: percentile must be in 1..100, got ", g.percentile);
   if (g.grad_scale.defined()) check_scalar_tensor(g.grad_scale, "grad_scale", dev);
   if (g.found_inf.defined()) check_scalar_tensor(g.found_inf, "found_inf", dev);
   for (const auto& [q, name] : {std::pair{g.qmap1, "qmap1"}, std::pair{g.qmap2, "qmap2"}}) {
@@ -135,13 +133,14 @@ inline void check_slot(const ParamSlot& s, const GroupArgs& g, const std::string
 
 // Checks a whole call; all slots must share device, param dtype and state format.
 inline void check_call(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
+  TORCH_CHECK(g.percentile >= 1 && g.percentile <= 100,
+              "adamw8: percentile must be in 1..100, got ", g.percentile);
   if (slots.empty()) return;
   const auto dev = slots[0].param.device();
   const auto dtype = slots[0].param.scalar_type();
   const auto sdtype = slots[0].state1.scalar_type();
   for (size_t i = 0; i < slots.size(); ++i) {
     const std::string what = slots.size() == 1 ? std::string("param") : "params[" + std::to_string(i) + "]";
-    check_slot(slots[i], g, what);
     TORCH_CHECK(slots[i].param.device() == dev, "adamw8: one call takes parameters of one device: expected ", dev,
                 " for ", what, ", got ", slots[i].param.device());
     TORCH_CHECK(slots[i].param.scalar_type() == dtype, "adamw8: one call takes parameters of one dtype: expected ",
@@ -151,6 +150,7 @@ inline void check_call(const std::vector<ParamSlot>& slots, const GroupArgs& g) 
                 ", got ", slots[i].state1.scalar_type());
     TORCH_CHECK(slots[i].state3.defined() == slots[0].state3.defined(),
                 "adamw8: either every parameter of a call has state3 (amsgrad) or none has; ", what, " differs");
+    check_slot(slots[i], g, what);
   }
   check_group(g, dev, sdtype == at::kByte);
 }

@@ -86,6 +86,11 @@ using_reference = {dk: bool(ops) for dk, ops in _missing.items()}
 for _dk, _ops in _missing.items():
     for _op in _ops:
         schemas._lib.impl(_op, _FALLBACKS[_op], _dk.upper())
+# Sparse tensors dispatch to their own keys; the same checked entry points
+# reject them with adamw8's message instead of "could not run ... SparseCPU".
+for _dk in ("SparseCPU", "SparseCUDA"):
+    for _op, _fn in _FALLBACKS.items():
+        schemas._lib.impl(_op, _fn, _dk)
 
 if using_reference["cpu"]:
     warnings.warn(

@@ -63,7 +63,7 @@ def _check_scalar(t, name: str, dev) -> None:
     _chk(isinstance(t, Tensor), f"{name} must be a tensor, got {type(t).__name__}")
     _chk(
         t.dtype == torch.float32 and t.numel() == 1,
-        f"{name} must be a float32 tensor with one element, got {t.dtype} of shape {tuple(t.shape)}",
+        f"{name} must be a float32 tensor with one element, got {t.dtype} of shape {list(t.shape)}",
     )
     _chk(t.device == dev, f"{name} must be on the parameters' device {dev}, got {t.device}")
 
@@ -84,7 +84,7 @@ def _check_slot(slot: dict, g: dict, what: str) -> None:
     )
     _chk(gr.dtype == p.dtype, f"grad of {what} must have the parameter's dtype {p.dtype}, got {gr.dtype}")
     _chk(gr.device == dev, f"grad of {what} must be on {dev}, got {gr.device}")
-    _chk(gr.shape == p.shape, f"grad of {what} must have shape {tuple(p.shape)}, got {tuple(gr.shape)}")
+    _chk(gr.shape == p.shape, f"grad of {what} must have shape {list(p.shape)}, got {list(gr.shape)}")
     s1 = slot["state1"]
     eight = s1.dtype == torch.uint8
     _chk(
@@ -99,7 +99,7 @@ def _check_slot(slot: dict, g: dict, what: str) -> None:
         _chk(t.dtype == s1.dtype, f"{name} of {what} must have state1's dtype {s1.dtype}, got {t.dtype}")
         _chk(
             t.shape == p.shape,
-            f"{name} of {what} must have the parameter's shape {tuple(p.shape)}, got {tuple(t.shape)}",
+            f"{name} of {what} must have the parameter's shape {list(p.shape)}, got {list(t.shape)}",
         )
         _chk(t.is_contiguous(), f"{name} of {what} must be contiguous")
         _chk(t.device == dev, f"{name} of {what} must be on {dev}, got {t.device}")
@@ -122,7 +122,7 @@ def _check_slot(slot: dict, g: dict, what: str) -> None:
         _chk(
             a.dtype == torch.float32 and a.dim() == 1 and a.numel() == nb and a.is_contiguous(),
             f"{name} of {what} must be a contiguous float32 tensor of shape [{nb}] ({kind}), "
-            f"got {a.dtype} of shape {tuple(a.shape)}",
+            f"got {a.dtype} of shape {list(a.shape)}",
         )
         _chk(a.device == dev, f"{name} of {what} must be on {dev}, got {a.device}")
     _check_scalar(slot["step"], "step", dev)
@@ -136,7 +136,7 @@ def _check_slot(slot: dict, g: dict, what: str) -> None:
         _chk(
             gv.dtype == torch.float32 and gv.dim() == 1 and gv.numel() == GNORM_HISTORY and gv.is_contiguous(),
             f"gnorm_vec of {what} must be a contiguous float32 tensor of shape [100], "
-            f"got {gv.dtype} of shape {tuple(gv.shape)}",
+            f"got {gv.dtype} of shape {list(gv.shape)}",
         )
         _chk(gv.device == dev, f"gnorm_vec of {what} must be on {dev}, got {gv.device}")
 
@@ -146,7 +146,6 @@ def _check_group(g: dict, dev, eight: bool) -> None:
         _check_scalar(g[name], name, dev)
     _chk(g["eps"] >= 0.0, f"eps must be >= 0, got {g['eps']}")
     _chk(g["weight_decay"] >= 0.0, f"weight_decay must be >= 0, got {g['weight_decay']}")
-    _chk(1 <= g["percentile"] <= 100, f"percentile must be in 1..100, got {g['percentile']}")
     for name in ("grad_scale", "found_inf"):
         if g[name] is not None:
             _check_scalar(g[name], name, dev)
@@ -156,7 +155,7 @@ def _check_group(g: dict, dev, eight: bool) -> None:
             _chk(q is not None, f"8-bit state needs {name}, got None")
             _chk(
                 q.dtype == torch.float32 and q.dim() == 1 and q.numel() == 256 and q.is_contiguous(),
-                f"{name} must be a contiguous float32 tensor of shape [256], got {q.dtype} of shape {tuple(q.shape)}",
+                f"{name} must be a contiguous float32 tensor of shape [256], got {q.dtype} of shape {list(q.shape)}",
             )
             _chk(q.device == dev, f"{name} must be on {dev}, got {q.device}")
         else:
@@ -165,12 +164,12 @@ def _check_group(g: dict, dev, eight: bool) -> None:
 
 def check_call(slots: list[dict], g: dict) -> None:
     """Python twin of csrc/fused_step_checks.h: raises before anything is written."""
+    _chk(1 <= g["percentile"] <= 100, f"percentile must be in 1..100, got {g['percentile']}")
     if not slots:
         return
     first = slots[0]
     for i, s in enumerate(slots):
         what = "param" if len(slots) == 1 else f"params[{i}]"
-        _check_slot(s, g, what)
         _chk(
             s["param"].device == first["param"].device,
             f"one call takes parameters of one device: expected {first['param'].device} for {what}, "
@@ -190,6 +189,7 @@ def check_call(slots: list[dict], g: dict) -> None:
             (s["state3"] is None) == (first["state3"] is None),
             f"either every parameter of a call has state3 (amsgrad) or none has; {what} differs",
         )
+        _check_slot(s, g, what)
     _check_group(g, first["param"].device, first["state1"].dtype == torch.uint8)
 
 
@@ -239,7 +239,7 @@ def _fused_step_multi_fake(params, grads, state1, state2, state3, absmax1, absma
 def _check_qmap(qmap: Tensor, dev) -> None:
     _chk(
         qmap.dtype == torch.float32 and qmap.dim() == 1 and qmap.numel() == 256,
-        f"qmap must be a float32 tensor of shape [256], got {qmap.dtype} of shape {tuple(qmap.shape)}",
+        f"qmap must be a float32 tensor of shape [256], got {qmap.dtype} of shape {list(qmap.shape)}",
     )
     _chk(qmap.device == dev, f"qmap must be on {dev}, got {qmap.device}")
 

@@ -52,9 +52,9 @@ def check_real(name: str, value, *, low: float = 0.0, high: float | None = None,
         raise TypeError(f"{name}: expected a float or a 0-d tensor, got {type(value).__name__} ({value!r})")
     bad = v != v or v < low or (high is not None and (v >= high if high_open else v > high))
     if bad:
-        hi = "" if high is None else (f", {high})" if high_open else f", {high}]")
-        rng = f"[{low}{hi}" if high is not None else f">= {low}"
-        raise ValueError(f"{name}: expected a value in {rng}, got {v}")
+        if high is None:
+            raise ValueError(f"{name}: expected a value >= {low}, got {v}")
+        raise ValueError(f"{name}: expected a value in [{low}, {high}{')' if high_open else ']'}, got {v}")
 
 
 def check_hyper(lr, betas, eps, weight_decay) -> None:

@@ -1,0 +1,159 @@
+"""state_dict()/load_state_dict(): exact round trip, bnb layouts, clear errors (SPEC §1.2)."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import adamw8
+from adamw8.optim.state_dict import BNB_NESTED_KEY
+from conftest import device_params
+
+CONFIGS = [
+    (adamw8.AdamW32bit, {}),
+    (adamw8.AdamW8bit, {}),
+    (adamw8.AdamW8bit, {"amsgrad": True, "percentile_clipping": 90}),
+    (adamw8.AdamW8bit, {"block_wise": False}),
+]
+CONFIG_IDS = ["32bit", "8bit", "8bit-ams-clip", "8bit-tensorwise"]
+
+
+def make(device, cls, kw, seed=0):
+    torch.manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in [(5000,), (70, 80), (33,)]]
+    return params, cls(params, lr=2e-3, min_8bit_size=1000, **kw)
+
+
+def run(params, opt, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g).to(p.device)
+        opt.step()
+
+
+def save_load_bytes(sd):
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("cls, kw", CONFIGS, ids=CONFIG_IDS)
+def test_round_trip_continues_bit_identically(device, cls, kw):
+    params_a, opt_a = make(device, cls, kw)
+    run(params_a, opt_a, 7, seed=1)
+    sd = save_load_bytes(opt_a.state_dict())  # through torch.save, weights_only
+    params_b, opt_b = make(device, cls, kw, seed=99)
+    with torch.no_grad():
+        for pa, pb in zip(params_a, params_b):
+            pb.copy_(pa)
+    opt_b.load_state_dict(sd)
+    run(params_a, opt_a, 5, seed=2)
+    run(params_b, opt_b, 5, seed=2)
+    for pa, pb in zip(params_a, params_b):
+        assert torch.equal(pa, pb)
+        for k, v in opt_a.state[pa].items():
+            assert torch.equal(v, opt_b.state[pb][k]), k
+
+
+def test_state_dict_format_is_bnb_like():
+    params, opt = make("cpu", adamw8.AdamW8bit, {})
+    run(params, opt, 3, seed=1)
+    sd = opt.state_dict()
+    st0, st2 = sd["state"][0], sd["state"][2]
+    assert st0["step"] == 3 and isinstance(st0["step"], int)
+    assert set(st0) == {"step", "state1", "state2", "qmap1", "qmap2", "absmax1", "absmax2"}
+    assert st0["state1"].dtype == torch.uint8 and st0["state1"].shape == (5000,)
+    assert st0["absmax1"].shape == (20,)  # ceil(5000 / 256)
+    assert set(st2) == {"step", "state1", "state2"} and st2["state1"].dtype == torch.float32  # 33 < min_8bit_size
+    assert isinstance(sd["param_groups"][0]["lr"], float)
+    # the exported dict is a copy: training on does not change it ...
+    snap = st0["step"]
+    run(params, opt, 1, seed=3)
+    assert sd["state"][0]["step"] == snap
+    # ... and loading never aliases the dict's tensors
+    opt.load_state_dict(sd)
+    assert opt.state[params[0]]["state1"].data_ptr() != sd["state"][0]["state1"].data_ptr()
+
+
+def test_loads_nested_bnb_layout():
+    params_a, opt_a = make("cpu", adamw8.AdamW8bit, {})
+    run(params_a, opt_a, 4, seed=1)
+    sd = opt_a.state_dict()
+    nested = copy.deepcopy(sd)
+    for st in nested["state"].values():
+        quant = {k: st.pop(k) for k in list(st) if k != "step"}
+        st[BNB_NESTED_KEY] = quant
+    params_b, opt_b = make("cpu", adamw8.AdamW8bit, {})
+    opt_b.load_state_dict(nested)
+    for pa, pb in zip(params_a, params_b):
+        for k, v in opt_a.state[pa].items():
+            assert torch.equal(v, opt_b.state[pb][k]), k
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls, kw", CONFIGS, ids=CONFIG_IDS)
+def test_cross_device_round_trip(cls, kw):
+    """Saved on the GPU, loaded on the CPU and back: identical continuation."""
+    params_g, opt_g = make("cuda", cls, kw)
+    run(params_g, opt_g, 4, seed=1)
+    params_c, opt_c = make("cpu", cls, kw)
+    with torch.no_grad():
+        for pg, pc in zip(params_g, params_c):
+            pc.copy_(pg.cpu())
+    opt_c.load_state_dict(opt_g.state_dict())
+    assert opt_c.state[params_c[0]]["state1"].device.type == "cpu"
+    params_g2, opt_g2 = make("cuda", cls, kw)
+    with torch.no_grad():
+        for pg, pc in zip(params_g2, params_c):
+            pg.copy_(pc.cuda())
+    opt_g2.load_state_dict(opt_c.state_dict())
+    run(params_g, opt_g, 3, seed=2)
+    run(params_g2, opt_g2, 3, seed=2)
+    for a, b in zip(params_g, params_g2):
+        assert torch.equal(a, b)
+
+
+def _corrupt(sd, fn):
+    sd = copy.deepcopy(sd)
+    fn(sd)
+    return sd
+
+
+BAD = [
+    ("groups", lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])), "parameter groups"),
+    ("group-size", lambda sd: sd["param_groups"][0]["params"].pop(), "has 3 parameters"),
+    ("shape", lambda sd: sd["state"][0].__setitem__("state1", torch.zeros(4999, dtype=torch.uint8)),
+     r"state1 of the parameter's shape \(5000,\)"),
+    ("dtype", lambda sd: sd["state"][0].__setitem__("state2", torch.zeros(5000)), "state2 of dtype torch.uint8"),
+    ("blocks", lambda sd: sd["state"][0].__setitem__("absmax1", torch.zeros(19)), "absmax1 of dtype float32 with 20"),
+    ("qmap", lambda sd: sd["state"][0]["qmap1"].mul_(2), "qmap1 is not the signed dynamic map"),
+    ("missing", lambda sd: sd["state"][1].pop("state2"), "expected a tensor for 'state2'"),
+    ("step", lambda sd: sd["state"][1].__setitem__("step", -1), "non-negative whole 'step'"),
+    ("lr", lambda sd: sd["param_groups"][0].__setitem__("lr", -1.0), "lr: expected a value"),
+    ("state1-bf16", lambda sd: sd["state"][2].__setitem__("state1", torch.zeros(33, dtype=torch.bfloat16)),
+     "float32 .32-bit. or uint8"),
+]
+
+
+@pytest.mark.parametrize("name, corrupt, match", BAD, ids=[b[0] for b in BAD])
+def test_mismatched_checkpoint_fails_clearly_and_changes_nothing(name, corrupt, match):
+    params, opt = make("cpu", adamw8.AdamW8bit, {})
+    run(params, opt, 2, seed=1)
+    good = opt.state_dict()
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(_corrupt(good, corrupt))
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for k, st in before["state"].items():
+        for key, v in st.items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, after["state"][k][key])
+            else:
+                assert v == after["state"][k][key]

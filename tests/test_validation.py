@@ -1,0 +1,210 @@
+"""Bad input fails with a clear error before any parameter or state changes."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import adamw8
+from conftest import device_params, hyper, make_state, op_args
+
+P = lambda: [torch.nn.Parameter(torch.randn(10))]  # noqa: E731
+
+BAD_CTOR = [
+    ("lr", dict(lr=-1e-3), ValueError, "lr: expected a value >= 0.0, got -0.001"),
+    ("lr-type", dict(lr="0.1"), TypeError, "lr: expected a float or a 0-d tensor, got str"),
+    ("lr-tensor-shape", dict(lr=torch.ones(2)), TypeError, "lr: expected a float or a one-element"),
+    ("eps", dict(eps=-1.0), ValueError, "eps: expected a value"),
+    ("beta1", dict(betas=(1.0, 0.999)), ValueError, r"betas\[0\]: expected a value in \[0.0, 1.0\)"),
+    ("beta2", dict(betas=(0.9, -0.1)), ValueError, r"betas\[1\]"),
+    ("betas-len", dict(betas=(0.9,)), TypeError, "betas: expected a tuple of two floats"),
+    ("wd", dict(weight_decay=-0.1), ValueError, "weight_decay: expected a value"),
+    ("nan-lr", dict(lr=float("nan")), ValueError, "lr: expected a value"),
+    ("bits", dict(optim_bits=16), ValueError, "optim_bits: expected 8 or 32, got 16"),
+    ("pct-0", dict(percentile_clipping=0), ValueError, r"percentile_clipping: expected an int in 1..100"),
+    ("pct-101", dict(percentile_clipping=101), ValueError, "percentile_clipping"),
+    ("pct-float", dict(percentile_clipping=50.0), ValueError, "percentile_clipping"),
+    ("min8", dict(min_8bit_size=-1), ValueError, "min_8bit_size: expected an int >= 0"),
+    ("block_wise", dict(block_wise=1), TypeError, "block_wise: expected a bool, got int"),
+    ("amsgrad", dict(amsgrad="yes"), TypeError, "amsgrad: expected a bool"),
+    ("args", dict(args=types.SimpleNamespace(optim_bits=4)), ValueError, "optim_bits: expected 8 or 32, got 4"),
+]
+
+
+@pytest.mark.parametrize("name, kw, exc, match", BAD_CTOR, ids=[b[0] for b in BAD_CTOR])
+def test_constructor_rejects(name, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        adamw8.AdamW(P(), **kw)
+
+
+def test_param_group_hyperparameters_are_checked():
+    opt = adamw8.AdamW(P())
+    with pytest.raises(ValueError, match="lr: expected"):
+        opt.add_param_group({"params": P(), "lr": -1.0})
+    assert len(opt.param_groups) == 1
+
+
+def test_rejects_non_float_params():
+    with pytest.raises(TypeError, match=r"params\[0\]: expected a float32, bfloat16 or float16 tensor, got torch.int64"):
+        adamw8.AdamW([torch.zeros(3, dtype=torch.long)])
+    with pytest.raises(TypeError, match="complex64"):
+        adamw8.AdamW([torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))])
+
+
+def test_args_object_overrides_keywords():
+    args = types.SimpleNamespace(optim_bits=8, min_8bit_size=0, percentile_clipping=50, block_wise=False)
+    opt = adamw8.AdamW(P(), optim_bits=32, args=args)
+    assert (opt.args.optim_bits, opt.args.min_8bit_size, opt.args.percentile_clipping, opt.args.block_wise) == (
+        8, 0, 50, False)
+    p = opt.param_groups[0]["params"][0]
+    p.grad = torch.randn_like(p)
+    opt.step()
+    st = opt.state[p]
+    assert st["state1"].dtype == torch.uint8 and st["absmax1"].shape == (1,) and "gnorm_vec" in st
+    # the 8bit/32bit classes pin optim_bits whatever args says
+    assert adamw8.AdamW32bit(P(), args=args).args.optim_bits == 32
+    assert adamw8.PagedAdamW8bit(P(), args=types.SimpleNamespace(optim_bits=32)).args.optim_bits == 8
+
+
+def snapshot(params, opt):
+    return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+
+
+def assert_unchanged(params, opt, snap):
+    ps, sd = snap
+    for p, q in zip(params, ps):
+        assert torch.equal(p, q)
+    now = opt.state_dict()
+    for k, st in sd["state"].items():
+        for key, v in st.items():
+            assert torch.equal(v, now["state"][k][key]) if isinstance(v, torch.Tensor) else v == now["state"][k][key]
+
+
+BAD_GRADS = [
+    ("sparse", lambda p: torch.zeros_like(p).to_sparse(), RuntimeError, "expected a dense gradient"),
+    ("dtype", lambda p: torch.randn(p.shape, dtype=torch.float64), TypeError, "gradient of dtype torch.float32"),
+]
+
+
+def _assign_grad(p, g):
+    if g.dtype != p.dtype:
+        if not hasattr(p, "grad_dtype"):
+            pytest.skip("this torch refuses a gradient of another dtype itself")
+        p.grad_dtype = None  # torch >= 2.13 lets a tensor hold a gradient of another dtype
+    p.grad = g
+
+
+@pytest.mark.parametrize("cls", [adamw8.AdamW32bit, adamw8.AdamW8bit], ids=["32bit", "8bit"])
+@pytest.mark.parametrize("name, make_grad, exc, match", BAD_GRADS, ids=[b[0] for b in BAD_GRADS])
+def test_bad_grad_changes_nothing(cls, name, make_grad, exc, match):
+    """The bad gradient is on the *last* parameter of the *second* group: nothing of the
+    first group may have been stepped when the error is raised."""
+    params = [torch.nn.Parameter(torch.randn(5000)) for _ in range(3)]
+    opt = cls([{"params": params[:2]}, {"params": params[2:]}], min_8bit_size=100)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    snap = snapshot(params, opt)
+    for p in params[:2]:
+        p.grad = torch.randn_like(p)
+    _assign_grad(params[2], make_grad(params[2]))
+    with pytest.raises(exc, match=match):
+        opt.step()
+    assert_unchanged(params, opt, snap)
+
+
+def test_bad_grad_shape_changes_nothing():
+    p = torch.nn.Parameter(torch.randn(100))
+    opt = adamw8.AdamW8bit([p], min_8bit_size=0)
+    p.grad = torch.randn(100)
+    opt.step()
+    snap = snapshot([p], opt)
+    p.grad.set_(torch.randn(10, 10))  # torch refuses `p.grad = ...` of another shape; set_ gets past it
+    with pytest.raises(RuntimeError, match=r"expected a gradient of shape \(100,\), got \(10, 10\)"):
+        opt.step()
+    assert_unchanged([p], opt, snap)
+
+
+def _op_cases(device):
+    """(id, mutate the good arguments, expected message).  Each case breaks one argument."""
+    def with_(i, value):
+        return lambda a: a[:i] + (value,) + a[i + 1:]
+
+    d = device
+    return [
+        ("grad-dtype", with_(1, torch.randn(4097, device=d, dtype=torch.float64)), "grad of param must have the parameter's dtype"),
+        ("grad-shape", with_(1, torch.randn(4096, device=d)), r"grad of param must have shape \[4097\]"),
+        ("grad-sparse", with_(1, torch.randn(4097, device=d).to_sparse()), "grad of param must be dense"),
+        ("param-int", with_(0, torch.zeros(4097, device=d, dtype=torch.int32)), "param must be float32, bfloat16 or float16"),
+        ("state2-dtype", with_(3, torch.zeros(4097, device=d)), "state2 of param must have state1's dtype"),
+        ("state1-shape", with_(2, torch.zeros(4096, dtype=torch.uint8, device=d)), "state1 of param must have the parameter's shape"),
+        ("state1-noncontig", with_(2, torch.zeros(2 * 4097, dtype=torch.uint8, device=d)[::2]),
+         "state1 of param must be contiguous"),
+        ("absmax-count", with_(5, torch.zeros(16, device=d)), r"absmax1 of param must be a contiguous float32 tensor of shape \[17\]"),
+        ("absmax-missing", with_(6, None), "8-bit state of param needs absmax2, got None"),
+        ("qmap-missing", with_(8, None), "8-bit state needs qmap1, got None"),
+        ("qmap-shape", with_(9, torch.zeros(255, device=d)), r"qmap2 must be a contiguous float32 tensor of shape \[256\]"),
+        ("step-dtype", with_(10, torch.zeros((), dtype=torch.int64, device=d)), "step must be a float32 tensor"),
+        ("lr-shape", with_(12, torch.ones(2, device=d)), "lr must be a float32 tensor with one element"),
+        ("eps", with_(15, -1.0), "eps must be >= 0"),
+        ("wd", with_(16, -1.0), "weight_decay must be >= 0"),
+        ("percentile", with_(18, 0), r"percentile must be in 1..100"),
+        ("percentile-no-vec", with_(18, 90), r"percentile clipping \(percentile=90\) needs gnorm_vec"),
+    ]
+
+
+def _good_args(device):
+    param = torch.randn(4097, device=device)
+    s = make_state(param, True, False)
+    lr, b1, b2 = hyper(device)
+    return op_args(param, torch.randn(4097, device=device), s, lr, b1, b2)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("case", range(17))
+def test_op_rejects_bad_input_before_writing(device, case):
+    name, mutate, match = _op_cases(device)[case]
+    good = _good_args(device)
+    args = mutate(good)
+    watched = [a.clone() for a in args if isinstance(a, torch.Tensor) and a.layout == torch.strided]
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.adamw8.fused_step(*args)
+    now = [a for a in args if isinstance(a, torch.Tensor) and a.layout == torch.strided]
+    for before, after in zip(watched, now):
+        assert torch.equal(before, after), name
+
+
+@pytest.mark.parametrize("case", range(17))
+def test_fake_kernel_rejects_the_same(case):
+    """The fake kernel (what torch.compile sees) makes the same checks."""
+    name, mutate, match = _op_cases("cpu")[case]
+    if name == "grad-sparse":
+        pytest.skip("fake tensors of sparse layout are not needed: Dynamo never feeds them here")
+    args = mutate(_good_args("cpu"))
+    with FakeTensorMode(allow_non_fake_inputs=False) as mode:
+        fake = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.adamw8.fused_step(*fake)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_multi_rejects_mixed_lists_before_writing(device):
+    params = [torch.randn(300, device=device), torch.randn(300, device=device)]
+    st = [make_state(params[0], True, False), make_state(params[1], False, False)]  # two formats in one call
+    lr, b1, b2 = hyper(device)
+    before = [p.clone() for p in params]
+    with pytest.raises(RuntimeError, match="one call takes one state format"):
+        torch.ops.adamw8.fused_step_multi(
+            params, [torch.randn(300, device=device)] * 2, [s["state1"] for s in st], [s["state2"] for s in st], [],
+            [st[0]["absmax1"], torch.zeros(2, device=device)], [st[0]["absmax2"], torch.zeros(2, device=device)], [],
+            st[0]["qmap1"], st[0]["qmap2"], [s["step"] for s in st], [],
+            lr, b1, b2, 1e-8, 0.0)
+    for p, b in zip(params, before):
+        assert torch.equal(p, b)
+    with pytest.raises(RuntimeError, match="grads must have 2 entries"):
+        torch.ops.adamw8.fused_step_multi(params, params[:1], [], [], [], [], [], [], None, None, [], [], lr, b1, b2,
+                                          1e-8, 0.0)

@@ -78,18 +78,18 @@ ADAMW8_HD float update_param(const AdamScalars& s, float p, float m, float vh) {
 ADAMW8_HD bool is_finite(float x) { return isfinite(x); }
 
 // Nearest code of `x` in the sorted 256-entry map; ties go to the lower code.
-// The greedy binary descent finds idx = the largest i <= 254 with map[i] <= x
-// (0 when x < map[0]), as searchsorted(right=True) - 1 clamped to [0, 254].
+// The branchless binary descent finds the largest i with map[i] <= x (0 when
+// x < map[0]); clamped to 254 it is searchsorted(right=True) - 1 clamped to
+// [0, 254], the reference's rule.  Branchless: the comparisons are data
+// dependent and would mispredict half the time.
 ADAMW8_HD int quantize_nearest(const float* qmap, float x) {
   int idx = 0;
 #pragma unroll
-  for (int stride = 128; stride > 0; stride >>= 1) {
-    const int cand = idx + stride;
-    if (cand <= 254 && qmap[cand] <= x) idx = cand;
-  }
+  for (int stride = 128; stride > 0; stride >>= 1) idx += (qmap[idx + stride] <= x) ? stride : 0;
+  idx = idx < 254 ? idx : 254;
   const float lo = qmap[idx];
   const float hi = qmap[idx + 1];
-  return (x - lo) > (hi - x) ? idx + 1 : idx;
+  return idx + static_cast<int>((x - lo) > (hi - x));
 }
 
 // bnb's sign fix for the signed state (m): a small negative never becomes +0.
@@ -103,6 +103,33 @@ ADAMW8_HD uint8_t quantize_value(const float* qmap, float value, float absmax, b
   int code = quantize_nearest(qmap, x);
   if (is_signed) code = sign_fix(qmap, code, value);
   return static_cast<uint8_t>(code);
+}
+
+// quantize_value over a run of values with one absmax, written stride-outer
+// so the per-element searches are independent (instruction-level parallelism
+// on the CPU instead of one dependent chain of loads per element).  Same
+// result as quantize_value element by element.
+inline void quantize_run(const float* qmap, const float* values, int64_t len, float absmax, bool is_signed,
+                         uint8_t* out) {
+  constexpr int64_t kRun = 256;
+  float x[kRun];
+  int idx[kRun];
+  for (int64_t off = 0; off < len; off += kRun) {
+    const int64_t n = len - off < kRun ? len - off : kRun;
+    for (int64_t j = 0; j < n; ++j) {
+      x[j] = absmax > 0.0f ? values[off + j] / absmax : 0.0f;
+      idx[j] = 0;
+    }
+    for (int stride = 128; stride > 0; stride >>= 1) {
+      for (int64_t j = 0; j < n; ++j) idx[j] += (qmap[idx[j] + stride] <= x[j]) ? stride : 0;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const int i = idx[j] < 254 ? idx[j] : 254;
+      int code = i + static_cast<int>((x[j] - qmap[i]) > (qmap[i + 1] - x[j]));
+      if (is_signed) code = sign_fix(qmap, code, values[off + j]);
+      out[off + j] = static_cast<uint8_t>(code);
+    }
+  }
 }
 
 ADAMW8_HD float dequantize_value(const float* qmap, uint8_t code, float absmax) {

@@ -90,33 +90,54 @@ void step_32bit(scalar_t* p, const scalar_t* g, float* s1, float* s2, float* s3,
   });
 }
 
-// The 8-bit element update: dequantize, update, (bnb) reset on a non-finite
-// gradient.  Returns the new parameter value; m/v/vh are the new fp32 states.
+// One 256-element chunk of the 8-bit update, in stages: gather (dequantize
+// the codes into fp32 buffers), the AdamW arithmetic over the buffers (plain
+// loops the compiler vectorises), and the caller quantizes.  On return
+// m/v/vh hold the new fp32 states; the parameters are written when `write`.
 template <typename scalar_t, bool kAms>
-struct Elem8 {
+struct Chunk8 {
+  scalar_t* p;
   const scalar_t* g;
-  const scalar_t* p;
   const uint8_t *c1, *c2, *c3;
   const float *q1, *q2;
   const AdamScalars& sc;
   const GradPrep& prep;
-  float operator()(int64_t i, float a1, float a2, float a3, float& m, float& v, float& vh) const {
-    const float gi = prep.apply(static_cast<float>(g[i]));
-    m = dequantize_value(q1, c1[i], a1);
-    v = dequantize_value(q2, c2[i], a2);
-    update_moments(sc, gi, m, v);
-    const bool ok = is_finite(gi);
-    if (!ok) {
-      m = 0.0f;
-      v = 0.0f;
+
+  std::array<float, 3> operator()(int64_t off, int64_t len, float a1, float a2, float a3, float* m, float* v,
+                                   float* vh, bool write) const {
+    float gb[kBlockSize], pb[kBlockSize];
+    for (int64_t j = 0; j < len; ++j) {
+      m[j] = dequantize_value(q1, c1[off + j], a1);
+      v[j] = dequantize_value(q2, c2[off + j], a2);
+      if constexpr (kAms) vh[j] = dequantize_value(q2, c3[off + j], a3);
     }
-    vh = v;
-    if constexpr (kAms) {
-      const float vmax = dequantize_value(q2, c3[i], a3);
-      vh = vmax > v ? vmax : v;
+    for (int64_t j = 0; j < len; ++j) {
+      gb[j] = prep.apply(static_cast<float>(g[off + j]));
+      pb[j] = static_cast<float>(p[off + j]);
     }
-    const float pi = static_cast<float>(p[i]);
-    return ok ? update_param(sc, pi, m, vh) : pi;
+    float m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;
+    for (int64_t j = 0; j < len; ++j) {
+      float mj = m[j], vj = v[j];
+      update_moments(sc, gb[j], mj, vj);
+      // bnb: a non-finite gradient element resets its moments, keeps its parameter
+      const bool ok = is_finite(gb[j]);
+      mj = ok ? mj : 0.0f;
+      vj = ok ? vj : 0.0f;
+      float hj = vj;
+      if constexpr (kAms) hj = vh[j] > vj ? vh[j] : vj;
+      const float pn = update_param(sc, pb[j], mj, hj);
+      pb[j] = ok ? pn : pb[j];
+      m[j] = mj;
+      v[j] = vj;
+      vh[j] = hj;
+      m1 = std::max(m1, std::fabs(mj));
+      m2 = std::max(m2, vj);
+      m3 = std::max(m3, hj);
+    }
+    if (write) {
+      for (int64_t j = 0; j < len; ++j) p[off + j] = static_cast<scalar_t>(pb[j]);
+    }
+    return {m1, m2, m3};
   }
 };
 
@@ -124,65 +145,52 @@ template <typename scalar_t, bool kAms>
 void step_8bit(scalar_t* p, const scalar_t* g, uint8_t* c1, uint8_t* c2, uint8_t* c3, float* a1, float* a2,
                float* a3, const float* q1, const float* q2, int64_t n, bool block_wise, const AdamScalars& sc,
                const GradPrep& prep) {
-  const Elem8<scalar_t, kAms> elem{g, p, c1, c2, c3, q1, q2, sc, prep};
-  if (block_wise) {
-    // One pass: each block's new fp32 states stay in registers/stack until
-    // its new absmax is known.
-    const int64_t nb = expected_blocks(n, true);
-    at::parallel_for(0, nb, std::max<int64_t>(1, kGrain / kBlockSize), [&](int64_t bb, int64_t be) {
-      float mb[kBlockSize], vb[kBlockSize], hb[kBlockSize];
-      for (int64_t blk = bb; blk < be; ++blk) {
-        const int64_t off = blk * kBlockSize;
-        const int64_t len = std::min(kBlockSize, n - off);
-        const float oa1 = a1[blk], oa2 = a2[blk], oa3 = kAms ? a3[blk] : 0.0f;
-        float na1 = 0.0f, na2 = 0.0f, na3 = 0.0f;
-        for (int64_t j = 0; j < len; ++j) {
-          p[off + j] = static_cast<scalar_t>(elem(off + j, oa1, oa2, oa3, mb[j], vb[j], hb[j]));
-          na1 = std::max(na1, std::fabs(mb[j]));
-          na2 = std::max(na2, vb[j]);
-          na3 = std::max(na3, hb[j]);
-        }
-        for (int64_t j = 0; j < len; ++j) {
-          c1[off + j] = quantize_value(q1, mb[j], na1, true);
-          c2[off + j] = quantize_value(q2, vb[j], na2, false);
-          if constexpr (kAms) c3[off + j] = quantize_value(q2, hb[j], na3, false);
-        }
-        a1[blk] = na1;
-        a2[blk] = na2;
-        if constexpr (kAms) a3[blk] = na3;
-      }
-    });
-    return;
-  }
-  // block_wise=False (SPEC §2.3): pass 1 reduces the new absmax over the whole
-  // tensor without writing; pass 2 recomputes the same values and writes.
-  const float oa1 = a1[0], oa2 = a2[0], oa3 = kAms ? a3[0] : 0.0f;
+  const Chunk8<scalar_t, kAms> chunk{p, g, c1, c2, c3, q1, q2, sc, prep};
+  const int64_t nchunks = expected_blocks(n, true);
+  const int64_t grain = std::max<int64_t>(1, kGrain / kBlockSize);
   using Max3 = std::array<float, 3>;
-  const Max3 na = at::parallel_reduce(
-      0, n, kGrain, Max3{0.0f, 0.0f, 0.0f},
-      [&](int64_t b, int64_t e, Max3 acc) {
-        float m, v, vh;
-        for (int64_t i = b; i < e; ++i) {
-          elem(i, oa1, oa2, oa3, m, v, vh);
-          acc[0] = std::max(acc[0], std::fabs(m));
-          acc[1] = std::max(acc[1], v);
-          acc[2] = std::max(acc[2], vh);
-        }
-        return acc;
-      },
-      [](Max3 x, Max3 y) { return Max3{std::max(x[0], y[0]), std::max(x[1], y[1]), std::max(x[2], y[2])}; });
-  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-    float m, v, vh;
-    for (int64_t i = b; i < e; ++i) {
-      p[i] = static_cast<scalar_t>(elem(i, oa1, oa2, oa3, m, v, vh));
-      c1[i] = quantize_value(q1, m, na[0], true);
-      c2[i] = quantize_value(q2, v, na[1], false);
-      if constexpr (kAms) c3[i] = quantize_value(q2, vh, na[2], false);
+  auto max3 = [](Max3 x, Max3 y) { return Max3{std::max(x[0], y[0]), std::max(x[1], y[1]), std::max(x[2], y[2])}; };
+  // block_wise=False (SPEC §2.3): the per-tensor absmax needs a first pass that
+  // reduces the new maxima without writing anything.
+  Max3 global{0.0f, 0.0f, 0.0f};
+  const float ta1 = block_wise ? 0.0f : a1[0], ta2 = block_wise ? 0.0f : a2[0];
+  const float ta3 = (kAms && !block_wise) ? a3[0] : 0.0f;
+  if (!block_wise) {
+    global = at::parallel_reduce(
+        0, nchunks, grain, Max3{0.0f, 0.0f, 0.0f},
+        [&](int64_t cb, int64_t ce, Max3 acc) {
+          float mb[kBlockSize], vb[kBlockSize], hb[kBlockSize];
+          for (int64_t blk = cb; blk < ce; ++blk) {
+            const int64_t off = blk * kBlockSize;
+            acc = max3(acc, chunk(off, std::min(kBlockSize, n - off), ta1, ta2, ta3, mb, vb, hb, false));
+          }
+          return acc;
+        },
+        max3);
+  }
+  at::parallel_for(0, nchunks, grain, [&](int64_t cb, int64_t ce) {
+    float mb[kBlockSize], vb[kBlockSize], hb[kBlockSize];
+    for (int64_t blk = cb; blk < ce; ++blk) {
+      const int64_t off = blk * kBlockSize;
+      const int64_t len = std::min(kBlockSize, n - off);
+      Max3 na = block_wise ? chunk(off, len, a1[blk], a2[blk], kAms ? a3[blk] : 0.0f, mb, vb, hb, true)
+                           : chunk(off, len, ta1, ta2, ta3, mb, vb, hb, true);
+      if (!block_wise) na = global;
+      quantize_run(q1, mb, len, na[0], true, c1 + off);
+      quantize_run(q2, vb, len, na[1], false, c2 + off);
+      if constexpr (kAms) quantize_run(q2, hb, len, na[2], false, c3 + off);
+      if (block_wise) {
+        a1[blk] = na[0];
+        a2[blk] = na[1];
+        if constexpr (kAms) a3[blk] = na[2];
+      }
     }
   });
-  a1[0] = na[0];
-  a2[0] = na[1];
-  if constexpr (kAms) a3[0] = na[2];
+  if (!block_wise) {
+    a1[0] = global[0];
+    a2[0] = global[1];
+    if constexpr (kAms) a3[0] = global[2];
+  }
 }
 
 void step_one(const ParamSlot& s, const GroupArgs& ga) {

@@ -137,3 +137,31 @@ def test_optim_bits_selects_format():
         p.grad = torch.randn_like(p)
         opt.step()
         assert opt.state[p]["state1"].dtype == dt
+
+
+class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every adamw8 op that reaches the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "adamw8" and func.__name__.startswith("fused_step"):
+            self.calls.append((func.__name__, len(args[0]) if isinstance(args[0], list) else 1))
+        return func(*args, **(kwargs or {}))
+
+
+def test_one_op_call_per_bucket():
+    """step() makes one fused_step_multi call per (device, dtype, state format) bucket of a
+    param group — never one kernel call per parameter."""
+    model = torch.nn.Sequential(*[torch.nn.Linear(128, 128) for _ in range(12)])  # 12 weights, 12 biases
+    model[0].to(torch.bfloat16)
+    opt = adamw8.AdamW8bit(model.parameters(), lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    with OpCounter() as counter:
+        opt.step()
+    # buckets: fp32 8-bit weights (11), fp32 32-bit biases (11, < min_8bit_size), bf16 8-bit weight, bf16 bias
+    assert sorted(counter.calls) == sorted([("fused_step_multi.default", 11), ("fused_step_multi.default", 11),
+                                            ("fused_step_multi.default", 1), ("fused_step_multi.default", 1)])

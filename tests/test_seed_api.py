@@ -1,0 +1,224 @@
+"""The rest of the seed API: percentile clipping, GlobalOptimManager, AMP (SPEC §1.1, §2.4)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import adamw8
+from conftest import TOL_VS_TORCH, device_params
+
+
+class PlainPercentileClipper:
+    """SPEC §2.4 written out independently: 100 squared norms, first step fills all slots,
+    slot t % 100 afterwards, clip at sqrt(sorted(history)[percentile])."""
+
+    def __init__(self, percentile: int):
+        self.percentile = percentile
+        self.history = [0.0] * 100
+
+    def scale(self, grad: torch.Tensor, t: int) -> float:
+        gn2 = float(torch.tensor(float((grad.double() ** 2).sum()), dtype=torch.float32))
+        if t == 1:
+            self.history = [gn2] * 100
+        else:
+            self.history[t % 100] = gn2
+        clip = math.sqrt(sorted(self.history)[self.percentile])
+        current = math.sqrt(self.history[t % 100])
+        return clip / current if current > clip else 1.0
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("percentile", [5, 50, 95])
+def test_percentile_clipping_against_plain_reference(device, percentile):
+    """160 steps: the first-step fill, the wrap-around at 100, and spikes that get clipped.
+    torch.optim.AdamW fed the plainly clipped gradient is the reference."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(3000, device=device))
+    q = torch.nn.Parameter(p.detach().clone())
+    opt = adamw8.AdamW32bit([p], lr=1e-2, percentile_clipping=percentile)
+    ref = torch.optim.AdamW([q], lr=1e-2, foreach=False)
+    clipper = PlainPercentileClipper(percentile)
+    clipped = 0
+    for t in range(1, 161):
+        g = torch.randn(3000, device=device) * (0.5 + (t % 7) / 7)
+        if t in (20, 120, 121):
+            g = g * 50.0  # spikes
+        s = clipper.scale(g.cpu(), t)
+        clipped += s < 1.0
+        if t in (20, 120):
+            assert s < 0.1, "a spike must be clipped"
+        p.grad, q.grad = g.clone(), g * s
+        opt.step()
+        ref.step()
+        torch.testing.assert_close(p, q, **TOL_VS_TORCH[torch.float32], msg=lambda m: f"step {t}: {m}")
+        hist = opt.state[p]["gnorm_vec"].cpu()
+        torch.testing.assert_close(hist, torch.tensor(clipper.history, dtype=torch.float32), rtol=1e-6, atol=0)
+        if t == 1:
+            assert (hist == hist[0]).all()
+    assert clipped > 0
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_percentile_clipping_8bit(device):
+    """Clipping happens before the moments in the 8-bit path too: a clipped spike moves the
+    parameter no more than an ordinary step does."""
+    p = torch.nn.Parameter(torch.randn(4096, device=device))
+    opt = adamw8.AdamW8bit([p], lr=1e-3, percentile_clipping=90, weight_decay=0.0)
+    for _ in range(30):
+        p.grad = torch.randn(4096, device=device)
+        opt.step()
+    before = p.detach().clone()
+    p.grad = torch.randn(4096, device=device) * 1e4
+    opt.step()
+    assert (p - before).abs().max() < 5e-3
+
+
+@pytest.fixture
+def manager():
+    mng = adamw8.GlobalOptimManager.get_instance()
+    mng.initialize()
+    yield mng
+    mng.initialize()
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(1000, 64)
+        self.fc1 = torch.nn.Linear(64, 256)
+        self.fc2 = torch.nn.Linear(256, 64)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(self.emb(x))))
+
+
+def _step(model, opt, steps=3):
+    torch.manual_seed(5)
+    for _ in range(steps):
+        model(torch.randint(0, 1000, (8, 4))).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_embedding_kept_in_32bit(manager):
+    model = Net()
+    manager.register_parameters(model.parameters())
+    manager.override_config(model.emb.weight, "optim_bits", 32)
+    opt = adamw8.AdamW8bit(model.parameters(), min_8bit_size=1000)
+    _step(model, opt)
+    assert opt.state[model.emb.weight]["state1"].dtype == torch.float32
+    assert "absmax1" not in opt.state[model.emb.weight]
+    assert opt.state[model.fc1.weight]["state1"].dtype == torch.uint8
+    assert opt.state[model.fc2.weight]["state1"].dtype == torch.uint8
+
+
+def test_module_override_wins(manager):
+    model = Net()
+    manager.override_config(model.fc1.weight, key_value_dict={"optim_bits": 8, "block_wise": False})
+    manager.register_module_override(model.fc1, "weight", {"optim_bits": 32})
+    opt = adamw8.AdamW8bit(model.parameters(), min_8bit_size=1000)
+    _step(model, opt, 1)
+    assert opt.state[model.fc1.weight]["state1"].dtype == torch.float32  # module override replaces the rest
+
+
+def test_index_override_from_register_parameters(manager):
+    """bnb's flow: override, register by (group, index); overrides follow the index."""
+    model = Net()
+    manager.override_config(model.fc2.weight, "block_wise", False)
+    manager.register_parameters(model.parameters())
+    assert (0, 3) in manager.index2config
+    opt = adamw8.AdamW8bit(model.parameters(), min_8bit_size=1000)
+    _step(model, opt, 1)
+    assert opt.state[model.fc2.weight]["absmax1"].shape == (1,)
+    assert opt.state[model.fc1.weight]["absmax1"].shape == (64,)
+
+
+def test_hyperparameter_override_is_used(manager):
+    """An lr/betas/weight_decay override steps that parameter like its own torch group."""
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(500)) for _ in range(2)]
+    b = [torch.nn.Parameter(x.detach().clone()) for x in a]
+    manager.override_config(a[1], key_value_dict={"lr": 1e-2, "betas": (0.5, 0.9), "weight_decay": 0.3})
+    opt = adamw8.AdamW32bit(a, lr=1e-3)
+    ref = torch.optim.AdamW([{"params": [b[0]]}, {"params": [b[1]], "lr": 1e-2, "betas": (0.5, 0.9),
+                                                  "weight_decay": 0.3}], lr=1e-3, foreach=False)
+    for _ in range(10):
+        for x, y in zip(a, b):
+            g = torch.randn(500)
+            x.grad, y.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, **TOL_VS_TORCH[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda m, p: m.override_config(p, "optim_bits", 7), ValueError, "optim_bits: expected 8 or 32, got 7"),
+        (lambda m, p: m.override_config(p, "lr", -1.0), ValueError, "lr: expected a value >= 0.0"),
+        (lambda m, p: m.override_config(p, "colour", 1), ValueError, "override key: expected one of"),
+        (lambda m, p: m.override_config(p), ValueError, "expected key and value"),
+        (lambda m, p: m.override_config([1.0], "lr", 1.0), TypeError, "expected tensors"),
+        (lambda m, p: m.register_module_override(torch.nn.Linear(2, 2), "nope", {}), ValueError, "has no tensor"),
+    ],
+    ids=["bits", "lr", "key", "empty", "not-tensor", "module-attr"],
+)
+def test_manager_rejects_bad_overrides(manager, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(manager, torch.nn.Parameter(torch.zeros(3)))
+    assert manager.pid2config == {} and manager.module_weight_config_triple == []
+
+
+def test_manager_is_a_singleton(manager):
+    assert adamw8.GlobalOptimManager.get_instance() is manager
+    with pytest.raises(RuntimeError, match="get_instance"):
+        adamw8.GlobalOptimManager()
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("cls", [adamw8.AdamW32bit, adamw8.AdamW8bit], ids=["32bit", "8bit"])
+def test_grad_scaler_unscales_and_skips_in_kernel(device, cls):
+    """GradScaler drives the step through grad_scale/found_inf: the result equals the unscaled
+    step, and an injected inf skips the whole step (params, state and step count unchanged)."""
+    torch.manual_seed(0)
+    model_a = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Linear(128, 8)).to(device)
+    model_b = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Linear(128, 8)).to(device)
+    model_b.load_state_dict(model_a.state_dict())
+    opt_a = cls(model_a.parameters(), lr=1e-3, min_8bit_size=1000)
+    opt_b = cls(model_b.parameters(), lr=1e-3, min_8bit_size=1000)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**12, growth_interval=1000)
+    assert opt_a._step_supports_amp_scaling
+    for it in range(6):
+        x = torch.randn(16, 64, device=device)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss_a = model_a(x).float().square().mean()
+        scaler.scale(loss_a).backward()
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss_b = model_b(x).float().square().mean()
+        loss_b.backward()
+        if it == 3:  # inject an inf: the scaled step must be skipped entirely
+            next(model_a.parameters()).grad[0, 0] = float("inf")
+            snap = {k: v.clone() for k, v in opt_a.state[next(model_a.parameters())].items()}
+            params = [p.detach().clone() for p in model_a.parameters()]
+            scale_before = scaler.get_scale()
+            scaler.step(opt_a)
+            scaler.update()
+            for p, q in zip(model_a.parameters(), params):
+                assert torch.equal(p, q)
+            for k, v in opt_a.state[next(model_a.parameters())].items():
+                assert torch.equal(v, snap[k]), k
+            assert scaler.get_scale() == scale_before / 2
+            opt_b.zero_grad()
+        else:
+            scaler.step(opt_a)
+            scaler.update()
+            opt_b.step()
+            for p, q in zip(model_a.parameters(), model_b.parameters()):
+                torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)  # power-of-two scales divide exactly
+            opt_b.zero_grad()
+        opt_a.zero_grad()
+    assert opt_a.state[next(model_a.parameters())]["step"].item() == 5

@@ -189,3 +189,24 @@ def test_opcheck_all_ops(device):
         torch.library.opcheck(getattr(torch.ops.adamw8, name).default, args, kwargs)
         checked.add(name)
     assert checked == {"fused_step", "fused_step_multi", "quantize", "dequantize", "create_dynamic_map"}
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_sign_fix_keeps_small_negative_m_negative(device):
+    """bnb's sign fix (SPEC §2.1): an m far below its block's absmax, whose nearest code is
+    +0, is stored as the smallest negative code instead."""
+    param = torch.zeros(512, device=device)
+    grad = torch.full((512,), -1e-9, device=device)
+    grad[0] = grad[256] = 1.0  # each block's absmax comes from one large element
+    grad[1::2] = 1e-9  # tiny positives next to the tiny negatives
+    s = make_state(param, True, False)
+    lr, b1, b2 = hyper(device)
+    ref_p, ref_s = param.clone(), clone_state(s)
+    torch.ops.adamw8.fused_step(*op_args(param, grad, s, lr, b1, b2))
+    R.fused_step_reference(*op_args(ref_p, grad, ref_s, lr, b1, b2))
+    assert torch.equal(s["state1"], ref_s["state1"])
+    m = R.dequantize(s["state1"], s["absmax1"], s["qmap1"], True)
+    neg = grad < 0
+    assert (m[neg] < 0).all(), "a small negative m became +0"
+    assert (s["state1"][neg] == 126).all()
+    assert (s["state1"][grad == 1e-9] == 127).all()  # tiny positives round to +0: no fix needed

@@ -136,6 +136,8 @@ BAD = [
     ("missing", lambda sd: sd["state"][1].pop("state2"), "expected a tensor for 'state2'"),
     ("step", lambda sd: sd["state"][1].__setitem__("step", -1), "non-negative whole 'step'"),
     ("lr", lambda sd: sd["param_groups"][0].__setitem__("lr", -1.0), "lr: expected a value"),
+    ("not-dict", lambda sd: sd["state"].__setitem__(1, [1, 2]), "expected a dict of state"),
+    ("unknown-id", lambda sd: sd["state"].__setitem__(17, {}), "parameter id 17, which no group lists"),
     ("state1-bf16", lambda sd: sd["state"][2].__setitem__("state1", torch.zeros(33, dtype=torch.bfloat16)),
      "float32 .32-bit. or uint8"),
 ]
@@ -157,3 +159,40 @@ def test_mismatched_checkpoint_fails_clearly_and_changes_nothing(name, corrupt, 
                 assert torch.equal(v, after["state"][k][key])
             else:
                 assert v == after["state"][k][key]
+
+
+def test_option_mismatches_fail_clearly():
+    """Checkpoints that do not fit the optimizer's options: amsgrad without state3, a bad
+    clipping history, per-tensor absmax for a blockwise optimizer."""
+    params, plain = make("cpu", adamw8.AdamW8bit, {})
+    run(params, plain, 2, seed=1)
+    sd = plain.state_dict()
+    _, ams = make("cpu", adamw8.AdamW8bit, {"amsgrad": True})
+    no_key = copy.deepcopy(sd)
+    del no_key["param_groups"][0]["amsgrad"]  # as in a bitsandbytes checkpoint: ours decides
+    with pytest.raises(ValueError, match="uses amsgrad but the checkpoint has no 'state3'"):
+        ams.load_state_dict(no_key)
+    _, tensorwise = make("cpu", adamw8.AdamW8bit, {"block_wise": False})
+    with pytest.raises(ValueError, match=r"absmax1 of dtype float32 with 1 values \(one per tensor"):
+        tensorwise.load_state_dict(sd)
+    params, clip = make("cpu", adamw8.AdamW8bit, {"percentile_clipping": 90})
+    run(params, clip, 2, seed=1)
+    bad = copy.deepcopy(clip.state_dict())
+    bad["state"][0]["gnorm_vec"] = torch.zeros(5)
+    with pytest.raises(ValueError, match="gnorm_vec as a float32 tensor of 100 values"):
+        clip.load_state_dict(bad)
+    for opt in (ams, tensorwise):
+        assert len(opt.state) == 0
+
+
+def test_missing_clip_history_never_clips_until_refilled():
+    """A checkpoint without gnorm_vec (e.g. bitsandbytes >= 0.50) loads into a clipping
+    optimizer with +inf history: no clipping until real norms fill the window."""
+    params, plain = make("cpu", adamw8.AdamW8bit, {})
+    run(params, plain, 3, seed=1)
+    params2, clip = make("cpu", adamw8.AdamW8bit, {"percentile_clipping": 50})
+    clip.load_state_dict(plain.state_dict())
+    hist = clip.state[params2[0]]["gnorm_vec"]
+    assert torch.isinf(hist).all()
+    run(params2, clip, 3, seed=2)
+    assert torch.isfinite(hist).sum() == 3 and torch.isinf(hist).sum() == 97

@@ -31,6 +31,9 @@ BAD_CTOR = [
     ("min8", dict(min_8bit_size=-1), ValueError, "min_8bit_size: expected an int >= 0"),
     ("block_wise", dict(block_wise=1), TypeError, "block_wise: expected a bool, got int"),
     ("amsgrad", dict(amsgrad="yes"), TypeError, "amsgrad: expected a bool"),
+    ("is_paged", dict(is_paged=None), TypeError, "is_paged: expected a bool, got NoneType"),
+    ("betas-type", dict(betas=0.9), TypeError, "betas: expected a tuple of two floats, got float"),
+    ("eps-type", dict(eps=None), TypeError, "eps: expected a float or a 0-d tensor, got NoneType"),
     ("args", dict(args=types.SimpleNamespace(optim_bits=4)), ValueError, "optim_bits: expected 8 or 32, got 4"),
 ]
 
@@ -154,7 +157,19 @@ def _op_cases(device):
         ("wd", with_(16, -1.0), "weight_decay must be >= 0"),
         ("percentile", with_(18, 0), r"percentile must be in 1..100"),
         ("percentile-no-vec", with_(18, 90), r"percentile clipping \(percentile=90\) needs gnorm_vec"),
+        ("gnorm-shape", lambda a: with_(18, 90)(with_(11, torch.zeros(99, device=d))(a)),
+         r"gnorm_vec of param must be a contiguous float32 tensor of shape \[100\]"),
+        ("state3-no-absmax3", with_(4, torch.zeros(4097, dtype=torch.uint8, device=d)),
+         "8-bit state of param needs absmax3, got None"),
+        ("absmax3-without-state3", with_(7, torch.zeros(17, device=d)), "absmax3 of param is only used with"),
+        ("grad-scale-shape", lambda a: a + (torch.ones(2, device=d),), "grad_scale must be a float32 tensor with one"),
+        ("found-inf-dtype", lambda a: a + (None, torch.zeros((), dtype=torch.bool, device=d)),
+         "found_inf must be a float32 tensor"),
+        ("beta1-dtype", with_(13, torch.tensor(0.9, dtype=torch.float64, device=d)), "beta1 must be a float32 tensor"),
     ]
+
+
+N_OP_CASES = len(_op_cases("cpu"))
 
 
 def _good_args(device):
@@ -165,7 +180,7 @@ def _good_args(device):
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("case", range(17))
+@pytest.mark.parametrize("case", range(N_OP_CASES))
 def test_op_rejects_bad_input_before_writing(device, case):
     name, mutate, match = _op_cases(device)[case]
     good = _good_args(device)
@@ -178,7 +193,7 @@ def test_op_rejects_bad_input_before_writing(device, case):
         assert torch.equal(before, after), name
 
 
-@pytest.mark.parametrize("case", range(17))
+@pytest.mark.parametrize("case", range(N_OP_CASES))
 def test_fake_kernel_rejects_the_same(case):
     """The fake kernel (what torch.compile sees) makes the same checks."""
     name, mutate, match = _op_cases("cpu")[case]

@@ -16,9 +16,11 @@ from conftest import clone_state, device_params, hyper, make_state
 
 @pytest.fixture
 def fresh():
+    """A clean Dynamo and no FX graph cache, so every compile really runs the passes."""
     torch._dynamo.reset()
     counters.clear()
-    yield
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        yield
     compile_passes.uninstall()
     torch._dynamo.reset()
 

@@ -1,0 +1,37 @@
+"""The benchmark script runs end to end (tiny scale, CPU): its numbers are not checked here —
+performance figures live in benchmarks/RESULTS.md, never in a timed unit test."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("bench_step", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sets_have_the_specified_tensor_counts_and_sizes():
+    b = load()
+    llama = b.shapes(b.SETS["llama-1.26b"])
+    gpt2 = b.shapes(b.SETS["gpt2-160m"])
+    count = lambda shp: sum(__import__("math").prod(s) for s in shp)  # noqa: E731
+    assert len(llama) == 201 and count(llama) == pytest.approx(1.26e9, rel=0.01)
+    assert len(gpt2) == 111 and count(gpt2) == pytest.approx(1.60e8, rel=0.03)
+
+
+def test_bench_runs_on_cpu(capsys):
+    b = load()
+    results = b.main(["--device", "cpu", "--scale", "0.01", "--steps", "2", "--warmup", "1", "--no-bnb",
+                      "--sets", "gpt2-160m", "--dtypes", "fp32"])
+    rows = results[("gpt2-160m", "fp32")]
+    assert {r[0] for r in rows} >= {"torch AdamW fused", "adamw8 AdamW8bit", "adamw8 AdamW32bit"}
+    assert all(r[1] is not None and r[1] > 0 for r in rows)
+    assert "| adamw8 AdamW8bit |" in capsys.readouterr().out

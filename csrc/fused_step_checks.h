@@ -155,6 +155,15 @@ inline void check_call(const std::vector<ParamSlot>& slots, const GroupArgs& g) 
   check_group(g, dev, sdtype == at::kByte);
 }
 
+inline GroupArgs make_group(const std::optional<at::Tensor>& qmap1, const std::optional<at::Tensor>& qmap2,
+                            const at::Tensor& lr, const at::Tensor& beta1, const at::Tensor& beta2, double eps,
+                            double weight_decay, bool block_wise, int64_t percentile,
+                            const std::optional<at::Tensor>& grad_scale,
+                            const std::optional<at::Tensor>& found_inf) {
+  return GroupArgs{opt(qmap1), opt(qmap2), lr, beta1, beta2, opt(grad_scale), opt(found_inf),
+                   eps, weight_decay, block_wise, percentile};
+}
+
 // Builds the slots of fused_step_multi from its lists; optional lists may be empty.
 inline std::vector<ParamSlot> make_slots(at::TensorList params, at::TensorList grads, at::TensorList state1,
                                          at::TensorList state2, at::TensorList state3, at::TensorList absmax1,

@@ -250,14 +250,6 @@ void run_cpu(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
   for (const auto& s : slots) step_one(s, g);
 }
 
-GroupArgs make_group(const std::optional<at::Tensor>& qmap1, const std::optional<at::Tensor>& qmap2,
-                     const at::Tensor& lr, const at::Tensor& beta1, const at::Tensor& beta2, double eps,
-                     double weight_decay, bool block_wise, int64_t percentile,
-                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  return GroupArgs{opt(qmap1), opt(qmap2), lr, beta1, beta2, opt(grad_scale), opt(found_inf),
-                   eps, weight_decay, block_wise, percentile};
-}
-
 void fused_step_cpu(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& state1,
                     const at::Tensor& state2, const std::optional<at::Tensor>& state3,
                     const std::optional<at::Tensor>& absmax1, const std::optional<at::Tensor>& absmax2,

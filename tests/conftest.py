@@ -117,6 +117,17 @@ def compare_codes(name: str, got: torch.Tensor, want: torch.Tensor, want_fp32: t
     return diff.numel()
 
 
+def torch_save_load(obj):
+    """``obj`` through torch.save / torch.load (in memory), as a checkpoint travels; loaded
+    with ``weights_only=True`` (torch.load's default): checkpoints hold only plain data."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)

@@ -9,13 +9,12 @@ the two continue within the distance their different rounding allows.
 from __future__ import annotations
 
 import copy
-import io
-
 import pytest
 import torch
 
 import adamw8
 from adamw8.optim.state_dict import BNB_NESTED_KEY
+from conftest import torch_save_load
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -43,13 +42,6 @@ def train(model, opt, steps, seed):
         opt.zero_grad()
 
 
-def roundtrip(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
-
-
 def flatten_bnb(sd):
     """bitsandbytes < 0.49.2 layout: quantization state beside step, not nested."""
     sd = copy.deepcopy(sd)
@@ -64,7 +56,7 @@ def test_bnb_checkpoint_loads_and_training_goes_on(bnb_cls, our_cls, sdtype, lay
     src, dst = model_pair()
     bopt = bnb_cls(src.parameters(), **KW)
     train(src, bopt, 5, seed=1)
-    sd = roundtrip(bopt.state_dict())
+    sd = torch_save_load(bopt.state_dict())
     if sdtype == torch.uint8:
         assert BNB_NESTED_KEY in sd["state"][0]  # bitsandbytes >= 0.49.2 nests
     if layout == "flat":
@@ -92,7 +84,7 @@ def test_adamw8_checkpoint_loads_into_bnb(bnb_cls, our_cls, sdtype):
     src, dst = model_pair()
     ours = our_cls(src.parameters(), **KW)
     train(src, ours, 5, seed=1)
-    sd = roundtrip(ours.state_dict())
+    sd = torch_save_load(ours.state_dict())
     dst.load_state_dict(src.state_dict())
     bopt = bnb_cls(dst.parameters(), **KW)
     bopt.load_state_dict(sd)

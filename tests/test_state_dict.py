@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-import io
-
 import pytest
 import torch
 
 import adamw8
 from adamw8.optim.state_dict import BNB_NESTED_KEY
-from conftest import device_params
+from conftest import device_params, torch_save_load
 
 CONFIGS = [
     (adamw8.AdamW32bit, {}),
@@ -35,19 +33,12 @@ def run(params, opt, steps, seed):
         opt.step()
 
 
-def save_load_bytes(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("cls, kw", CONFIGS, ids=CONFIG_IDS)
 def test_round_trip_continues_bit_identically(device, cls, kw):
     params_a, opt_a = make(device, cls, kw)
     run(params_a, opt_a, 7, seed=1)
-    sd = save_load_bytes(opt_a.state_dict())  # through torch.save, weights_only
+    sd = torch_save_load(opt_a.state_dict())
     params_b, opt_b = make(device, cls, kw, seed=99)
     with torch.no_grad():
         for pa, pb in zip(params_a, params_b):

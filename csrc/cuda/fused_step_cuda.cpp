@@ -90,37 +90,11 @@ void run_cuda(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
   }
 }
 
-void fused_step_cuda(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& state1,
-                     const at::Tensor& state2, const std::optional<at::Tensor>& state3,
-                     const std::optional<at::Tensor>& absmax1, const std::optional<at::Tensor>& absmax2,
-                     const std::optional<at::Tensor>& absmax3, const std::optional<at::Tensor>& qmap1,
-                     const std::optional<at::Tensor>& qmap2, const at::Tensor& step,
-                     const std::optional<at::Tensor>& gnorm_vec, const at::Tensor& lr, const at::Tensor& beta1,
-                     const at::Tensor& beta2, double eps, double weight_decay, bool block_wise, int64_t percentile,
-                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  std::vector<ParamSlot> slots{ParamSlot{param, grad, state1, state2, opt(state3), opt(absmax1), opt(absmax2),
-                                         opt(absmax3), step, opt(gnorm_vec)}};
-  run_cuda(slots, make_group(qmap1, qmap2, lr, beta1, beta2, eps, weight_decay, block_wise, percentile, grad_scale,
-                             found_inf));
-}
-
-void fused_step_multi_cuda(at::TensorList params, at::TensorList grads, at::TensorList state1,
-                           at::TensorList state2, at::TensorList state3, at::TensorList absmax1,
-                           at::TensorList absmax2, at::TensorList absmax3, const std::optional<at::Tensor>& qmap1,
-                           const std::optional<at::Tensor>& qmap2, at::TensorList steps, at::TensorList gnorm_vecs,
-                           const at::Tensor& lr, const at::Tensor& beta1, const at::Tensor& beta2, double eps,
-                           double weight_decay, bool block_wise, int64_t percentile,
-                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  run_cuda(make_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs),
-           make_group(qmap1, qmap2, lr, beta1, beta2, eps, weight_decay, block_wise, percentile, grad_scale,
-                      found_inf));
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(adamw8, CUDA, m) {
-  m.impl("fused_step", &fused_step_cuda);
-  m.impl("fused_step_multi", &fused_step_multi_cuda);
+  m.impl("fused_step", &fused_step_op<run_cuda>);
+  m.impl("fused_step_multi", &fused_step_multi_op<run_cuda>);
 }
 
 }  // namespace adamw8

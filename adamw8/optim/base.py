@@ -80,11 +80,8 @@ class AdamWBase(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict) -> None:
-        for key in ("lr", "eps", "weight_decay", "betas"):
-            if key in param_group:
-                group_hyper = {k: param_group.get(k, self.defaults[k]) for k in HYPER_KEYS}
-                check_hyper(**group_hyper)
-                break
+        if any(k in param_group for k in HYPER_KEYS):  # the defaults were checked in __init__
+            check_hyper(**{k: param_group.get(k, self.defaults[k]) for k in HYPER_KEYS})
         if "amsgrad" in param_group:
             check_bool("amsgrad", param_group["amsgrad"])
         super().add_param_group(param_group)

@@ -1,0 +1,84 @@
+"""Compile time of ``torch.compile(opt.step)`` on the SPEC §7 tensor sets (SPEC §4: <= 10 s for 201 tensors).
+
+    python benchmarks/bench_compile.py                       # the GPU when present
+    python benchmarks/bench_compile.py --device cpu --scale 0.01
+
+Times the first call of the compiled step (Dynamo tracing + Inductor codegen, FX graph
+cache off, fresh Dynamo) and reports the steady-state step time after it.  Tensor sizes do
+not change the graph, so ``--scale`` only saves memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+
+import adamw8
+
+_spec = importlib.util.spec_from_file_location("bench_step", pathlib.Path(__file__).with_name("bench_step.py"))
+bench_step = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_step)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(name, make, shapes, device, dtype, steps):
+    torch._dynamo.reset()
+    params = [torch.nn.Parameter(torch.randn(s, device=device, dtype=dtype)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = make(params)
+    step = torch.compile(opt.step, fullgraph=name.startswith("adamw8"))
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", default="llama-1.26b", choices=list(bench_step.SETS))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--steps", type=int, default=5)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    shapes = bench_step.shp_scaled(bench_step.SETS[args.set], args.scale)
+    cap = device.type == "cuda"
+    opts = {
+        "adamw8 AdamW8bit": lambda ps: adamw8.AdamW8bit(ps, lr=1e-4),
+        "adamw8 AdamW32bit": lambda ps: adamw8.AdamW32bit(ps, lr=1e-4),
+        # a tensor lr needs capturable=True, which needs CUDA
+        "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=torch.tensor(1e-4) if cap else 1e-4,
+                                                           foreach=True, capturable=cap),
+    }
+    name = torch.cuda.get_device_name(device) if cap else "cpu"
+    print(f"# device: {name} | torch {torch.__version__} | set {args.set} ({len(shapes)} tensors, scale "
+          f"{args.scale}) | command: {' '.join(sys.argv)}")
+    print("| optimizer | first call (compile) s | step ms after |")
+    print("|---|---|---|")
+    for opt_name, make in opts.items():
+        first, t = measure(opt_name, make, shapes, device, torch.float32, args.steps)
+        print(f"| {opt_name} | {first:.1f} | {t * 1e3:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -105,33 +105,6 @@ ADAMW8_HD uint8_t quantize_value(const float* qmap, float value, float absmax, b
   return static_cast<uint8_t>(code);
 }
 
-// quantize_value over a run of values with one absmax, written stride-outer
-// so the per-element searches are independent (instruction-level parallelism
-// on the CPU instead of one dependent chain of loads per element).  Same
-// result as quantize_value element by element.
-inline void quantize_run(const float* qmap, const float* values, int64_t len, float absmax, bool is_signed,
-                         uint8_t* out) {
-  constexpr int64_t kRun = 256;
-  float x[kRun];
-  int idx[kRun];
-  for (int64_t off = 0; off < len; off += kRun) {
-    const int64_t n = len - off < kRun ? len - off : kRun;
-    for (int64_t j = 0; j < n; ++j) {
-      x[j] = absmax > 0.0f ? values[off + j] / absmax : 0.0f;
-      idx[j] = 0;
-    }
-    for (int stride = 128; stride > 0; stride >>= 1) {
-      for (int64_t j = 0; j < n; ++j) idx[j] += (qmap[idx[j] + stride] <= x[j]) ? stride : 0;
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      const int i = idx[j] < 254 ? idx[j] : 254;
-      int code = i + static_cast<int>((x[j] - qmap[i]) > (qmap[i + 1] - x[j]));
-      if (is_signed) code = sign_fix(qmap, code, values[off + j]);
-      out[off + j] = static_cast<uint8_t>(code);
-    }
-  }
-}
-
 ADAMW8_HD float dequantize_value(const float* qmap, uint8_t code, float absmax) {
   return qmap[code] * absmax;
 }

@@ -13,9 +13,11 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <memory>
 
 #include "adamw8_math.h"
 #include "fused_step_checks.h"
+#include "quant_lut_cpu.h"
 
 namespace adamw8 {
 namespace {
@@ -143,8 +145,8 @@ struct Chunk8 {
 
 template <typename scalar_t, bool kAms>
 void step_8bit(scalar_t* p, const scalar_t* g, uint8_t* c1, uint8_t* c2, uint8_t* c3, float* a1, float* a2,
-               float* a3, const float* q1, const float* q2, int64_t n, bool block_wise, const AdamScalars& sc,
-               const GradPrep& prep) {
+               float* a3, const float* q1, const float* q2, const NearestCodeLut& lut1, const NearestCodeLut& lut2,
+               int64_t n, bool block_wise, const AdamScalars& sc, const GradPrep& prep) {
   const Chunk8<scalar_t, kAms> chunk{p, g, c1, c2, c3, q1, q2, sc, prep};
   const int64_t nchunks = expected_blocks(n, true);
   const int64_t grain = std::max<int64_t>(1, kGrain / kBlockSize);
@@ -176,9 +178,9 @@ void step_8bit(scalar_t* p, const scalar_t* g, uint8_t* c1, uint8_t* c2, uint8_t
       Max3 na = block_wise ? chunk(off, len, a1[blk], a2[blk], kAms ? a3[blk] : 0.0f, mb, vb, hb, true)
                            : chunk(off, len, ta1, ta2, ta3, mb, vb, hb, true);
       if (!block_wise) na = global;
-      quantize_run(q1, mb, len, na[0], true, c1 + off);
-      quantize_run(q2, vb, len, na[1], false, c2 + off);
-      if constexpr (kAms) quantize_run(q2, hb, len, na[2], false, c3 + off);
+      lut1.quantize(mb, len, na[0], true, c1 + off);
+      lut2.quantize(vb, len, na[1], false, c2 + off);
+      if constexpr (kAms) lut2.quantize(hb, len, na[2], false, c3 + off);
       if (block_wise) {
         a1[blk] = na[0];
         a2[blk] = na[1];
@@ -193,7 +195,7 @@ void step_8bit(scalar_t* p, const scalar_t* g, uint8_t* c1, uint8_t* c2, uint8_t
   }
 }
 
-void step_one(const ParamSlot& s, const GroupArgs& ga) {
+void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut1, const NearestCodeLut* lut2) {
   const int64_t n = s.param.numel();
   const float t = read_scalar(s.step) + 1.0f;
   const AdamScalars sc = make_scalars(read_scalar(ga.lr), read_scalar(ga.beta1), read_scalar(ga.beta2),
@@ -224,8 +226,8 @@ void step_one(const ParamSlot& s, const GroupArgs& ga) {
         step_8bit<scalar_t, kAms>(pp, gp, s.state1.data_ptr<uint8_t>(), s.state2.data_ptr<uint8_t>(),
                                   kAms ? s.state3.data_ptr<uint8_t>() : nullptr, s.absmax1.data_ptr<float>(),
                                   s.absmax2.data_ptr<float>(), kAms ? s.absmax3.data_ptr<float>() : nullptr,
-                                  ga.qmap1.data_ptr<float>(), ga.qmap2.data_ptr<float>(), n, ga.block_wise, sc,
-                                  prep);
+                                  ga.qmap1.data_ptr<float>(), ga.qmap2.data_ptr<float>(), *lut1, *lut2, n,
+                                  ga.block_wise, sc, prep);
       };
       ams ? run(std::true_type{}) : run(std::false_type{});
     }
@@ -247,7 +249,12 @@ void run_cpu(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
   if (slots.empty()) return;
   check_values(g);
   if (g.found_inf.defined() && read_scalar(g.found_inf) != 0.0f) return;  // AMP skip: nothing changes
-  for (const auto& s : slots) step_one(s, g);
+  std::shared_ptr<const NearestCodeLut> lut1, lut2;
+  if (slots[0].state1.scalar_type() == at::kByte) {
+    lut1 = lut_for(g.qmap1.data_ptr<float>());
+    lut2 = lut_for(g.qmap2.data_ptr<float>());
+  }
+  for (const auto& s : slots) step_one(s, g, lut1.get(), lut2.get());
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "adamw8_math.h"
 #include "fused_step_checks.h"
+#include "quant_lut_cpu.h"
 
 namespace adamw8 {
 namespace {
@@ -38,12 +39,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
   const float* qp = q.data_ptr<float>();
   uint8_t* cp = codes.data_ptr<uint8_t>();
   float* ap = absmax.data_ptr<float>();
+  const auto lut = lut_for(qp);
   at::parallel_for(0, nb, 1, [&](int64_t bb, int64_t be) {
     for (int64_t blk = bb; blk < be; ++blk) {
       const int64_t off = blk * bs, end = std::min(n, off + bs);
       float a = 0.0f;
       for (int64_t i = off; i < end; ++i) a = std::max(a, std::fabs(xp[i]));
-      for (int64_t i = off; i < end; ++i) cp[i] = quantize_value(qp, xp[i], a, is_signed);
+      lut->quantize(xp + off, end - off, a, is_signed, cp + off);
       ap[blk] = a;
     }
   });

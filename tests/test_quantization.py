@@ -115,3 +115,26 @@ def test_ties_go_to_the_lower_code():
 def test_quantize_ops_reject_bad_input(call, match):
     with pytest.raises(RuntimeError, match=match):
         call(torch.ops.adamw8.create_dynamic_map(True))
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_quantize_edge_values_match_reference(signed):
+    """Every map value, the float just above and below it, the midpoints between neighbours
+    and +-0: the kernels' search (a lookup table on the CPU) agrees with the reference's
+    searchsorted on each."""
+    q = torch.ops.adamw8.create_dynamic_map(signed)
+    mids = (q[1:] + q[:-1]) / 2
+    up = torch.nextafter(q, torch.full_like(q, 2.0))
+    down = torch.nextafter(q, torch.full_like(q, -2.0))
+    x = torch.cat([q, mids, up, down, torch.tensor([0.0, -0.0])])
+    x = x[(x.abs() <= 1.0) & (signed | (x >= 0))]
+    # one block per 255 values plus a 1.0 in each block, so every block's absmax is exactly 1
+    blocks = [torch.cat([chunk, torch.tensor([1.0])]) for chunk in x.split(255)]
+    flat = torch.cat([torch.nn.functional.pad(b, (0, 256 - b.numel())) for b in blocks])
+    codes, absmax = torch.ops.adamw8.quantize(flat, q, True, signed)
+    ref_codes, ref_absmax = R.quantize(flat, q, True, signed)
+    assert (absmax == 1.0).all()
+    assert torch.equal(codes, ref_codes)
+    # the map's own values quantize to their own codes
+    own, _ = torch.ops.adamw8.quantize(torch.cat([q, torch.tensor([1.0])]), q, False, signed)
+    assert torch.equal(own[:256].long(), torch.arange(256))

@@ -4,6 +4,7 @@ the same results as the C++ kernels."""
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -12,21 +13,16 @@ import torch
 import adamw8
 
 SCRIPT = r"""
-import warnings, torch
+import sys, warnings, torch
+sys.path.insert(0, TESTS)
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     import adamw8
 msgs = [str(x.message) for x in w if "adamw8" in str(x.message)]
 assert len(msgs) == 1 and "pip install --no-build-isolation" in msgs[0], msgs
 assert adamw8.ops.using_reference["cpu"]
-torch.manual_seed(0)
-ps = [torch.nn.Parameter(torch.randn(n)) for n in (5000, 300, 1)]
-opt = adamw8.AdamW8bit(ps, lr=1e-2, min_8bit_size=1000, amsgrad=True, percentile_clipping=90)
-for _ in range(5):
-    for p in ps:
-        p.grad = torch.randn_like(p)
-    opt.step()
-torch.save([p.detach() for p in ps] + [opt.state[ps[0]]["state1"], opt.state[ps[0]]["absmax2"]], OUT)
+from test_fallback import run_steps
+torch.save(run_steps(), OUT)
 """
 
 
@@ -45,7 +41,8 @@ def test_reference_fallback_matches_kernels(tmp_path):
     assert not adamw8.ops.using_reference["cpu"], "this process should run the C++ kernels"
     out = tmp_path / "ref.pt"
     env = dict(os.environ, ADAMW8_NO_EXTENSION="1")
-    subprocess.run([sys.executable, "-c", f"OUT = {str(out)!r}\n" + SCRIPT], env=env, check=True)
+    header = f"OUT = {str(out)!r}\nTESTS = {str(pathlib.Path(__file__).parent)!r}\n"
+    subprocess.run([sys.executable, "-c", header + SCRIPT], env=env, check=True)
     ref = torch.load(out)
     for a, b in zip(run_steps(), ref):
         assert torch.equal(a, b)

@@ -9,7 +9,6 @@ and a slow path is never silent.
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 
@@ -18,7 +17,6 @@ import torch
 from . import reference, schemas  # noqa: F401  (schemas declares the ops)
 from .reference import BLOCK_SIZE, GNORM_HISTORY, create_dynamic_map
 
-log = logging.getLogger(__name__)
 
 _REBUILD = "pip install --no-build-isolation -e . (see README.md)"
 
@@ -88,9 +86,30 @@ def has_kernel(op: str, device_type: str) -> bool:
 
 _missing = {dk: [op for op in _FALLBACKS if not has_kernel(op, dk)] for dk in ("cpu", "cuda")}
 using_reference = {dk: bool(ops) for dk, ops in _missing.items()}
+
+
+def _warn_on_first_call(op: str, fn):
+    """The CUDA fallback of ``op``: the first call warns (a missing kernel is never silent)."""
+    warned = []
+
+    def wrapper(*args, **kwargs):
+        if not warned:
+            warned.append(True)
+            warnings.warn(
+                f"adamw8: this build has no CUDA kernel for {op}; running the PyTorch reference on CUDA "
+                f"(correct, slow). Build the kernels with: ADAMW8_EXPERIMENTAL_CUDA=1 {_REBUILD}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 for _dk, _ops in _missing.items():
     for _op in _ops:
-        schemas._lib.impl(_op, _FALLBACKS[_op], _dk.upper())
+        _fn = _FALLBACKS[_op] if _dk == "cpu" else _warn_on_first_call(_op, _FALLBACKS[_op])
+        schemas._lib.impl(_op, _fn, _dk.upper())
 # Sparse tensors dispatch to their own keys; the same checked entry points
 # reject them with adamw8's message instead of "could not run ... SparseCPU".
 for _dk in ("SparseCPU", "SparseCUDA"):
@@ -104,7 +123,5 @@ if using_reference["cpu"]:
         RuntimeWarning,
         stacklevel=2,
     )
-elif using_reference["cuda"] and torch.version.cuda is not None:
-    log.info("adamw8: built without CUDA kernels; CUDA tensors use the PyTorch reference")
 
 __all__ = ["BLOCK_SIZE", "GNORM_HISTORY", "create_dynamic_map", "has_kernel", "using_reference"]

@@ -26,9 +26,10 @@ echo "build took $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 python3 -c "import adamw8; print('reference fallback in use:', adamw8.ops.using_reference)" | tee -a "$OUT/env.txt"
 
 echo "== GPU tests"
-python3 -m pytest -q -x -m gpu tests > "$OUT/gpu_tests.log" 2>&1
+# no -x: one run should show every failing GPU test, listed at the end (-rf)
+python3 -m pytest -q -rf -m gpu tests --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1
 rc=$?
-tail -5 "$OUT/gpu_tests.log"
+grep -E "^FAILED|passed|failed" "$OUT/gpu_tests.log" | tail -40
 
 echo "== benchmark"
 if [ "$MODE" = quick ]; then

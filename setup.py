@@ -46,7 +46,7 @@ def _extension():
         return cpp_extension.CUDAExtension(
             "adamw8._C",
             cpp + cuda_cpp + cu,
-            extra_compile_args={"cxx": cxx + ["-DADAMW8_WITH_CUDA"], "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
             extra_link_args=["-fopenmp"],
             py_limited_api=True,
         )

@@ -21,5 +21,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdamW", "AdamW8bit", "AdamW32bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit",
-    "GlobalOptimManager", "ops",
+    "GlobalOptimManager", "ops", "compile_passes",
 ]
+
+
+def __getattr__(name):
+    # compile_passes imports parts of Inductor: loaded on first use, not with the package
+    if name == "compile_passes":
+        import importlib
+
+        return importlib.import_module(".compile_passes", __name__)
+    raise AttributeError(f"module 'adamw8' has no attribute {name!r}")

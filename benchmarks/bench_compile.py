@@ -59,7 +59,12 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--tensors-per-call", type=int, default=None,
+                    help="override adamw8's tensors per fused_step_multi call")
+    ap.add_argument("--only", nargs="+", default=None, help="optimizer names to run (default: all)")
     args = ap.parse_args(argv)
+    if args.tensors_per_call:
+        adamw8.optim.AdamWBase._tensors_per_call = args.tensors_per_call
     device = torch.device(args.device)
     shapes = bench_step.shp_scaled(bench_step.SETS[args.set], args.scale)
     cap = device.type == "cuda"
@@ -76,6 +81,8 @@ def main(argv=None):
     print("| optimizer | first call (compile) s | step ms after |")
     print("|---|---|---|")
     for opt_name, make in opts.items():
+        if args.only and opt_name not in args.only:
+            continue
         first, t = measure(opt_name, make, shapes, device, torch.float32, args.steps)
         print(f"| {opt_name} | {first:.1f} | {t * 1e3:.2f} |", flush=True)
 

@@ -165,3 +165,13 @@ def test_one_op_call_per_bucket():
     # buckets: fp32 8-bit weights (11), fp32 32-bit biases (11, < min_8bit_size), bf16 8-bit weight, bf16 bias
     assert sorted(counter.calls) == sorted([("fused_step_multi.default", 11), ("fused_step_multi.default", 11),
                                             ("fused_step_multi.default", 1), ("fused_step_multi.default", 1)])
+
+
+def test_large_buckets_are_split_into_calls_of_32():
+    params = [torch.nn.Parameter(torch.randn(10)) for _ in range(70)]
+    opt = adamw8.AdamW32bit(params)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    with OpCounter() as counter:
+        opt.step()
+    assert sorted(n for _, n in counter.calls) == [6, 32, 32]

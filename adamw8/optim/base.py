@@ -38,6 +38,13 @@ class AdamWBase(torch.optim.Optimizer):
     # the kernels unscale and skip in-kernel, with no host sync.
     _step_supports_amp_scaling = True
 
+    # Tensors per fused_step_multi call.  Compile time grows faster than linearly with
+    # the size of one call (Inductor walks a call's whole argument list for each of its
+    # ~6 outputs per tensor): on the 201-tensor set, calls of 32 compile ~15% faster than
+    # one call of 201, and faster than calls of 8, 16 or 64 (benchmarks/RESULTS.md).
+    # 32 is also what one CUDA launch takes.
+    _tensors_per_call = 32
+
     def __init__(
         self,
         params,
@@ -208,7 +215,12 @@ class AdamWBase(torch.optim.Optimizer):
                         absmax3.append(st["absmax3"])
                 if pct < 100:
                     gnorm_vecs.append(st["gnorm_vec"])
-            out.append((start, len(params), a_start, g_start, q_idx, block_wise, pct, hp))
+            # one call per chunk of at most _tensors_per_call tensors (see the attribute)
+            k = self._tensors_per_call
+            for c in range(0, len(ps), k):
+                m = min(k, len(ps) - c)
+                out.append((start + c, start + c + m, a_start + c if eight else -1, g_start + c if pct < 100 else -1,
+                            q_idx, block_wise, pct, hp))
         return out
 
     # -------------------------------------------------------------------- step

@@ -141,3 +141,14 @@ def test_optimizer_step_unaffected(fresh):
     model(torch.randn(2, 64)).sum().backward()
     torch.compile(opt.step, fullgraph=True)()
     assert the_pass.stats["single_before"] == 0
+
+
+def test_large_groups_become_calls_of_32(fresh):
+    params = [torch.randn(10) for _ in range(40)]
+    grads = [torch.randn(10) for _ in range(40)]
+    states = [make_state(p, False, False) for p in params]
+    lr, b1, b2 = hyper("cpu")
+    the_pass = compile_passes.install()
+    _, code = run_and_get_code(torch.compile(per_param_loop(lr, b1, b2), fullgraph=True), params, grads, states)
+    assert count("\n".join(code)) == (0, 2)
+    assert the_pass.stats == {"single_before": 40, "single_after": 0, "multi_created": 2}

@@ -26,6 +26,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 log = logging.getLogger(__name__)
 
 AUTO_FUNC = torch.ops.higher_order.auto_functionalized_v2
+MAX_PER_CALL = 32  # tensors per fused_step_multi call: see AdamWBase._tensors_per_call
 
 # single op's mutable argument -> fused_step_multi's list argument
 _MUTABLE = (
@@ -90,6 +91,8 @@ def _can_group(nodes: list[torch.fx.Node], order: dict) -> bool:
                     return False
                 seen_bases.add(b)
         for g in n.users:
+            if g.target is not operator.getitem:  # not functionalization's output pattern: leave it
+                return False
             for u in g.users:
                 if order[u] <= last:
                     return False
@@ -120,9 +123,7 @@ def _replace(graph: torch.fx.Graph, nodes: list[torch.fx.Node], order: dict) -> 
     outputs = []  # (old getitem, index in the new node's outputs)
     for n in nodes:
         name_of = {n.kwargs[f"_{s}_base_index"]: s for s, _ in _MUTABLE if n.kwargs.get(f"_{s}_base_index") is not None}
-        for g in list(n.users):
-            if g.target is not operator.getitem:  # not produced by functionalization: leave the graph alone
-                raise RuntimeError(f"adamw8: unexpected user {g.format_node()} of {n.format_node()}")
+        for g in list(n.users):  # all getitems (_can_group checked)
             outputs.append((g, 1 + where[(n, name_of[g.args[1] - 1])]))
     vals = [None] + [b.meta.get("val") for b in all_bases]
     for g, i in outputs:
@@ -163,9 +164,14 @@ class GroupFusedStep(CustomGraphPass):
             if not _can_group(nodes, order):
                 log.info("adamw8: %d fused_step calls left ungrouped: their results are used in between", len(nodes))
                 continue
-            _replace(graph, nodes, order)
-            self.stats["single_after"] -= len(nodes)
-            self.stats["multi_created"] += 1
+            # calls of at most MAX_PER_CALL tensors, as the optimizer makes (AdamWBase._tensors_per_call)
+            for c in range(0, len(nodes), MAX_PER_CALL):
+                chunk = nodes[c : c + MAX_PER_CALL]
+                if len(chunk) < 2:
+                    continue
+                _replace(graph, chunk, order)
+                self.stats["single_after"] -= len(chunk)
+                self.stats["multi_created"] += 1
         graph.lint()
 
     def uuid(self):

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,6 +30,11 @@ struct GroupArgs {
 
 inline int64_t expected_blocks(int64_t numel, bool block_wise) {
   return block_wise ? (numel + kBlockSize - 1) / kBlockSize : 1;
+}
+
+// Elements per absmax block: 256, or the whole tensor with block_wise=False.
+inline int64_t block_len(int64_t numel, bool block_wise) {
+  return block_wise ? kBlockSize : std::max<int64_t>(numel, 1);
 }
 
 inline at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }

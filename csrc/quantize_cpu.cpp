@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
   const at::Tensor xc = x.contiguous();
   const at::Tensor q = qmap.contiguous();
   const int64_t n = xc.numel();
-  const int64_t bs = block_wise ? kBlockSize : std::max<int64_t>(n, 1);
+  const int64_t bs = block_len(n, block_wise);
   const int64_t nb = expected_blocks(n, block_wise);
   at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kByte));
   at::Tensor absmax = at::zeros({nb}, x.options());
@@ -66,7 +66,7 @@ at::Tensor dequantize_cpu(const at::Tensor& codes, const at::Tensor& absmax, con
               absmax.device());
   const at::Tensor cc = codes.contiguous(), ac = absmax.contiguous(), q = qmap.contiguous();
   at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
-  const int64_t bs = block_wise ? kBlockSize : std::max<int64_t>(n, 1);
+  const int64_t bs = block_len(n, block_wise);
   const uint8_t* cp = cc.data_ptr<uint8_t>();
   const float* ap = ac.data_ptr<float>();
   const float* qp = q.data_ptr<float>();

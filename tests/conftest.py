@@ -109,7 +109,7 @@ def compare_codes(name: str, got: torch.Tensor, want: torch.Tensor, want_fp32: t
     assert (got[diff] - want[diff]).abs().max() == 1, f"{name}: codes differ by more than one code"
     q = qmap.cpu()
     n = want.numel()
-    bs = R.BLOCK_SIZE if block_wise else max(n, 1)
+    bs = R.block_len(n, block_wise)
     scale = want_absmax.cpu().repeat_interleave(bs)[:n]
     x = (want_fp32.reshape(-1).cpu() / scale)[diff]
     mid = (q[got[diff]] + q[want[diff]]) / 2

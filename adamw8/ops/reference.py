@@ -55,6 +55,11 @@ def num_blocks(numel: int, block_wise: bool) -> int:
     return -(-numel // BLOCK_SIZE) if block_wise else 1
 
 
+def block_len(numel: int, block_wise: bool) -> int:
+    """Elements per absmax block: 256, or the whole tensor with block_wise=False."""
+    return BLOCK_SIZE if block_wise else max(numel, 1)
+
+
 def quantize_nearest(x: Tensor, qmap: Tensor) -> Tensor:
     """Nearest code of each normalised fp32 value (ties go to the lower code).
 
@@ -78,7 +83,7 @@ def sign_fix(codes: Tensor, values: Tensor, qmap: Tensor) -> Tensor:
 def _blocks(x: Tensor, block_wise: bool) -> Tensor:
     """View a flat tensor as [nblocks, B], padded with zeros."""
     n = x.numel()
-    bs = BLOCK_SIZE if block_wise else max(n, 1)
+    bs = block_len(n, block_wise)
     nb = num_blocks(n, block_wise)
     pad = nb * bs - n
     return torch.nn.functional.pad(x, (0, pad)).view(nb, bs)
@@ -89,7 +94,7 @@ def quantize(x: Tensor, qmap: Tensor, block_wise: bool, signed: bool) -> tuple[T
     flat = x.reshape(-1).float()
     n = flat.numel()
     absmax = _blocks(flat.abs(), block_wise).amax(dim=1)
-    scale = absmax.repeat_interleave(BLOCK_SIZE if block_wise else max(n, 1))[:n]
+    scale = absmax.repeat_interleave(block_len(n, block_wise))[:n]
     norm = torch.where(scale > 0, flat / torch.where(scale > 0, scale, 1.0), 0.0)
     codes = quantize_nearest(norm, qmap)
     if signed:
@@ -100,7 +105,7 @@ def quantize(x: Tensor, qmap: Tensor, block_wise: bool, signed: bool) -> tuple[T
 def dequantize(codes: Tensor, absmax: Tensor, qmap: Tensor, block_wise: bool) -> Tensor:
     """fp32 values of uint8 ``codes`` (any shape) with per-block ``absmax``."""
     n = codes.numel()
-    scale = absmax.float().repeat_interleave(BLOCK_SIZE if block_wise else max(n, 1))[:n]
+    scale = absmax.float().repeat_interleave(block_len(n, block_wise))[:n]
     return (qmap[codes.reshape(-1).long()] * scale).view(codes.shape)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .reference import BLOCK_SIZE, GNORM_HISTORY, create_dynamic_map
+from .reference import GNORM_HISTORY, create_dynamic_map, num_blocks
 
 NAMESPACE = "adamw8"
 _lib = torch.library.Library(NAMESPACE, "DEF")
@@ -49,10 +49,6 @@ _lib.define("quantize(Tensor x, Tensor qmap, bool block_wise=True, bool signed=T
 _lib.define("dequantize(Tensor codes, Tensor absmax, Tensor qmap, bool block_wise=True) -> Tensor")
 # create_dynamic_map: the 256-entry signed/unsigned map of SPEC §2.2 (float32, CPU).
 _lib.define("create_dynamic_map(bool signed=True) -> Tensor")
-
-
-def _num_blocks(numel: int, block_wise: bool) -> int:
-    return -(-numel // BLOCK_SIZE) if block_wise else 1
 
 
 def _chk(cond: bool, msg: str) -> None:
@@ -103,7 +99,7 @@ def _check_slot(slot: dict, g: dict, what: str) -> None:
         )
         _chk(t.is_contiguous(), f"{name} of {what} must be contiguous")
         _chk(t.device == dev, f"{name} of {what} must be on {dev}, got {t.device}")
-    nb = _num_blocks(p.numel(), g["block_wise"])
+    nb = num_blocks(p.numel(), g["block_wise"])
     for name, required in (
         ("absmax1", eight),
         ("absmax2", eight),
@@ -249,7 +245,7 @@ def _quantize_fake(x, qmap, block_wise=True, signed=True):
     _chk(x.dtype == torch.float32, f"quantize: x must be float32, got {x.dtype}")
     _chk(x.layout == torch.strided, f"quantize: x must be dense, got layout {x.layout}")
     _check_qmap(qmap, x.device)
-    nb = _num_blocks(x.numel(), block_wise)
+    nb = num_blocks(x.numel(), block_wise)
     return torch.empty(x.shape, dtype=torch.uint8, device=x.device), x.new_empty((nb,))
 
 
@@ -257,7 +253,7 @@ def _quantize_fake(x, qmap, block_wise=True, signed=True):
 def _dequantize_fake(codes, absmax, qmap, block_wise=True):
     _chk(codes.dtype == torch.uint8, f"dequantize: codes must be uint8, got {codes.dtype}")
     _check_qmap(qmap, codes.device)
-    nb = _num_blocks(codes.numel(), block_wise)
+    nb = num_blocks(codes.numel(), block_wise)
     _chk(
         absmax.dtype == torch.float32 and absmax.numel() == nb,
         f"dequantize: absmax must be float32 with {nb} elements, got {absmax.dtype} with {absmax.numel()}",

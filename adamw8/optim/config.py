@@ -35,6 +35,10 @@ def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def check_real(name: str, value, *, low: float = 0.0, high: float | None = None, high_open: bool = False):
     """A float hyperparameter or a one-element floating tensor, within [low, high] / [low, high)."""
     if isinstance(value, Tensor):
@@ -57,12 +61,16 @@ def check_real(name: str, value, *, low: float = 0.0, high: float | None = None,
         raise ValueError(f"{name}: expected a value in [{low}, {high}{')' if high_open else ']'}, got {v}")
 
 
-def check_hyper(lr, betas, eps, weight_decay) -> None:
-    check_real("lr", lr)
+def check_betas(betas) -> None:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"betas: expected a tuple of two floats, got {type(betas).__name__} ({betas!r})")
     check_real("betas[0]", betas[0], high=1.0, high_open=True)
     check_real("betas[1]", betas[1], high=1.0, high_open=True)
+
+
+def check_hyper(lr, betas, eps, weight_decay) -> None:
+    check_real("lr", lr)
+    check_betas(betas)
     check_real("eps", eps)
     check_real("weight_decay", weight_decay)
 
@@ -74,12 +82,12 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_options(opts: Options) -> Options:
-    if not isinstance(opts.optim_bits, int) or isinstance(opts.optim_bits, bool) or opts.optim_bits not in (8, 32):
+    if not _is_int(opts.optim_bits) or opts.optim_bits not in (8, 32):
         raise ValueError(f"optim_bits: expected 8 or 32, got {opts.optim_bits!r}")
-    if not isinstance(opts.min_8bit_size, int) or isinstance(opts.min_8bit_size, bool) or opts.min_8bit_size < 0:
+    if not _is_int(opts.min_8bit_size) or opts.min_8bit_size < 0:
         raise ValueError(f"min_8bit_size: expected an int >= 0, got {opts.min_8bit_size!r}")
     pc = opts.percentile_clipping
-    if not isinstance(pc, int) or isinstance(pc, bool) or not 1 <= pc <= 100:
+    if not _is_int(pc) or not 1 <= pc <= 100:
         raise ValueError(f"percentile_clipping: expected an int in 1..100 (100 = off), got {pc!r}")
     check_bool("block_wise", opts.block_wise)
     check_bool("is_paged", opts.is_paged)
@@ -98,12 +106,10 @@ def resolve_options(args, **kwargs) -> Options:
 
 def check_override(key: str, value) -> None:
     """Validate one GlobalOptimManager override (same rules as the constructor)."""
-    if key == "lr":
-        check_real("lr", value)
-    elif key == "betas":
-        check_hyper(0.0, value, 0.0, 0.0)
-    elif key in ("eps", "weight_decay"):
+    if key in ("lr", "eps", "weight_decay"):
         check_real(key, value)
+    elif key == "betas":
+        check_betas(value)
     elif key in ("optim_bits", "min_8bit_size", "percentile_clipping", "block_wise"):
         check_options(Options(**{key: value}))
     else:

@@ -12,6 +12,7 @@ bitsandbytes too.  On load, bitsandbytes >= 0.49.2's nested
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 

@@ -240,11 +240,17 @@ class AdamWBase(torch.optim.Optimizer):
             )
             buckets = self._init_group(group, gindex, params, grads, state1, state2, state3, absmax1, absmax2,
                                        absmax3, steps, gnorm_vecs, qmaps)
+            scalars = {}  # (hp_idx, device) -> the device scalars, shared by that bucket's calls
             for start, end, a_start, g_start, q_idx, block_wise, pct, hp_idx in buckets:
                 n = end - start
                 dev = params[start].device
                 hp = group if hp_idx < 0 else {**group, **self._hp_overrides[hp_idx]}
-                beta1, beta2 = hp["betas"]
+                if (hp_idx, dev) not in scalars:
+                    scalars[(hp_idx, dev)] = tuple(
+                        None if x is None else as_float32_scalar(x, dev)
+                        for x in (hp["lr"], *hp["betas"], grad_scale, found_inf)
+                    )
+                lr, beta1, beta2, gs, fi = scalars[(hp_idx, dev)]
                 a_end = a_start + n
                 torch.ops.adamw8.fused_step_multi(
                     params[start:end],
@@ -259,15 +265,15 @@ class AdamWBase(torch.optim.Optimizer):
                     qmaps[q_idx + 1] if q_idx >= 0 else None,
                     steps[start:end],
                     gnorm_vecs[g_start:g_start + n] if g_start >= 0 else [],
-                    as_float32_scalar(hp["lr"], dev),
-                    as_float32_scalar(beta1, dev),
-                    as_float32_scalar(beta2, dev),
+                    lr,
+                    beta1,
+                    beta2,
                     float(hp["eps"]),
                     float(hp["weight_decay"]),
                     block_wise,
                     pct,
-                    None if grad_scale is None else as_float32_scalar(grad_scale, dev),
-                    None if found_inf is None else as_float32_scalar(found_inf, dev),
+                    gs,
+                    fi,
                 )
         return loss
 

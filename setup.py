@@ -14,11 +14,41 @@ forces a CPU-only build.
 
 import glob
 import os
+import shutil
 
 from setuptools import setup
-from torch.utils import cpp_extension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _is_toolkit_root(path) -> bool:
+    return bool(path) and all(
+        os.path.exists(os.path.join(path, *rel)) for rel in (("bin", "nvcc"), ("include", "cuda_runtime.h"))
+    )
+
+
+def _cuda_home():
+    """The CUDA toolkit's root: the directory whose bin/ holds the real nvcc and whose include/
+    holds cuda_runtime.h.  torch's cpp_extension guesses it from the nvcc first on PATH, which
+    is wrong where that nvcc is a wrapper script (/usr/local/bin/nvcc -> the build then fails
+    on cuda_runtime.h), so it is found here and handed to cpp_extension through CUDA_HOME.
+    A CUDA_HOME set by the user must be a toolkit root; None: no toolkit."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            if not _is_toolkit_root(os.environ[var]):
+                raise RuntimeError(f"adamw8: {var}={os.environ[var]} is not a CUDA toolkit root: expected "
+                                   f"bin/nvcc and include/cuda_runtime.h under it")
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    candidates = ["/usr/local/cuda"] + ([os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else [])
+    return next((c for c in candidates if _is_toolkit_root(c)), None)
+
+
+CUDA_ROOT = _cuda_home()
+if CUDA_ROOT is not None:
+    os.environ["CUDA_HOME"] = CUDA_ROOT  # read by cpp_extension at import
+
+from torch.utils import cpp_extension  # noqa: E402
 
 
 def _build_cuda() -> bool:
@@ -28,9 +58,7 @@ def _build_cuda() -> bool:
         return False
     if os.environ.get("ADAMW8_EXPERIMENTAL_CUDA", "0") != "1":
         return False
-    home = cpp_extension.CUDA_HOME
-    cu = sorted(glob.glob(os.path.join(HERE, "csrc", "*.cu")))
-    return bool(cu) and home is not None and os.path.exists(os.path.join(home, "bin", "nvcc"))
+    return CUDA_ROOT is not None and bool(glob.glob(os.path.join(HERE, "csrc", "*.cu")))
 
 
 def _extension():

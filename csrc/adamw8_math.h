@@ -77,32 +77,67 @@ ADAMW8_HD float update_param(const AdamScalars& s, float p, float m, float vh) {
 
 ADAMW8_HD bool is_finite(float x) { return isfinite(x); }
 
-// Nearest code of `x` in the sorted 256-entry map; ties go to the lower code.
-// The branchless binary descent finds the largest i with map[i] <= x (0 when
-// x < map[0]); clamped to 254 it is searchsorted(right=True) - 1 clamped to
-// [0, 254], the reference's rule.  Branchless: the comparisons are data
-// dependent and would mispredict half the time.
-ADAMW8_HD int quantize_nearest(const float* qmap, float x) {
+// The 8-bit optimizers' non-finite rule (docs/design.md): an element whose
+// gradient, new m or new v is not finite (a NaN/inf gradient, or g*g that
+// overflows) gets m = v = 0 and keeps its parameter, so nothing non-finite
+// ever reaches a block's absmax.  bitsandbytes resets on a non-finite gradient;
+// the overflow case is ours.
+ADAMW8_HD bool update_is_finite(float g, float m, float v) { return is_finite(g) && is_finite(m) && is_finite(v); }
+
+// max that propagates NaN (torch.amax's rule), for absmax reductions: a NaN in
+// a block makes its absmax NaN, so NaN stays NaN through quantize/dequantize.
+ADAMW8_HD float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+
+// The floor index of x in the sorted 256-entry map: the largest i <= 254 with
+// map[i] <= x, 0 when x < map[0] (searchsorted(right=True) - 1 clamped to
+// [0, 254], the reference's rule).  A branchless binary descent: the
+// comparisons are data dependent and would mispredict half the time.
+ADAMW8_HD int floor_index(const float* qmap, float x) {
   int idx = 0;
 #pragma unroll
   for (int stride = 128; stride > 0; stride >>= 1) idx += (qmap[idx + stride] <= x) ? stride : 0;
-  idx = idx < 254 ? idx : 254;
+  return idx < 254 ? idx : 254;
+}
+
+// Nearest code of `x` in the map; ties go to the lower code.  The kernels use
+// the same rule through a lookup table (nearest_lut.h); this is its definition.
+ADAMW8_HD int quantize_nearest(const float* qmap, float x) {
+  const int idx = floor_index(qmap, x);
   const float lo = qmap[idx];
   const float hi = qmap[idx + 1];
   return idx + static_cast<int>((x - lo) > (hi - x));
 }
 
+// The value a state is rounded as: state / absmax, 0 for an all-zero (or NaN)
+// absmax, and 0 where the division gives NaN (inf / inf), so no search ever
+// sees a NaN.
+ADAMW8_HD float normalize(float value, float absmax) {
+  const float x = absmax > 0.0f ? value / absmax : 0.0f;
+  return x == x ? x : 0.0f;
+}
+
 // bnb's sign fix for the signed state (m): a small negative never becomes +0.
+// NaN is left alone: its sign bit is not a sign (x86 and CUDA make NaNs of
+// different sign), so a fix would make the backends disagree.
 ADAMW8_HD int sign_fix(const float* qmap, int code, float value) {
-  if (signbit(qmap[code]) != signbit(value)) code += value > 0.0f ? 1 : -1;
+  if (value == value && signbit(qmap[code]) != signbit(value)) code += value > 0.0f ? 1 : -1;
   return code;
 }
 
+// The unsigned state (v, and max(v) with amsgrad) never rounds a positive value
+// to code 0: a zero v turns the next step with a zero gradient into a move of
+// lr * m_hat / eps (docs/design.md, "the zero point").  Code 1, the smallest
+// positive code, is still a valid bitsandbytes code.
+ADAMW8_HD int positive_floor(int code, float value) { return (code == 0 && value > 0.0f) ? 1 : code; }
+
+// Everything after the nearest-code search, shared by every search (the
+// binary descent here, the CPU's lookup table, the CUDA kernels' table).
+ADAMW8_HD int finish_code(const float* qmap, int nearest, float value, bool is_signed) {
+  return is_signed ? sign_fix(qmap, nearest, value) : positive_floor(nearest, value);
+}
+
 ADAMW8_HD uint8_t quantize_value(const float* qmap, float value, float absmax, bool is_signed) {
-  const float x = absmax > 0.0f ? value / absmax : 0.0f;
-  int code = quantize_nearest(qmap, x);
-  if (is_signed) code = sign_fix(qmap, code, value);
-  return static_cast<uint8_t>(code);
+  return static_cast<uint8_t>(finish_code(qmap, quantize_nearest(qmap, normalize(value, absmax)), value, is_signed));
 }
 
 ADAMW8_HD float dequantize_value(const float* qmap, uint8_t code, float absmax) {

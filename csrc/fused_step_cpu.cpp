@@ -121,8 +121,7 @@ struct Chunk8 {
     for (int64_t j = 0; j < len; ++j) {
       float mj = m[j], vj = v[j];
       update_moments(sc, gb[j], mj, vj);
-      // bnb: a non-finite gradient element resets its moments, keeps its parameter
-      const bool ok = is_finite(gb[j]);
+      const bool ok = update_is_finite(gb[j], mj, vj);  // else: moments reset, parameter kept
       mj = ok ? mj : 0.0f;
       vj = ok ? vj : 0.0f;
       float hj = vj;

@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(kThreads) fused_step_kernel(const __grid_const
         float mj = dequantize_value(sq1, c1[i], oa1);
         float vj = dequantize_value(sq2, c2[i], oa2);
         update_moments(sc, gi, mj, vj);
-        const bool ok = is_finite(gi);  // bnb: a non-finite element resets its moments
+        const bool ok = update_is_finite(gi, mj, vj);  // else: moments reset, parameter kept
         mj = ok ? mj : 0.0f;
         vj = ok ? vj : 0.0f;
         float hj = vj;

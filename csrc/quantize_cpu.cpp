@@ -44,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
     for (int64_t blk = bb; blk < be; ++blk) {
       const int64_t off = blk * bs, end = std::min(n, off + bs);
       float a = 0.0f;
-      for (int64_t i = off; i < end; ++i) a = std::max(a, std::fabs(xp[i]));
+      for (int64_t i = off; i < end; ++i) a = max_nan(a, std::fabs(xp[i]));
       lut->quantize(xp + off, end - off, a, is_signed, cp + off);
       ap[blk] = a;
     }

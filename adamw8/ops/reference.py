@@ -74,10 +74,17 @@ def quantize_nearest(x: Tensor, qmap: Tensor) -> Tensor:
 
 def sign_fix(codes: Tensor, values: Tensor, qmap: Tensor) -> Tensor:
     """bnb's sign fix for the signed state: a code whose map value has the other
-    sign bit than the value moves one code toward the value's sign."""
-    wrong = torch.signbit(qmap[codes]) != torch.signbit(values)
+    sign bit than the value moves one code toward the value's sign.  NaN is left
+    alone (its sign bit differs between x86 and CUDA)."""
+    wrong = (torch.signbit(qmap[codes]) != torch.signbit(values)) & ~torch.isnan(values)
     step = torch.where(values > 0, 1, -1)
     return torch.where(wrong, codes + step, codes)
+
+
+def positive_floor(codes: Tensor, values: Tensor) -> Tensor:
+    """The unsigned state never rounds a positive value to code 0 (the zero point,
+    docs/design.md): such values take code 1, the smallest positive code."""
+    return torch.where((codes == 0) & (values > 0), 1, codes)
 
 
 def _blocks(x: Tensor, block_wise: bool) -> Tensor:
@@ -96,9 +103,9 @@ def quantize(x: Tensor, qmap: Tensor, block_wise: bool, signed: bool) -> tuple[T
     absmax = _blocks(flat.abs(), block_wise).amax(dim=1)
     scale = absmax.repeat_interleave(block_len(n, block_wise))[:n]
     norm = torch.where(scale > 0, flat / torch.where(scale > 0, scale, 1.0), 0.0)
+    norm = torch.where(torch.isnan(norm), 0.0, norm)  # adamw8_math.h normalize: inf / inf is 0
     codes = quantize_nearest(norm, qmap)
-    if signed:
-        codes = sign_fix(codes, flat, qmap)
+    codes = sign_fix(codes, flat, qmap) if signed else positive_floor(codes, flat)
     return codes.to(torch.uint8).view(x.shape), absmax
 
 
@@ -193,8 +200,9 @@ def step_values(
     m_new = b1 * m + (one - b1) * g
     v_new = b2 * v + (one - b2) * (g * g)
     if eight_bit:
-        # bnb: a non-finite gradient element resets its moments, keeps its parameter
-        bad = ~torch.isfinite(g)
+        # csrc/adamw8_math.h update_is_finite: a non-finite gradient, m or v resets
+        # the element's moments and keeps its parameter
+        bad = ~(torch.isfinite(g) & torch.isfinite(m_new) & torch.isfinite(v_new))
         m_new = torch.where(bad, 0.0, m_new)
         v_new = torch.where(bad, 0.0, v_new)
     vh = v_new if vmax is None else torch.maximum(vmax, v_new)

@@ -61,20 +61,24 @@ def _build_cuda() -> bool:
     return CUDA_ROOT is not None and bool(glob.glob(os.path.join(HERE, "csrc", "*.cu")))
 
 
+# -ffp-contract=off / --fmad=false: no fused multiply-add, so the kernels and the
+# PyTorch reference round identically (csrc/adamw8_math.h).  The C++ standard of
+# the host code is torch's choice (BuildExtension passes the one its headers need);
+# the kernels need C++20.  scripts/check_kernels.py compiles with these same flags.
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+NVCC_FLAGS = ["-O3", "--fmad=false", "-lineinfo", "-std=c++20"]
+
+
 def _extension():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    # -ffp-contract=off / --fmad=false: no fused multiply-add, so the kernels
-    # and the PyTorch reference round identically (csrc/adamw8_math.h).
-    # (the C++ standard is torch's choice: BuildExtension passes the one its headers need)
-    cxx = ["-O3", "-ffp-contract=off", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+    cxx = CXX_FLAGS
     if _build_cuda():
         cu = sorted(glob.glob(os.path.join("csrc", "*.cu")))
         cuda_cpp = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
-        nvcc = ["-O3", "--fmad=false", "-lineinfo"]
         return cpp_extension.CUDAExtension(
             "adamw8._C",
             cpp + cuda_cpp + cu,
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": NVCC_FLAGS},
             extra_link_args=["-fopenmp"],
             py_limited_api=True,
         )
@@ -83,8 +87,9 @@ def _extension():
     )
 
 
-setup(
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
-)
+if __name__ == "__main__":  # setuptools runs this file as __main__; check_kernels.py reads the flags
+    setup(
+        ext_modules=[_extension()],
+        cmdclass={"build_ext": cpp_extension.BuildExtension},
+        options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    )

@@ -55,6 +55,31 @@ ADAMW8_HD AdamScalars make_scalars(float lr, float beta1, float beta2, float eps
   return s;
 }
 
+// Percentile clipping's per-step work (docs/design.md): `gn2` (this step's
+// squared gradient norm) goes into the 100-slot history `hist` (every slot on
+// the first step), and the gradient's scale is returned: clip / current when
+// the current norm exceeds the percentile-th smallest of the history, else 1.
+// `t` is the step count after the increment.  An insertion sort, the same on
+// every backend: one thread per tensor runs it on the GPU.
+ADAMW8_HD float percentile_scale(float* hist, float gn2, int64_t t, int percentile) {
+  const int slot = static_cast<int>(t % kGnormHistory);
+  if (t == 1) {
+    for (int i = 0; i < kGnormHistory; ++i) hist[i] = gn2;
+  } else {
+    hist[slot] = gn2;
+  }
+  float sorted[kGnormHistory];
+  for (int i = 0; i < kGnormHistory; ++i) {
+    const float x = hist[i];
+    int j = i;
+    for (; j > 0 && sorted[j - 1] > x; --j) sorted[j] = sorted[j - 1];
+    sorted[j] = x;
+  }
+  const float clip = sqrtf(sorted[percentile]);
+  const float current = sqrtf(hist[slot]);
+  return current > clip ? clip / current : 1.0f;
+}
+
 // Moment updates: m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g*g.
 ADAMW8_HD void update_moments(const AdamScalars& s, float g, float& m, float& v) {
   const float a = s.beta1 * m;

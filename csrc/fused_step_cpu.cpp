@@ -37,9 +37,9 @@ struct GradPrep {
   }
 };
 
-// SPEC §2.4: squared norm of the unscaled gradient into the history, then the
-// clipping factor.  `t` is the step count after the increment.
-float percentile_scale(const at::Tensor& grad, const GradPrep& prep, int64_t n, float* hist, int64_t t,
+// Percentile clipping: the squared norm of the unscaled gradient, summed in
+// double, then adamw8_math.h's history update.  `t` is the count after the increment.
+float clip_scale(const at::Tensor& grad, const GradPrep& prep, int64_t n, float* hist, int64_t t,
                        int64_t percentile) {
   double gn2 = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "adamw8_gnorm", [&] {
@@ -57,19 +57,7 @@ float percentile_scale(const at::Tensor& grad, const GradPrep& prep, int64_t n, 
         },
         std::plus<double>());
   });
-  const float v = static_cast<float>(gn2);
-  const int64_t slot = t % kGnormHistory;
-  if (t == 1) {
-    std::fill(hist, hist + kGnormHistory, v);
-  } else {
-    hist[slot] = v;
-  }
-  std::array<float, kGnormHistory> sorted;
-  std::copy(hist, hist + kGnormHistory, sorted.begin());
-  std::sort(sorted.begin(), sorted.end());
-  const float clip = sqrtf(sorted[percentile]);
-  const float current = sqrtf(hist[slot]);
-  return current > clip ? clip / current : 1.0f;
+  return adamw8::percentile_scale(hist, static_cast<float>(gn2), t, static_cast<int>(percentile));
 }
 
 template <typename scalar_t, bool kAms>
@@ -205,7 +193,7 @@ void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut
   const at::Tensor g = s.grad.contiguous();
   GradPrep prep{ga.grad_scale.defined(), ga.grad_scale.defined() ? read_scalar(ga.grad_scale) : 1.0f, 1.0f};
   if (ga.percentile < 100 && s.gnorm_vec.defined()) {
-    prep.gnorm_scale = percentile_scale(g, prep, n, s.gnorm_vec.data_ptr<float>(),
+    prep.gnorm_scale = clip_scale(g, prep, n, s.gnorm_vec.data_ptr<float>(),
                                         static_cast<int64_t>(t), ga.percentile);
   }
   const bool ams = s.state3.defined();

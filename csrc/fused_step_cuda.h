@@ -1,22 +1,47 @@
-// The torch-free interface of the CUDA kernels of adamw8::fused_step(_multi).
+// The torch-free interface of the CUDA kernels of adamw8::fused_step(_multi):
+// the launch record and the one entry point.
 //
-// fused_step_cuda.cu implements it with nvcc and no torch headers (CI compiles
-// it without a GPU); cuda/fused_step_cuda.cpp, the torch-facing glue, checks the
-// tensors, fills these tables and launches on the current stream.
+// No torch and no CUDA runtime headers: the kernels (fused_step_kernels.cuh)
+// include this under nvcc and, through csrc/emu/cuda_emu.h, as host code; the
+// torch-facing code (fused_step_plan.h) fills the record for both.
 #pragma once
 
 #include <cstdint>
 
-#include <cuda_runtime.h>
-
 namespace adamw8 {
 namespace cuda {
 
-// Tensors per launch: the table travels as a kernel argument, which is
-// limited to 4 KB on every CUDA version we support (SPEC §9).
-constexpr int kMaxTensorsPerLaunch = 32;
+constexpr int kThreads = 256;             // threads per block
+constexpr int kWarps = kThreads / 32;
+constexpr int kPerLane = 8;               // contiguous elements per lane and unit
+constexpr int kUnit = 32 * kPerLane;      // elements per warp and unit: one absmax block
+// Tensors per launch.  The record travels as a kernel argument: about 7.5 KB,
+// over the classic 4 KB but within the 32 KB that CUDA >= 12.1 allows (docs/design.md).
+constexpr int kMaxTensorsPerLaunch = 64;
+constexpr int kMaxDims = 4;               // dims of a non-contiguous param/grad, after merging
+constexpr int kMaxStrided = 8;            // non-contiguous tensors per launch
 
 enum class ParamType : int { kFloat = 0, kBFloat16 = 1, kHalf = 2 };
+
+// Row-major element index -> element offset of a non-contiguous param and grad
+// (numel < 2^31).  Each size carries its magic number for a division by
+// multiplication (no 64-bit division, which is a function call on the GPU).
+struct StridedDesc {
+  int ndim;
+  uint32_t sizes[kMaxDims];
+  uint32_t magic[kMaxDims];
+  uint32_t shift[kMaxDims];
+  int64_t pstride[kMaxDims];
+  int64_t gstride[kMaxDims];
+};
+
+// Magic number and shift of divisor d >= 1: n / d == (umulhi(n, magic) + n) >> shift
+// for every n < 2^31 (Granlund and Montgomery; the form torch's IntDivider uses).
+inline void divider_magic(uint32_t d, uint32_t& magic, uint32_t& shift) {
+  shift = 0;
+  while (shift < 32 && (uint64_t{1} << shift) < d) ++shift;
+  magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - d)) / d + 1);
+}
 
 struct TensorArgs {
   void* param;
@@ -27,15 +52,23 @@ struct TensorArgs {
   float* absmax1;
   float* absmax2;
   float* absmax3;
-  float* step;  // count before this step; incremented by a second launch
+  float* step;       // count before this step; the finish kernel adds 1
+  float* gnorm_vec;  // percentile clipping history, else nullptr
   int64_t numel;
+  int32_t vec;       // 1: contiguous and every pointer 16-byte aligned: full units use 128-bit accesses
+  int32_t strided;   // -1, or the index of this tensor's StridedDesc
 };
 
 struct LaunchArgs {
   TensorArgs t[kMaxTensorsPerLaunch];
-  // work units (256-element blocks) of tensor i are [unit_start[i], unit_start[i + 1])
+  // units (256-element blocks) of tensor i are [unit_start[i], unit_start[i + 1])
   int64_t unit_start[kMaxTensorsPerLaunch + 1];
+  StridedDesc strided[kMaxStrided];
   int ntensors;
+  int percentile;  // < 100: percentile clipping
+  int block_wise;  // 0: one absmax per tensor (8-bit)
+  float eps;
+  float weight_decay;
   const float* lr;
   const float* beta1;
   const float* beta2;
@@ -43,14 +76,54 @@ struct LaunchArgs {
   const float* found_inf;   // nullptr: never skip
   const float* qmap1;       // 8-bit only
   const float* qmap2;
-  float eps;
-  float weight_decay;
+  // Scratch of one call (device memory), nullptr where unused:
+  double* unit_sumsq;   // [units]          percentile: each unit's sum of g^2
+  float* unit_max;      // [3 * units]      block_wise=False: each unit's new max |m|, v, vh
+  float* tensor_scale;  // [ntensors]       percentile: gnorm_scale
+  float* tensor_max;    // [3 * ntensors]   block_wise=False: the new absmax1..3
 };
+static_assert(sizeof(LaunchArgs) <= 32764, "the launch record must fit CUDA's kernel-argument space");
 
-// One AdamW step for every tensor of `args` (all of one param type and state
-// format), then step += 1 for each (unless *found_inf).  Asynchronous on `stream`.
-void launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bool amsgrad, int num_sms,
-                       cudaStream_t stream);
+// The persistent grid of a unit kernel: one warp per unit, at most what runs
+// in one wave (`max_resident`: SMs x resident blocks per SM of that kernel).
+inline int64_t persistent_grid(int64_t units, int64_t max_resident) {
+  const int64_t want = (units + kWarps - 1) / kWarps;
+  return want < max_resident ? want : (max_resident > 0 ? max_resident : 1);
+}
+
+// SMs x resident blocks per SM of `kernel` (a __global__ function) on `device`:
+// the largest grid that runs in one wave (occupancy API, cached).
+int max_resident_blocks(int device, const void* kernel);
+
+// Bytes of scratch one launch needs (0 for the common blockwise, unclipped step).
+inline int64_t scratch_bytes(int64_t units, int ntensors, bool clip, bool tensorwise) {
+  int64_t b = 0;
+  if (clip) b += 8 * units + 4 * ntensors;
+  if (tensorwise) b += 4 * 3 * units + 4 * 3 * ntensors;
+  return b;
+}
+
+// Points the scratch fields of `a` into `base` (scratch_bytes(...) bytes, 8-byte aligned).
+inline void place_scratch(LaunchArgs& a, void* base, int64_t units, bool clip, bool tensorwise) {
+  char* p = static_cast<char*>(base);
+  a.unit_sumsq = nullptr;
+  a.unit_max = a.tensor_scale = a.tensor_max = nullptr;
+  if (clip) {
+    a.unit_sumsq = reinterpret_cast<double*>(p);
+    p += 8 * units;
+  }
+  if (tensorwise) {
+    a.unit_max = reinterpret_cast<float*>(p);
+    p += 4 * 3 * units;
+    a.tensor_max = reinterpret_cast<float*>(p);
+    p += 4 * 3 * a.ntensors;
+  }
+  if (clip) a.tensor_scale = reinterpret_cast<float*>(p);
+}
+
+// Runs one launch record on `stream` (a cudaStream_t): every kernel of the step,
+// asynchronously.  Returns the cudaError_t of the launches (0: success).
+int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bool amsgrad, void* stream);
 
 }  // namespace cuda
 }  // namespace adamw8

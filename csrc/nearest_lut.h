@@ -8,8 +8,9 @@
 // any bucket of the map needs, measured when the table is built: 1 for both
 // dynamic maps) reach the floor index of x, and the nearest of map[i] and
 // map[i + 1] (ties to the lower code) finishes it.  The answer equals
-// quantize_nearest (adamw8_math.h, a binary descent) for every float but NaN;
-// tests/test_emulation.py checks all 2^32 bit patterns for both maps.
+// quantize_nearest (adamw8_math.h, a binary descent) for every float but NaN
+// (normalize() never passes one); tests/test_emulation.py checks all 2^32 bit
+// patterns for both maps.
 //
 // Buckets per sign: one for |x| < 2^-24 (no dynamic-map value is that small),
 // 128 per binade from 2^-24 to 1, and one for |x| >= 1 (inf included).  A map
@@ -79,19 +80,27 @@ ADAMW8_HD void lut_bucket_range(int b, float& lo, float& hi) {
   hi = neg ? -bits_float(mag_lo) : bits_float(mag_hi);
 }
 
-// Entry b of the table, and the forward steps its bucket needs.
-ADAMW8_HD uint8_t lut_entry(const float* qmap, int b, int& steps) {
+// Entry b of the table: the floor index of the bucket's smallest value.
+ADAMW8_HD uint8_t lut_entry(const float* qmap, int b) {
   float lo, hi;
   lut_bucket_range(b, lo, hi);
-  const int first = floor_index(qmap, lo);
-  steps = floor_index(qmap, hi) - first;
-  return static_cast<uint8_t>(first);
+  return static_cast<uint8_t>(floor_index(qmap, lo));
 }
 
-// The nearest code of x through the table (`steps`: the largest of lut_entry's).
-ADAMW8_HD int lut_nearest(const uint8_t* table, const float* qmap, int steps, float x) {
+// The forward steps bucket b needs (the CPU measures the most once per map).
+ADAMW8_HD int lut_steps(const float* qmap, int b) {
+  float lo, hi;
+  lut_bucket_range(b, lo, hi);
+  return floor_index(qmap, hi) - floor_index(qmap, lo);
+}
+
+// The nearest code of x through the table.  The forward search stops at the
+// floor index, and after `max_steps` steps: exact for any `max_steps` at least
+// the map's largest lut_steps (the CPU passes that, 1 for the dynamic maps; the
+// CUDA kernels, which do not measure it, pass 254).
+ADAMW8_HD int lut_nearest(const uint8_t* table, const float* qmap, int max_steps, float x) {
   int i = table[lut_bucket(x)];
-  for (int s = 0; s < steps; ++s) i += static_cast<int>(i < 254 && qmap[i + 1] <= x);
+  for (int s = 0; s < max_steps && i < 254 && qmap[i + 1] <= x; ++s) ++i;
   const float lo = qmap[i];
   const float hi = qmap[i + 1];
   return i + static_cast<int>((x - lo) > (hi - x));

@@ -19,9 +19,8 @@ class NearestCodeLut {
   explicit NearestCodeLut(const float* qmap) {
     std::memcpy(q_, qmap, sizeof q_);
     for (int b = 0; b < kLutSize; ++b) {
-      int steps = 0;
-      table_[b] = lut_entry(q_, b, steps);
-      steps_ = std::max(steps_, steps);
+      table_[b] = lut_entry(q_, b);
+      steps_ = std::max(steps_, lut_steps(q_, b));
     }
   }
 

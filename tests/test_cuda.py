@@ -16,25 +16,65 @@ def _to(s: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
 
 
-@pytest.mark.parametrize("eight, amsgrad", [(False, False), (False, True), (True, False), (True, True)],
-                         ids=["32bit", "32bit-ams", "8bit", "8bit-ams"])
+@pytest.mark.parametrize("eight, amsgrad, block_wise, percentile",
+                         [(False, False, True, 100), (False, True, True, 100), (True, False, True, 100),
+                          (True, True, True, 100), (True, False, False, 100), (True, True, True, 10),
+                          (False, False, True, 10), (True, False, False, 10)],
+                         ids=["32bit", "32bit-ams", "8bit", "8bit-ams", "8bit-tensorwise", "8bit-ams-clip",
+                              "32bit-clip", "8bit-tensorwise-clip"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
-def test_cuda_kernel_equals_cpu_kernel(eight, amsgrad, dtype):
-    """Both kernels compute adamw8_math.h with no fused multiply-add: identical results."""
+def test_cuda_kernel_equals_cpu_kernel(eight, amsgrad, block_wise, percentile, dtype):
+    """Both kernels compute adamw8_math.h with no fused multiply-add: identical results
+    (tests/test_emulation.py shows the same for the kernels' source on the CPU)."""
     n = 3 * 256 * 1000 + 77
     p_cpu = torch.randn(n).to(dtype)
-    s_cpu = make_state(p_cpu, eight, amsgrad)
+    s_cpu = make_state(p_cpu, eight, amsgrad, block_wise, percentile)
     p_gpu, s_gpu = p_cpu.cuda(), _to(s_cpu, "cuda")
     lr_c, b1_c, b2_c = hyper("cpu", lr=1e-2)
     lr_g, b1_g, b2_g = hyper("cuda", lr=1e-2)
     for _ in range(4):
         g = torch.randn(n).to(dtype)
-        torch.ops.adamw8.fused_step(*op_args(p_cpu, g, s_cpu, lr_c, b1_c, b2_c, wd=0.1))
-        torch.ops.adamw8.fused_step(*op_args(p_gpu, g.cuda(), s_gpu, lr_g, b1_g, b2_g, wd=0.1))
+        torch.ops.adamw8.fused_step(*op_args(p_cpu, g, s_cpu, lr_c, b1_c, b2_c, wd=0.1, block_wise=block_wise,
+                                             percentile=percentile))
+        torch.ops.adamw8.fused_step(*op_args(p_gpu, g.cuda(), s_gpu, lr_g, b1_g, b2_g, wd=0.1,
+                                             block_wise=block_wise, percentile=percentile))
     assert torch.equal(p_gpu.cpu(), p_cpu)
     for k, v in s_cpu.items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(s_gpu[k].cpu(), v), k
+
+
+def test_no_op_runs_the_reference_on_cuda():
+    """Every op has its compiled CUDA kernel (the reference fallback warns and is slow)."""
+    assert adamw8.ops._missing["cuda"] == []
+
+
+def test_non_contiguous_params_are_updated_in_place():
+    """A transposed parameter goes through the kernels' strided path: no copy, same result."""
+    w = torch.randn(300, 70, device="cuda").t()
+    ref = w.detach().clone()  # contiguous copy, same values
+    g = torch.randn(70, 300, device="cuda")
+    s, s_ref = make_state(w, True, False), make_state(ref, True, False)
+    lr, b1, b2 = hyper("cuda")
+    ptr = w.data_ptr()
+    torch.ops.adamw8.fused_step(*op_args(w, g, s, lr, b1, b2))
+    torch.ops.adamw8.fused_step(*op_args(ref, g.contiguous(), s_ref, lr, b1, b2))
+    assert w.data_ptr() == ptr and not w.is_contiguous()
+    assert torch.equal(w, ref)
+    for k in ("state1", "state2", "absmax1", "absmax2"):
+        assert torch.equal(s[k], s_ref[k]), k
+
+
+@pytest.mark.parametrize("block_wise", [True, False], ids=["blockwise", "tensorwise"])
+def test_quantize_kernels_equal_cpu(block_wise):
+    for signed in (True, False):
+        q = torch.ops.adamw8.create_dynamic_map(signed)
+        x = torch.randn(100_003) * torch.logspace(-8, 1, 100_003)
+        c, a = torch.ops.adamw8.quantize(x.cuda(), q.cuda(), block_wise, signed)
+        c0, a0 = torch.ops.adamw8.quantize(x, q, block_wise, signed)
+        assert torch.equal(c.cpu(), c0) and torch.equal(a.cpu(), a0)
+        back = torch.ops.adamw8.dequantize(c, a, q.cuda(), block_wise)
+        assert torch.equal(back.cpu(), torch.ops.adamw8.dequantize(c0, a0, q, block_wise))
 
 
 def test_runs_on_the_current_stream():

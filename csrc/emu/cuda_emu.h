@@ -1,0 +1,169 @@
+// Runs CUDA kernel source on the CPU: every CUDA thread is a std::thread.
+//
+// Include this, then the kernels (fused_step_kernels.cuh), in a host
+// translation unit.  What it maps:
+//   - a launch: blockDim.x threads; they run the blocks of the grid in turn,
+//     all of a block's threads at once (a block barrier between blocks);
+//   - __shared__: function-level statics, one copy, which is right because one
+//     block runs at a time (and one launch at a time: launches are serialised);
+//   - __syncthreads: a barrier of the block's threads; a thread that returns
+//     from the kernel leaves it (arrive_and_drop), as exited threads do on a GPU;
+//   - warp shuffles: each lane writes its value to its warp's buffer, a warp
+//     barrier, each lane reads its partner's, a second warp barrier;
+//   - bf16/fp16 conversions through c10's (the CPU kernels' own), 128-bit vector
+//     types, the streaming load/store intrinsics as plain accesses, __umulhi.
+// What it cannot show: real concurrency (races, memory ordering), launch limits,
+// CUDA's own pow and division, streams, graphs, speed.  Those need the GPU and
+// compute-sanitizer (scripts/gpu_check.sh).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __grid_constant__
+#define __launch_bounds__(...)
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+struct float4 {
+  alignas(16) float x;
+  float y, z, w;
+};
+struct uint4 {
+  alignas(16) unsigned x;
+  unsigned y, z, w;
+};
+struct uint2 {
+  alignas(8) unsigned x;
+  unsigned y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+
+template <typename V>
+inline V __ldcs(const V* p) { return *p; }
+template <typename V>
+inline void __stcs(V* p, V v) { *p = v; }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+  return static_cast<unsigned>((static_cast<uint64_t>(a) * b) >> 32);
+}
+
+using __nv_bfloat16 = c10::BFloat16;
+using __half = c10::Half;
+inline float __bfloat162float(__nv_bfloat16 x) { return static_cast<float>(x); }
+inline __nv_bfloat16 __float2bfloat16_rn(float x) { return __nv_bfloat16(x); }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 x) { return x.x; }
+inline float __half2float(__half x) { return static_cast<float>(x); }
+inline __half __float2half_rn(float x) { return __half(x); }
+inline unsigned short __half_as_ushort(__half x) { return x.x; }
+inline __half __ushort_as_half(unsigned short b) { return __half(b, __half::from_bits()); }
+
+namespace adamw8_emu {
+
+// One block's synchronisation: the block barrier and one barrier per warp.
+struct BlockSync {
+  explicit BlockSync(int threads) : block(threads) {
+    for (int w = 0; w < (threads + 31) / 32; ++w) {
+      const int n = std::min(32, threads - 32 * w);
+      warps.emplace_back(std::make_unique<std::barrier<>>(n));
+    }
+    exchange.resize(static_cast<size_t>((threads + 31) / 32) * 32);
+  }
+  std::barrier<> block;
+  std::vector<std::unique_ptr<std::barrier<>>> warps;
+  std::vector<uint64_t> exchange;  // one 8-byte slot per thread, for shuffles
+};
+
+struct ThreadCtx {
+  dim3 thread, block, block_dim, grid_dim;
+  BlockSync* sync = nullptr;
+};
+inline thread_local ThreadCtx ctx;
+
+}  // namespace adamw8_emu
+
+#define threadIdx (adamw8_emu::ctx.thread)
+#define blockIdx (adamw8_emu::ctx.block)
+#define blockDim (adamw8_emu::ctx.block_dim)
+#define gridDim (adamw8_emu::ctx.grid_dim)
+
+inline void __syncthreads() { adamw8_emu::ctx.sync->block.arrive_and_wait(); }
+
+template <typename V>
+inline V __shfl_xor_sync(unsigned mask, V value, int lane_mask, int width = 32) {
+  static_assert(sizeof(V) <= 8, "shuffle of at most 8 bytes");
+  if (mask != 0xffffffffu || width != 32) throw std::logic_error("cuda_emu: only full-warp shuffles are emulated");
+  auto& c = adamw8_emu::ctx;
+  const unsigned tid = c.thread.x, lane = tid & 31u, base = tid - lane;
+  std::barrier<>& warp = *c.sync->warps[tid >> 5];
+  uint64_t slot = 0;
+  std::memcpy(&slot, &value, sizeof(V));
+  c.sync->exchange[tid] = slot;
+  warp.arrive_and_wait();
+  slot = c.sync->exchange[base + (lane ^ static_cast<unsigned>(lane_mask))];
+  warp.arrive_and_wait();
+  V out;
+  std::memcpy(&out, &slot, sizeof(V));
+  return out;
+}
+
+namespace adamw8_emu {
+
+// Runs `kernel()` as grid x block CUDA threads; returns when all blocks are done.
+inline void launch(unsigned grid, unsigned block, const std::function<void()>& kernel) {
+  static std::mutex one_launch_at_a_time;  // __shared__ statics are one copy
+  std::lock_guard<std::mutex> lock(one_launch_at_a_time);
+  if (grid == 0 || block == 0) throw std::invalid_argument("cuda_emu: empty launch");
+  std::unique_ptr<BlockSync> sync = std::make_unique<BlockSync>(static_cast<int>(block));
+  // Between blocks every thread waits here; the completion step gives the next
+  // block fresh barriers (a thread that returned early left the old ones).
+  std::barrier between(static_cast<std::ptrdiff_t>(block), [&]() noexcept {
+    sync = std::make_unique<BlockSync>(static_cast<int>(block));
+  });
+  std::exception_ptr error;
+  std::mutex error_mu;
+  std::vector<std::thread> threads;
+  threads.reserve(block);
+  for (unsigned t = 0; t < block; ++t) {
+    threads.emplace_back([&, t] {
+      for (unsigned b = 0; b < grid; ++b) {
+        ctx.thread = dim3{t, 0, 0};
+        ctx.block = dim3{b, 0, 0};
+        ctx.block_dim = dim3{block, 1, 1};
+        ctx.grid_dim = dim3{grid, 1, 1};
+        ctx.sync = sync.get();
+        try {
+          kernel();
+        } catch (...) {
+          std::lock_guard<std::mutex> g(error_mu);
+          if (!error) error = std::current_exception();
+        }
+        // an exited thread no longer holds back the block's or its warp's barriers
+        ctx.sync->block.arrive_and_drop();
+        ctx.sync->warps[t >> 5]->arrive_and_drop();
+        between.arrive_and_wait();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace adamw8_emu

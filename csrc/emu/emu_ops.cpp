@@ -1,0 +1,149 @@
+// The CUDA kernels' own source, run on the CPU (cuda_emu.h), as ops of a test
+// library: tests/test_emulation.py builds this file with
+// torch.utils.cpp_extension.load and compares the results with the CPU kernels
+// bit for bit.  Not part of the package.
+//
+//   adamw8_emu::fused_step_multi(<adamw8::fused_step_multi's arguments>,
+//                                int sms, int blocks_per_sm, int max_tensors)
+//       the CUDA kernels through the same launch records as the CUDA glue
+//       (fused_step_plan.h); the grid is the persistent grid of `sms` SMs with
+//       `blocks_per_sm` resident blocks (tiny values force many units per warp),
+//       `max_tensors` the tensors per launch (small values force several launches).
+//   adamw8_emu::quantize / dequantize(<adamw8's arguments>, int sms, int blocks_per_sm)
+//       the quantize_kernels.cuh kernels through the CUDA glue's records.
+//   adamw8_emu::lut_mismatches(Tensor qmap, int stride) -> int
+//       floats (every `stride`-th bit pattern; 1: all 2^32) whose nearest code
+//       through nearest_lut.h's table differs from the exact rule; the CPU
+//       table (its step count) and the CUDA kernels' use (254 steps) both.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+
+#include "../fused_step_checks.h"
+#include "../fused_step_plan.h"
+#include "../quant_lut_cpu.h"
+#include "../quantize_ops.h"
+// last: the shim's macros (__shared__, threadIdx, ...) reach only the kernels
+#include "cuda_emu.h"
+#include "../fused_step_kernels.cuh"
+#include "../quantize_kernels.cuh"
+
+namespace adamw8 {
+namespace {
+
+// The launch of the emulated kernels: the persistent grid of `sms` x `blocks_per_sm`.
+auto emu_launcher(int64_t sms, int64_t blocks_per_sm) {
+  return [=](auto kernel, const auto& args, int64_t units, int blocks) {
+    const int64_t grid = units > 0 ? cuda::persistent_grid(units, sms * blocks_per_sm) : blocks;
+    adamw8_emu::launch(static_cast<unsigned>(grid), cuda::kThreads, [&] { kernel(args); });
+  };
+}
+
+void emu_fused_step_multi(at::TensorList params, at::TensorList grads, at::TensorList state1,
+                          at::TensorList state2, at::TensorList state3, at::TensorList absmax1,
+                          at::TensorList absmax2, at::TensorList absmax3, const std::optional<at::Tensor>& qmap1,
+                          const std::optional<at::Tensor>& qmap2, at::TensorList steps, at::TensorList gnorm_vecs,
+                          const at::Tensor& lr, const at::Tensor& beta1, const at::Tensor& beta2, double eps,
+                          double weight_decay, bool block_wise, int64_t percentile,
+                          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                          int64_t sms, int64_t blocks_per_sm, int64_t max_tensors) {
+  const auto slots = make_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs);
+  const auto g = make_group(qmap1, qmap2, lr, beta1, beta2, eps, weight_decay, block_wise, percentile, grad_scale,
+                            found_inf);
+  check_call(slots, g);
+  if (slots.empty()) return;
+  TORCH_CHECK(max_tensors >= 1 && max_tensors <= cuda::kMaxTensorsPerLaunch, "adamw8_emu: max_tensors must be in 1..",
+              cuda::kMaxTensorsPerLaunch, ", got ", max_tensors);
+  const auto launch = emu_launcher(sms, blocks_per_sm);
+  run_plan(
+      slots, g,
+      [&](const cuda::LaunchArgs& a, cuda::ParamType type, bool eight, bool ams) {
+        cuda::run_step(a, type, eight, ams,
+                       [&](cuda::KernelFn kernel, int64_t units, int blocks) { launch(kernel, a, units, blocks); });
+      },
+      static_cast<int>(max_tensors));
+}
+
+std::tuple<at::Tensor, at::Tensor> emu_quantize(const at::Tensor& x, const at::Tensor& qmap, bool block_wise,
+                                                bool is_signed, int64_t sms, int64_t blocks_per_sm) {
+  const QuantCall c = prepare_quantize(x, qmap, block_wise, is_signed);
+  const at::Tensor scratch = quant_scratch(c, false);  // alive until the kernels are done
+  const auto args = quant_args(c, scratch);
+  const auto launch = emu_launcher(sms, blocks_per_sm);
+  cuda::run_quantize(args, [&](cuda::QuantKernelFn k, int64_t units, int blocks) { launch(k, args, units, blocks); });
+  return {c.codes, c.absmax};
+}
+
+at::Tensor emu_dequantize(const at::Tensor& codes, const at::Tensor& absmax, const at::Tensor& qmap, bool block_wise,
+                          int64_t sms, int64_t blocks_per_sm) {
+  const QuantCall c = prepare_dequantize(codes, absmax, qmap, block_wise);
+  const auto args = quant_args(c, at::Tensor());
+  const auto launch = emu_launcher(sms, blocks_per_sm);
+  cuda::run_dequantize(args, [&](cuda::QuantKernelFn k, int64_t units, int blocks) { launch(k, args, units, blocks); });
+  return c.values;
+}
+
+int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
+  TORCH_CHECK(qmap.scalar_type() == at::kFloat && qmap.numel() == 256 && qmap.is_contiguous() && qmap.is_cpu(),
+              "adamw8_emu: qmap must be a contiguous float32 CPU tensor of 256 values");
+  TORCH_CHECK(stride >= 1, "adamw8_emu: stride must be >= 1, got ", stride);
+  const float* q = qmap.data_ptr<float>();
+  const NearestCodeLut cpu(q);
+  std::vector<uint8_t> table(kLutSize);
+  for (int b = 0; b < kLutSize; ++b) table[b] = lut_entry(q, b);
+  std::atomic<int64_t> bad{0};
+  const int64_t total = int64_t{1} << 32;
+  // The exact floor index walks along with x (monotone in x: up for a clear
+  // sign bit as the bits grow, down for a set one), so each value costs O(1);
+  // a chunk starts from quantize_nearest's own descent.
+  at::parallel_for(0, (total + stride - 1) / stride, 1 << 20, [&](int64_t b, int64_t e) {
+    int64_t local = 0;
+    int f = -1;
+    bool neg = false;
+    for (int64_t k = b; k < e; ++k) {
+      const uint32_t bits = static_cast<uint32_t>(k * stride);
+      const float x = bits_float(bits);
+      if (!(x == x)) continue;  // NaN: normalize() never passes one
+      if (f < 0 || neg != (bits >> 31 != 0)) {
+        f = floor_index(q, x);
+        neg = bits >> 31 != 0;
+      }
+      while (f < 254 && q[f + 1] <= x) ++f;
+      while (f > 0 && q[f] > x) --f;
+      const int want = f + static_cast<int>((x - q[f]) > (q[f + 1] - x));
+      local += (cpu.nearest(x) != want) + (lut_nearest(table.data(), q, 254, x) != want);
+    }
+    bad += local;
+  });
+  return bad.load();
+}
+
+}  // namespace
+
+// The namespace is a macro so a test can build a second, deliberately broken copy beside it.
+#ifndef ADAMW8_EMU_NS
+#define ADAMW8_EMU_NS adamw8_emu
+#endif
+
+TORCH_LIBRARY(ADAMW8_EMU_NS, m) {
+  m.def(
+      "fused_step_multi(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state1, Tensor(c!)[] state2, "
+      "Tensor(d!)[] state3, Tensor(e!)[] absmax1, Tensor(f!)[] absmax2, Tensor(g!)[] absmax3, "
+      "Tensor? qmap1, Tensor? qmap2, Tensor(h!)[] steps, Tensor(i!)[] gnorm_vecs, Tensor lr, Tensor beta1, "
+      "Tensor beta2, float eps, float weight_decay, bool block_wise, int percentile, Tensor? grad_scale, "
+      "Tensor? found_inf, int sms, int blocks_per_sm, int max_tensors) -> ()");
+  m.def("quantize(Tensor x, Tensor qmap, bool block_wise, bool signed, int sms, int blocks_per_sm) -> (Tensor, Tensor)");
+  m.def("dequantize(Tensor codes, Tensor absmax, Tensor qmap, bool block_wise, int sms, int blocks_per_sm) -> Tensor");
+  m.def("lut_mismatches(Tensor qmap, int stride) -> int");
+}
+
+TORCH_LIBRARY_IMPL(ADAMW8_EMU_NS, CPU, m) {
+  m.impl("fused_step_multi", &emu_fused_step_multi);
+  m.impl("quantize", &emu_quantize);
+  m.impl("dequantize", &emu_dequantize);
+  m.impl("lut_mismatches", &lut_mismatches);
+}
+
+}  // namespace adamw8

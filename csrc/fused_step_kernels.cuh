@@ -1,0 +1,626 @@
+// The CUDA kernels of adamw8::fused_step(_multi): multi-tensor AdamW with
+// 32-bit or 8-bit state (docs/design.md, "CUDA kernels").
+//
+// This file is compiled twice: by nvcc (fused_step_cuda.cu) and as host code
+// under csrc/emu/cuda_emu.h, which runs every CUDA thread as a std::thread so
+// the tests can compare this very source with the CPU kernels bit for bit.  So:
+// no torch headers, and only the CUDA features the shim provides (thread and
+// block indices, __shared__, __syncthreads, __shfl_xor_sync, bf16/half
+// conversions, 128-bit vector types).
+//
+// Work: the 256-element units of all tensors of a launch form one index space;
+// each block of a persistent grid takes a contiguous range of it, and its warps
+// take every 8th unit of that range.  Lane l of a warp owns elements
+// 8l..8l+7 of the unit, so a full unit is read and written with 128-bit
+// accesses (two float4 of fp32, one uint4 of bf16/fp16, one uint2 of codes per
+// state), every load issued before the first use.  One unit is one absmax
+// block of the 8-bit format: its new absmax is a warp max.  Tail units,
+// misaligned and non-contiguous tensors take a guarded scalar path through the
+// same arithmetic (adamw8_math.h).  Per-step values (lr, betas, step,
+// grad_scale, found_inf) are read from device memory, so a CUDA graph replays
+// with new values.
+#pragma once
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+#include "adamw8_math.h"
+#include "fused_step_cuda.h"
+#include "nearest_lut.h"
+
+namespace adamw8 {
+namespace cuda {
+
+// ------------------------------------------------------------ element access
+// 128- and 64-bit global accesses.  The streaming intrinsics (each byte is
+// touched once per step) are inline PTX, so the accesses stay vector
+// instructions: plain float4 stores were split into scalars by the compiler.
+__device__ __forceinline__ float4 ld_f4(const float* p) { return __ldcs(reinterpret_cast<const float4*>(p)); }
+__device__ __forceinline__ void st_f4(float* p, float4 v) { __stcs(reinterpret_cast<float4*>(p), v); }
+__device__ __forceinline__ uint4 ld_u4(const void* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
+__device__ __forceinline__ void st_u4(void* p, uint4 v) { __stcs(reinterpret_cast<uint4*>(p), v); }
+__device__ __forceinline__ uint2 ld_u2(const void* p) { return __ldcs(reinterpret_cast<const uint2*>(p)); }
+__device__ __forceinline__ void st_u2(void* p, uint2 v) { __stcs(reinterpret_cast<uint2*>(p), v); }
+
+template <typename T>
+struct Elem;
+template <>
+struct Elem<float> {
+  __device__ __forceinline__ static float load(const float* p, int64_t i) { return p[i]; }
+  __device__ __forceinline__ static void store(float* p, int64_t i, float x) { p[i] = x; }
+  __device__ __forceinline__ static void load8(const float* __restrict__ p, float (&x)[kPerLane]) {
+    const float4 a = ld_f4(p);
+    const float4 b = ld_f4(p + 4);
+    x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w;
+    x[4] = b.x; x[5] = b.y; x[6] = b.z; x[7] = b.w;
+  }
+  __device__ __forceinline__ static void store8(float* __restrict__ p, const float (&x)[kPerLane]) {
+    st_f4(p, make_float4(x[0], x[1], x[2], x[3]));
+    st_f4(p + 4, make_float4(x[4], x[5], x[6], x[7]));
+  }
+};
+
+// bf16 and fp16: 8 elements are one 128-bit access; conversions round to nearest even.
+struct Bf16Bits {
+  __device__ __forceinline__ static float to_float(uint32_t b) { return bits_float(b << 16); }
+  __device__ __forceinline__ static uint32_t from_float(float x) {
+    return static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(x)));
+  }
+};
+struct HalfBits {
+  __device__ __forceinline__ static float to_float(uint32_t b) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
+  }
+  __device__ __forceinline__ static uint32_t from_float(float x) {
+    return static_cast<uint32_t>(__half_as_ushort(__float2half_rn(x)));
+  }
+};
+
+template <typename T, typename Bits>
+struct Elem16 {
+  __device__ __forceinline__ static float load(const T* p, int64_t i) {
+    return Bits::to_float(reinterpret_cast<const unsigned short*>(p)[i]);
+  }
+  __device__ __forceinline__ static void store(T* p, int64_t i, float x) {
+    reinterpret_cast<unsigned short*>(p)[i] = static_cast<unsigned short>(Bits::from_float(x));
+  }
+  __device__ __forceinline__ static void load8(const T* __restrict__ p, float (&x)[kPerLane]) {
+    const uint4 r = ld_u4(p);
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      x[2 * k] = Bits::to_float(w[k] & 0xffffu);
+      x[2 * k + 1] = Bits::to_float(w[k] >> 16);
+    }
+  }
+  __device__ __forceinline__ static void store8(T* __restrict__ p, const float (&x)[kPerLane]) {
+    uint32_t w[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) w[k] = Bits::from_float(x[2 * k]) | (Bits::from_float(x[2 * k + 1]) << 16);
+    st_u4(p, make_uint4(w[0], w[1], w[2], w[3]));
+  }
+};
+template <>
+struct Elem<__nv_bfloat16> : Elem16<__nv_bfloat16, Bf16Bits> {};
+template <>
+struct Elem<__half> : Elem16<__half, HalfBits> {};
+
+__device__ __forceinline__ void load8_codes(const uint8_t* __restrict__ p, uint32_t (&c)[kPerLane]) {
+  const uint2 r = ld_u2(p);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    c[k] = (r.x >> (8 * k)) & 0xffu;
+    c[4 + k] = (r.y >> (8 * k)) & 0xffu;
+  }
+}
+__device__ __forceinline__ void store8_codes(uint8_t* __restrict__ p, const uint32_t (&c)[kPerLane]) {
+  uint2 r;
+  r.x = c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24);
+  r.y = c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24);
+  st_u2(p, r);
+}
+
+// Row-major index -> offsets of a non-contiguous param (po) and grad (go).
+__device__ __forceinline__ void strided_offsets(const StridedDesc& d, int64_t i, int64_t& po, int64_t& go) {
+  po = 0;
+  go = 0;
+  uint32_t n = static_cast<uint32_t>(i);  // < 2^31 (fused_step_plan.h)
+  for (int k = d.ndim - 1; k >= 0; --k) {
+    const uint32_t q = (__umulhi(n, d.magic[k]) + n) >> d.shift[k];
+    const uint32_t idx = n - q * d.sizes[k];
+    n = q;
+    po += static_cast<int64_t>(idx) * d.pstride[k];
+    go += static_cast<int64_t>(idx) * d.gstride[k];
+  }
+}
+
+// ------------------------------------------------------------------ reductions
+template <typename V>
+__device__ __forceinline__ V warp_max(V x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const V y = __shfl_xor_sync(0xffffffffu, x, o);
+    x = y > x ? y : x;
+  }
+  return x;
+}
+
+__device__ __forceinline__ double warp_sum(double x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// The AMP skip: every kernel of a step returns at once (uniformly) when found_inf is set.
+__device__ __forceinline__ bool skipped(const LaunchArgs& a) { return a.found_inf != nullptr && *a.found_inf != 0.0f; }
+
+// ---------------------------------------------------------------- unit walker
+// Calls body(ti, unit_in_tensor, new_tensor) for the units of this warp: block b
+// owns units [b*U/G, (b+1)*U/G), its warps every kWarps-th of them.  The tensor
+// of the first unit is a binary search; later units move forward.
+template <typename Body>
+__device__ __forceinline__ void for_each_unit(const LaunchArgs& a, Body&& body) {
+  const int64_t total = a.unit_start[a.ntensors];
+  const int64_t ub = total * blockIdx.x / gridDim.x;
+  const int64_t ue = total * (blockIdx.x + 1) / gridDim.x;
+  const int warp = static_cast<int>(threadIdx.x >> 5);
+  int ti = -1;
+  for (int64_t u = ub + warp; u < ue; u += kWarps) {
+    bool fresh = false;
+    if (ti < 0) {
+      int lo = 0, hi = a.ntensors - 1;  // the last ti with unit_start[ti] <= u
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (a.unit_start[mid] <= u) lo = mid; else hi = mid - 1;
+      }
+      ti = lo;
+      fresh = true;
+    }
+    while (u >= a.unit_start[ti + 1]) {
+      ++ti;
+      fresh = true;
+    }
+    body(ti, u - a.unit_start[ti], fresh);
+  }
+}
+
+// ------------------------------------------------------------ per-tensor data
+struct TensorScalars {
+  AdamScalars sc;
+  float gnorm_scale;
+};
+
+__device__ __forceinline__ TensorScalars tensor_scalars(const LaunchArgs& a, int ti) {
+  TensorScalars s;
+  s.sc = make_scalars(*a.lr, *a.beta1, *a.beta2, a.eps, a.weight_decay, *a.t[ti].step + 1.0f);
+  s.gnorm_scale = a.tensor_scale != nullptr ? a.tensor_scale[ti] : 1.0f;
+  return s;
+}
+
+__device__ __forceinline__ float prep_grad(const LaunchArgs& a, float gscale, float gnorm_scale, float g) {
+  if (a.grad_scale != nullptr) g = g / gscale;
+  return g * gnorm_scale;
+}
+
+// Loads a unit's param and grad (zeros past the end), vectorised when `full`.
+template <typename T>
+__device__ __forceinline__ void load_pg(const LaunchArgs& a, const TensorArgs& ta, int64_t off, bool full,
+                                        float (&p)[kPerLane], float (&g)[kPerLane]) {
+  const T* __restrict__ pp = static_cast<const T*>(ta.param);
+  const T* __restrict__ gp = static_cast<const T*>(ta.grad);
+  if (full) {
+    Elem<T>::load8(gp + off, g);
+    Elem<T>::load8(pp + off, p);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int64_t i = off + j;
+    p[j] = g[j] = 0.0f;
+    if (i < ta.numel) {
+      int64_t po = i, go = i;
+      if (ta.strided >= 0) strided_offsets(a.strided[ta.strided], i, po, go);
+      g[j] = Elem<T>::load(gp, go);
+      p[j] = Elem<T>::load(pp, po);
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_p(const LaunchArgs& a, const TensorArgs& ta, int64_t off, bool full,
+                                        const float (&p)[kPerLane]) {
+  T* __restrict__ pp = static_cast<T*>(ta.param);
+  if (full) {
+    Elem<T>::store8(pp + off, p);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int64_t i = off + j;
+    if (i < ta.numel) {
+      int64_t po = i, go = i;
+      if (ta.strided >= 0) strided_offsets(a.strided[ta.strided], i, po, go);
+      Elem<T>::store(pp, po, p[j]);
+    }
+  }
+}
+
+// ------------------------------------------------------------- 32-bit state
+template <typename T, bool kAms>
+__device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs& ta, const TensorScalars& ts,
+                                           float gscale, int64_t unit) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int64_t off = unit * kUnit + lane * kPerLane;
+  const bool full = ta.vec && (unit + 1) * kUnit <= ta.numel;
+  float* __restrict__ s1 = static_cast<float*>(ta.state1);
+  float* __restrict__ s2 = static_cast<float*>(ta.state2);
+  float* __restrict__ s3 = static_cast<float*>(ta.state3);
+  float p[kPerLane], g[kPerLane], m[kPerLane], v[kPerLane], h[kPerLane];
+  load_pg<T>(a, ta, off, full, p, g);
+  if (full) {
+    Elem<float>::load8(s1 + off, m);
+    Elem<float>::load8(s2 + off, v);
+    if constexpr (kAms) Elem<float>::load8(s3 + off, h);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const bool in = off + j < ta.numel;
+      m[j] = in ? s1[off + j] : 0.0f;
+      v[j] = in ? s2[off + j] : 0.0f;
+      if constexpr (kAms) h[j] = in ? s3[off + j] : 0.0f;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const float gi = prep_grad(a, gscale, ts.gnorm_scale, g[j]);
+    update_moments(ts.sc, gi, m[j], v[j]);
+    float vh = v[j];
+    if constexpr (kAms) {
+      vh = h[j] > v[j] ? h[j] : v[j];
+      h[j] = vh;
+    }
+    p[j] = update_param(ts.sc, p[j], m[j], vh);
+  }
+  store_p<T>(a, ta, off, full, p);
+  if (full) {
+    Elem<float>::store8(s1 + off, m);
+    Elem<float>::store8(s2 + off, v);
+    if constexpr (kAms) Elem<float>::store8(s3 + off, h);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      if (off + j < ta.numel) {
+        s1[off + j] = m[j];
+        s2[off + j] = v[j];
+        if constexpr (kAms) s3[off + j] = h[j];
+      }
+    }
+  }
+}
+
+// -------------------------------------------------------------- 8-bit state
+// Shared memory of the 8-bit kernels: both maps and their nearest-code tables.
+struct Maps8 {
+  float q1[256];
+  float q2[256];
+  uint8_t lut1[kLutSize];
+  uint8_t lut2[kLutSize];
+};
+
+// Every thread of the block helps; nearest_lut.h's table, with its floor
+// search run per lookup until it stops (exact for any sorted map).
+__device__ __forceinline__ void load_maps(const LaunchArgs& a, Maps8& s) {
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+    s.q1[i] = a.qmap1[i];
+    s.q2[i] = a.qmap2[i];
+  }
+  __syncthreads();
+  for (int b = threadIdx.x; b < kLutSize; b += blockDim.x) {
+    s.lut1[b] = lut_entry(s.q1, b);
+    s.lut2[b] = lut_entry(s.q2, b);
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ uint32_t quantize_lut(const float* q, const uint8_t* lut, float value, float absmax,
+                                                 bool is_signed) {
+  const int nearest = lut_nearest(lut, q, 254, normalize(value, absmax));  // 254: no step count measured
+  return static_cast<uint32_t>(finish_code(q, nearest, value, is_signed));
+}
+
+// Requantizes a unit's new m, v (vh) with the new absmax and writes it back
+// with the parameters; `kOwnAbsmax`: the unit's absmax is written too.
+template <typename T, bool kAms, bool kOwnAbsmax>
+__device__ __forceinline__ void write_unit_8bit(const LaunchArgs& a, const Maps8& s, const TensorArgs& ta,
+                                                int64_t off, bool full, int64_t blk, const float (&p)[kPerLane],
+                                                const float (&m)[kPerLane], const float (&v)[kPerLane],
+                                                const float (&h)[kPerLane], float na1, float na2, float na3) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  uint8_t* __restrict__ c1p = static_cast<uint8_t*>(ta.state1);
+  uint8_t* __restrict__ c2p = static_cast<uint8_t*>(ta.state2);
+  uint8_t* __restrict__ c3p = static_cast<uint8_t*>(ta.state3);
+  store_p<T>(a, ta, off, full, p);
+  uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    c1[j] = quantize_lut(s.q1, s.lut1, m[j], na1, true);
+    c2[j] = quantize_lut(s.q2, s.lut2, v[j], na2, false);
+    if constexpr (kAms) c3[j] = quantize_lut(s.q2, s.lut2, h[j], na3, false);
+  }
+  if (full) {
+    store8_codes(c1p + off, c1);
+    store8_codes(c2p + off, c2);
+    if constexpr (kAms) store8_codes(c3p + off, c3);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      if (off + j < ta.numel) {
+        c1p[off + j] = static_cast<uint8_t>(c1[j]);
+        c2p[off + j] = static_cast<uint8_t>(c2[j]);
+        if constexpr (kAms) c3p[off + j] = static_cast<uint8_t>(c3[j]);
+      }
+    }
+  }
+  // every lane read the old absmax before the warp max; lane 0 writes after
+  if (kOwnAbsmax && lane == 0) {
+    ta.absmax1[blk] = na1;
+    ta.absmax2[blk] = na2;
+    if constexpr (kAms) ta.absmax3[blk] = na3;
+  }
+}
+
+// kPass: 0 = update (one absmax per unit), 1 = block_wise=False pass 1 (each
+// unit's new maxima into scratch, nothing else written), 2 = block_wise=False
+// pass 2 (update with the tensor's new absmax from scratch).
+template <typename T, bool kAms, int kPass>
+__device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, const TensorArgs& ta,
+                                          const TensorScalars& ts, float gscale, const float (&old_absmax)[3],
+                                          const float (&new_absmax)[3], int64_t unit, int64_t gunit) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int64_t off = unit * kUnit + lane * kPerLane;
+  const bool full = ta.vec && (unit + 1) * kUnit <= ta.numel;
+  uint8_t* __restrict__ c1p = static_cast<uint8_t*>(ta.state1);
+  uint8_t* __restrict__ c2p = static_cast<uint8_t*>(ta.state2);
+  uint8_t* __restrict__ c3p = static_cast<uint8_t*>(ta.state3);
+  const int64_t blk = kPass == 0 ? unit : 0;
+  const float oa1 = kPass == 0 ? ta.absmax1[blk] : old_absmax[0];
+  const float oa2 = kPass == 0 ? ta.absmax2[blk] : old_absmax[1];
+  const float oa3 = kAms ? (kPass == 0 ? ta.absmax3[blk] : old_absmax[2]) : 0.0f;
+  float p[kPerLane], g[kPerLane];
+  uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
+  load_pg<T>(a, ta, off, full, p, g);
+  if (full) {
+    load8_codes(c1p + off, c1);
+    load8_codes(c2p + off, c2);
+    if constexpr (kAms) load8_codes(c3p + off, c3);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const bool in = off + j < ta.numel;
+      c1[j] = in ? c1p[off + j] : 127u;  // past the end: m = v = 0 (signed code 127 is 0)
+      c2[j] = in ? c2p[off + j] : 0u;
+      if constexpr (kAms) c3[j] = in ? c3p[off + j] : 0u;
+    }
+  }
+  float m[kPerLane], v[kPerLane], h[kPerLane];
+  float na1 = 0.0f, na2 = 0.0f, na3 = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    float mj = dequantize_value(s.q1, static_cast<uint8_t>(c1[j]), oa1);
+    float vj = dequantize_value(s.q2, static_cast<uint8_t>(c2[j]), oa2);
+    const float gi = prep_grad(a, gscale, ts.gnorm_scale, g[j]);
+    update_moments(ts.sc, gi, mj, vj);
+    const bool ok = update_is_finite(gi, mj, vj);  // else: moments reset, parameter kept
+    mj = ok ? mj : 0.0f;
+    vj = ok ? vj : 0.0f;
+    float hj = vj;
+    if constexpr (kAms) {
+      const float vmax = dequantize_value(s.q2, static_cast<uint8_t>(c3[j]), oa3);
+      hj = vmax > vj ? vmax : vj;
+    }
+    p[j] = ok ? update_param(ts.sc, p[j], mj, hj) : p[j];
+    m[j] = mj;
+    v[j] = vj;
+    h[j] = hj;
+    const float am = fabsf(mj);
+    na1 = am > na1 ? am : na1;
+    na2 = vj > na2 ? vj : na2;
+    na3 = hj > na3 ? hj : na3;
+  }
+  na1 = warp_max(na1);
+  na2 = warp_max(na2);
+  if constexpr (kAms) na3 = warp_max(na3);
+  if constexpr (kPass == 1) {
+    if (lane == 0) {
+      const int64_t units = a.unit_start[a.ntensors];
+      a.unit_max[gunit] = na1;
+      a.unit_max[units + gunit] = na2;
+      a.unit_max[2 * units + gunit] = na3;
+    }
+  } else {
+    if constexpr (kPass == 2) {
+      na1 = new_absmax[0];
+      na2 = new_absmax[1];
+      na3 = new_absmax[2];
+    }
+    write_unit_8bit<T, kAms, kPass == 0>(a, s, ta, off, full, blk, p, m, v, h, na1, na2, na3);
+  }
+}
+
+// ------------------------------------------------------------------ kernels
+struct NoShared {
+  char unused;
+};
+template <bool kEight>
+struct SharedFor {
+  using type = NoShared;
+};
+template <>
+struct SharedFor<true> {
+  using type = Maps8;
+};
+template <bool kEight>
+using SharedOf = typename SharedFor<kEight>::type;
+
+template <typename T, bool kEight, bool kAms, int kPass>
+__global__ void __launch_bounds__(kThreads) fused_step_kernel(const __grid_constant__ LaunchArgs a) {
+  if (skipped(a)) return;
+  __shared__ SharedOf<kEight> smem;  // the maps and tables (8-bit only)
+  if constexpr (kEight) load_maps(a, smem);
+  const float gscale = a.grad_scale != nullptr ? *a.grad_scale : 1.0f;
+  TensorScalars ts{};
+  float old_absmax[3] = {0.0f, 0.0f, 0.0f}, new_absmax[3] = {0.0f, 0.0f, 0.0f};
+  for_each_unit(a, [&](int ti, int64_t unit, bool fresh) {
+    const TensorArgs& ta = a.t[ti];
+    if (fresh) {  // per-tensor values, once per tensor and warp
+      ts = tensor_scalars(a, ti);
+      if constexpr (kEight && kPass != 0) {
+        old_absmax[0] = ta.absmax1[0];
+        old_absmax[1] = ta.absmax2[0];
+        old_absmax[2] = kAms ? ta.absmax3[0] : 0.0f;
+      }
+      if constexpr (kEight && kPass == 2) {
+        new_absmax[0] = a.tensor_max[3 * ti];
+        new_absmax[1] = a.tensor_max[3 * ti + 1];
+        new_absmax[2] = a.tensor_max[3 * ti + 2];
+      }
+    }
+    if constexpr (kEight) {
+      unit_8bit<T, kAms, kPass>(a, smem, ta, ts, gscale, old_absmax, new_absmax, unit,
+                                a.unit_start[ti] + unit);
+    } else {
+      unit_32bit<T, kAms>(a, ta, ts, gscale, unit);
+    }
+  });
+}
+
+// Percentile clipping, pass 1: each unit's sum of squares of the unscaled
+// gradient, in double (as the CPU kernel sums).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) gnorm_kernel(const __grid_constant__ LaunchArgs a) {
+  if (skipped(a)) return;
+  const float gscale = a.grad_scale != nullptr ? *a.grad_scale : 1.0f;
+  for_each_unit(a, [&](int ti, int64_t unit, bool) {
+    const TensorArgs& ta = a.t[ti];
+    const int lane = static_cast<int>(threadIdx.x & 31);
+    const int64_t off = unit * kUnit + lane * kPerLane;
+    float p[kPerLane], g[kPerLane];
+    load_pg<T>(a, ta, off, ta.vec && (unit + 1) * kUnit <= ta.numel, p, g);
+    double acc = 0.0;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const double d = static_cast<double>(a.grad_scale != nullptr ? g[j] / gscale : g[j]);
+      acc += d * d;
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) a.unit_sumsq[a.unit_start[ti] + unit] = acc;
+  });
+}
+
+// Per-tensor reductions over the units' scratch, one block per tensor:
+// kClip: the squared norm, the history and gnorm_scale; !kClip: the new absmax
+// of block_wise=False (max of the units' maxima).
+template <bool kClip>
+__global__ void __launch_bounds__(kThreads) tensor_reduce_kernel(const __grid_constant__ LaunchArgs a) {
+  if (skipped(a)) return;
+  __shared__ double part[kWarps][3];
+  const int ti = blockIdx.x;
+  const int64_t u0 = a.unit_start[ti], u1 = a.unit_start[ti + 1];
+  const int64_t units = a.unit_start[a.ntensors];
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  double acc[3] = {0.0, 0.0, 0.0};
+  for (int64_t u = u0 + threadIdx.x; u < u1; u += kThreads) {
+    if constexpr (kClip) {
+      acc[0] += a.unit_sumsq[u];
+    } else {
+#pragma unroll
+      for (int k = 0; k < 3; ++k) {
+        const double x = a.unit_max[k * units + u];
+        acc[k] = x > acc[k] ? x : acc[k];
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 3; ++k) acc[k] = kClip ? warp_sum(acc[k]) : warp_max(acc[k]);
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) part[warp][k] = acc[k];
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  double r[3] = {0.0, 0.0, 0.0};
+  for (int w = 0; w < kWarps; ++w) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) r[k] = kClip ? r[k] + part[w][k] : (part[w][k] > r[k] ? part[w][k] : r[k]);
+  }
+  if constexpr (kClip) {
+    const int64_t t = static_cast<int64_t>(*a.t[ti].step + 1.0f);
+    a.tensor_scale[ti] = percentile_scale(a.t[ti].gnorm_vec, static_cast<float>(r[0]), t, a.percentile);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) a.tensor_max[3 * ti + k] = static_cast<float>(r[k]);
+  }
+}
+
+// The last kernel of a step: step += 1 for every tensor, and the new per-tensor
+// absmax of block_wise=False (written only now: every unit read the old one).
+__global__ void finish_kernel(const __grid_constant__ LaunchArgs a) {
+  if (skipped(a)) return;
+  for (int i = threadIdx.x; i < a.ntensors; i += blockDim.x) {
+    *a.t[i].step += 1.0f;
+    if (a.tensor_max != nullptr) {
+      a.t[i].absmax1[0] = a.tensor_max[3 * i];
+      a.t[i].absmax2[0] = a.tensor_max[3 * i + 1];
+      if (a.t[i].absmax3 != nullptr) a.t[i].absmax3[0] = a.tensor_max[3 * i + 2];
+    }
+  }
+}
+
+// ------------------------------------------------------------ the sequence
+using KernelFn = void (*)(const LaunchArgs);
+
+template <typename T>
+KernelFn main_kernel(bool eight, bool ams, int pass) {
+  if (!eight) return ams ? fused_step_kernel<T, false, true, 0> : fused_step_kernel<T, false, false, 0>;
+  switch (pass) {
+    case 1: return ams ? fused_step_kernel<T, true, true, 1> : fused_step_kernel<T, true, false, 1>;
+    case 2: return ams ? fused_step_kernel<T, true, true, 2> : fused_step_kernel<T, true, false, 2>;
+    default: return ams ? fused_step_kernel<T, true, true, 0> : fused_step_kernel<T, true, false, 0>;
+  }
+}
+
+template <typename T, typename Launch>
+void run_typed(const LaunchArgs& a, bool eight, bool ams, Launch& launch) {
+  const bool clip = a.percentile < 100;
+  const bool tensorwise = eight && !a.block_wise;
+  const int64_t units = a.unit_start[a.ntensors];
+  if (clip) {
+    if (units > 0) launch(gnorm_kernel<T>, units, 0);
+    launch(tensor_reduce_kernel<true>, 0, a.ntensors);
+  }
+  if (tensorwise) {
+    if (units > 0) launch(main_kernel<T>(eight, ams, 1), units, 0);
+    launch(tensor_reduce_kernel<false>, 0, a.ntensors);
+    if (units > 0) launch(main_kernel<T>(eight, ams, 2), units, 0);
+  } else if (units > 0) {
+    launch(main_kernel<T>(eight, ams, 0), units, 0);
+  }
+  launch(finish_kernel, 0, 1);
+}
+
+// Every kernel of one step, in order, through `launch(kernel, units, blocks)`:
+// a unit kernel (units > 0) gets a persistent grid for `units` work units, a
+// per-tensor or single kernel (units == 0) exactly `blocks` blocks.
+template <typename Launch>
+void run_step(const LaunchArgs& a, ParamType type, bool eight, bool ams, Launch&& launch) {
+  switch (type) {
+    case ParamType::kFloat: run_typed<float>(a, eight, ams, launch); break;
+    case ParamType::kBFloat16: run_typed<__nv_bfloat16>(a, eight, ams, launch); break;
+    case ParamType::kHalf: run_typed<__half>(a, eight, ams, launch); break;
+  }
+}
+
+}  // namespace cuda
+}  // namespace adamw8

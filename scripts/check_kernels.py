@@ -1,0 +1,154 @@
+"""Checks the compiled CUDA kernels without a GPU (CI): nvcc with the build's own flags
+(setup.py's NVCC_FLAGS and torch's), for sm_90.
+
+  - no register spills in any kernel (ptxas -v);
+  - every update kernel reads and writes full units with 128-bit accesses (ld/st.global...v4
+    in the PTX; cuobjdump is not on the CI machines), and the 8-bit ones move codes with
+    64-bit accesses (v2);
+  - registers and static shared memory per kernel, recorded.
+
+    python scripts/check_kernels.py [--out report.md]
+
+Exits 1 when a rule fails, 0 (with a note) where there is no CUDA toolkit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import runpy
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCES = [os.path.join(ROOT, "csrc", f) for f in ("fused_step_cuda.cu", "quantize_cuda.cu")]
+
+
+def build_flags():
+    setup = runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="adamw8_setup")
+    from torch.utils import cpp_extension
+
+    if setup["CUDA_ROOT"] is None:
+        return None, None
+    nvcc = os.path.join(setup["CUDA_ROOT"], "bin", "nvcc")
+    flags = list(cpp_extension.COMMON_NVCC_FLAGS) + setup["NVCC_FLAGS"] + ["-arch=sm_90", "-I" + os.path.join(ROOT, "csrc")]
+    return nvcc, flags
+
+
+def short(name: str) -> str:
+    """A readable kernel name from its mangled one."""
+    m = re.search(r"(fused_step_kernel|gnorm_kernel|tensor_reduce_kernel|finish_kernel|quantize_reduce_kernel|"
+                  r"quantize_kernel|dequantize_kernel)(I.*?E)?E", name)
+    if not m:
+        return name
+    base, targs = m.group(1), m.group(2) or ""
+    dtype = "bf16" if "bfloat16" in targs else "fp16" if "half" in targs else "fp32" if targs.startswith("If") else ""
+    bools = re.findall(r"Lb([01])E", targs)
+    pas = re.findall(r"Li(\d)E", targs)
+    if base == "fused_step_kernel":
+        eight, ams = bools[0] == "1", bools[1] == "1"
+        return f"update {dtype} {'8-bit' if eight else '32-bit'}{' ams' if ams else ''} pass {pas[0]}"
+    if base == "quantize_kernel":
+        return f"quantize pass {pas[0]}"
+    if base == "tensor_reduce_kernel":
+        return "tensor_reduce " + ("clip" if bools and bools[0] == "1" else "max")
+    return f"{base.replace('_kernel', '')} {dtype}".strip()
+
+
+def ptx_accesses(nvcc, flags, tmp, source):
+    ptx = os.path.join(tmp, "k.ptx")
+    subprocess.run([nvcc, *flags, "-ptx", source, "-o", ptx], check=True, capture_output=True, text=True)
+    text = open(ptx).read()
+    out = {}
+    for body in re.split(r"\n\s*// \.globl\s+", text)[1:]:
+        name = body.split()[0]
+        c = collections.Counter()
+        for m in re.finditer(r"\b(ld|st)\.global((?:\.[a-z0-9:_]+)*)", body):
+            width = "v4" if ".v4" in m.group(2) else "v2" if ".v2" in m.group(2) else "scalar"
+            c[f"{m.group(1)}.{width}"] += 1
+        c["instructions"] = sum(1 for line in body.splitlines() if re.match(r"\s+[a-z@]", line))
+        out[name] = c
+    return out
+
+
+def ptxas_report(nvcc, flags, tmp, source):
+    res = subprocess.run([nvcc, *flags, "-cubin", "-Xptxas", "-v", source, "-o", os.path.join(tmp, "k.cubin")],
+                         check=True, capture_output=True, text=True)
+    out, cur = {}, None
+    for line in res.stderr.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)'", line)
+        if m:
+            cur = m.group(1)
+            out[cur] = {}
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            out[cur].update(stack=int(m.group(1)), spill_st=int(m.group(2)), spill_ld=int(m.group(3)))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            out[cur]["regs"] = int(m.group(1))
+            sm = re.search(r"(\d+) bytes smem", line)
+            out[cur]["smem"] = int(sm.group(1)) if sm else 0
+    return out
+
+
+def check(ptx, sass):
+    problems = []
+    for name, r in sass.items():
+        if r.get("spill_st", 0) or r.get("spill_ld", 0):
+            problems.append(f"{short(name)}: {r['spill_st']} bytes of spill stores, {r['spill_ld']} of spill loads")
+    for name, c in ptx.items():
+        s = short(name)
+        if s.startswith("quantize pass") and c["ld.v4"] == 0:
+            problems.append(f"{s}: no 128-bit global loads")
+        if not s.startswith("update"):
+            continue
+        if c["ld.v4"] == 0:
+            problems.append(f"{s}: no 128-bit global loads")
+        writes = not s.endswith("pass 1")
+        if writes and c["st.v4"] == 0:
+            problems.append(f"{s}: no 128-bit global stores")
+        if "8-bit" in s and (c["ld.v2"] < 2 or (writes and c["st.v2"] < 2)):
+            problems.append(f"{s}: codes are not moved with 64-bit accesses")
+    return problems
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", help="also write the report (markdown) here")
+    args = ap.parse_args(argv)
+    nvcc, flags = build_flags()
+    if nvcc is None:
+        print("check_kernels: no CUDA toolkit found; nothing checked")
+        return 0
+    ptx, sass = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in SOURCES:
+            ptx.update(ptx_accesses(nvcc, flags, tmp, source))
+            sass.update(ptxas_report(nvcc, flags, tmp, source))
+    lines = ["| kernel | registers | smem B | stack B | spills B | ld v4 | st v4 | ld v2 | st v2 | scalar ld/st | PTX instr |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted(ptx, key=short):
+        c, r = ptx[name], sass.get(name, {})
+        lines.append(f"| {short(name)} | {r.get('regs', '?')} | {r.get('smem', 0)} | {r.get('stack', 0)} | "
+                     f"{r.get('spill_st', 0) + r.get('spill_ld', 0)} | {c['ld.v4']} | {c['st.v4']} | {c['ld.v2']} | "
+                     f"{c['st.v2']} | {c['ld.scalar']}/{c['st.scalar']} | {c['instructions']} |")
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report + "\n")
+    problems = check(ptx, sass)
+    for p in problems:
+        print("check_kernels: FAIL:", p, file=sys.stderr)
+    print(f"check_kernels: {len(ptx)} kernels, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

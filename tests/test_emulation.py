@@ -1,0 +1,250 @@
+"""The CUDA kernels' own source, run on the CPU (csrc/emu/cuda_emu.h: one std::thread per
+CUDA thread), against the CPU kernels, bit for bit.  No GPU needed: this is how a kernel
+reaches the GPU already known to be correct.  The emulation cannot show races, launch
+limits, CUDA's pow/division, streams or speed; tests/test_cuda.py and scripts/gpu_check.sh
+cover those on a GPU."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+
+import pytest
+import torch
+
+import adamw8
+from adamw8.ops import reference as R
+from conftest import DTYPES, dtype_id
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# the extension's floating-point rules (setup.py); hidden symbols keep two builds apart
+FLAGS = ["-O2", "-std=c++20", "-ffp-contract=off", "-fopenmp", "-fvisibility=hidden"]
+
+
+def _build(name: str, src_dir: pathlib.Path) -> None:
+    from torch.utils.cpp_extension import load
+
+    load(name=name, sources=[str(src_dir / "emu" / "emu_ops.cpp")], extra_cflags=FLAGS + [f"-DADAMW8_EMU_NS={name}"],
+         extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    _build("adamw8_emu", ROOT / "csrc")
+    return torch.ops.adamw8_emu
+
+
+# ------------------------------------------------------------------------ inputs
+def make_params(dtype, sizes, device="cpu"):
+    """Parameters of the given sizes; a size given as (rows, cols, "t") is a transposed
+    (non-contiguous) view, ("off", n) a contiguous view at a 1-element offset (unaligned)."""
+    out = []
+    for s in sizes:
+        if isinstance(s, tuple) and s[-1] == "t":
+            out.append(torch.randn(s[1], s[0]).to(dtype).t())
+        elif isinstance(s, tuple) and s[0] == "off":
+            out.append(torch.randn(s[1] + 1).to(dtype)[1:])
+        else:
+            out.append(torch.randn(s).to(dtype))
+    return out
+
+
+def make_lists(params, eight, ams, block_wise=True, clip=False):
+    st = {k: [] for k in ("state1", "state2", "state3", "absmax1", "absmax2", "absmax3", "steps", "gnorm")}
+    sd = torch.uint8 if eight else torch.float32
+    for p in params:
+        st["state1"].append(torch.zeros(p.shape, dtype=sd))
+        st["state2"].append(torch.zeros(p.shape, dtype=sd))
+        if ams:
+            st["state3"].append(torch.zeros(p.shape, dtype=sd))
+        if eight:
+            nb = R.num_blocks(p.numel(), block_wise)
+            for k in ("absmax1", "absmax2") + (("absmax3",) if ams else ()):
+                st[k].append(torch.zeros(nb))
+        st["steps"].append(torch.zeros(()))
+        if clip:
+            st["gnorm"].append(torch.zeros(100))
+    return st
+
+
+def clone_all(params, st):
+    return [p.clone() if p.is_contiguous() else p.t().clone().t() if p.dim() == 2 else p.clone() for p in params], {
+        k: [t.clone() for t in v] for k, v in st.items()
+    }
+
+
+def call(op, params, grads, st, eight, block_wise, percentile, lr, gs=None, fi=None, extra=()):
+    q1 = torch.ops.adamw8.create_dynamic_map(True) if eight else None
+    q2 = torch.ops.adamw8.create_dynamic_map(False) if eight else None
+    f = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
+    op(params, grads, st["state1"], st["state2"], st["state3"], st["absmax1"], st["absmax2"], st["absmax3"], q1, q2,
+       st["steps"], st["gnorm"], f(lr), f(0.9), f(0.999), 1e-8, 0.05, block_wise, percentile, gs, fi, *extra)
+
+
+def bits(t):
+    """The tensor's bit patterns (NaNs compare equal when their bits are)."""
+    view = {4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
+    return t.contiguous().view(view) if t.numel() else t
+
+
+def assert_same(a_params, a_st, b_params, b_st, what=""):
+    for i, (x, y) in enumerate(zip(a_params, b_params)):
+        assert torch.equal(bits(x), bits(y)), f"{what}param {i} differs at {(x != y).nonzero()[:5].tolist()}"
+    for k in a_st:
+        for i, (x, y) in enumerate(zip(a_st[k], b_st[k])):
+            assert torch.equal(bits(x), bits(y)), f"{what}{k}[{i}] differs"
+
+
+def run_both(emu_op, dtype, sizes, eight, ams, block_wise=True, percentile=100, steps=3, sms=2, bps=1,
+             max_tensors=64, amp=False, grad_fn=None):
+    params = make_params(dtype, sizes)
+    st = make_lists(params, eight, ams, block_wise, percentile < 100)
+    e_params, e_st = clone_all(params, st)
+    for it in range(steps):
+        grads = [torch.randn(p.shape).to(dtype) * (3.0 if it == 1 else 1.0) for p in params]
+        if grad_fn is not None:
+            grads = [grad_fn(it, g) for g in grads]
+        gs = torch.tensor(2.0 ** (it + 1)) if amp else None
+        fi = torch.tensor(1.0 if (amp and it == 1) else 0.0) if amp else None
+        if amp:
+            grads = [(g.float() * gs).to(dtype) for g in grads]
+        call(torch.ops.adamw8.fused_step_multi, params, grads, st, eight, block_wise, percentile, 1e-2, gs, fi)
+        call(emu_op, e_params, grads, e_st, eight, block_wise, percentile, 1e-2, gs, fi,
+             extra=(sms, bps, max_tensors))
+        assert_same(params, st, e_params, e_st, what=f"step {it}: ")
+    return params, st
+
+
+SIZES = [1, 255, 257, 4097, 0, 2048, (64, 33, "t"), ("off", 1000)]
+FORMATS = [(False, False, True), (False, True, True), (True, False, True), (True, True, True),
+           (True, False, False), (True, True, False)]
+FORMAT_IDS = ["32bit", "32bit-ams", "8bit", "8bit-ams", "8bit-tensorwise", "8bit-ams-tensorwise"]
+
+
+# ----------------------------------------------------------------------- the tests
+@pytest.mark.parametrize("eight, ams, block_wise", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_kernels_equal_cpu_kernel(emu, dtype, eight, ams, block_wise):
+    """Every dtype x format x amsgrad (x block_wise): odd sizes, an empty tensor, a
+    transposed (non-contiguous) parameter, an unaligned view."""
+    run_both(emu.fused_step_multi, dtype, SIZES, eight, ams, block_wise)
+
+
+@pytest.mark.parametrize("eight, block_wise", [(False, True), (True, True), (True, False)],
+                         ids=["32bit", "8bit", "8bit-tensorwise"])
+def test_percentile_clipping(emu, eight, block_wise):
+    """The norm pass, the per-tensor history and scale, over more than 100 steps' worth of
+    history slots being filled (steps 1..4 here; the history fill on step 1 included)."""
+    run_both(emu.fused_step_multi, torch.float32, [300, 4097, (40, 20, "t")], eight, True, block_wise,
+             percentile=5, steps=4)
+
+
+@pytest.mark.parametrize("eight", [False, True], ids=["32bit", "8bit"])
+def test_amp_scale_and_found_inf(emu, eight):
+    """Gradients unscaled in the kernel; a found_inf step changes nothing at all."""
+    run_both(emu.fused_step_multi, torch.bfloat16, [4097, 300], eight, False, amp=True, steps=3)
+
+
+def test_more_tensors_than_one_launch_takes(emu):
+    run_both(emu.fused_step_multi, torch.float32, [300, 1, 4097, 0, 513, 256, 77], True, True, max_tensors=3)
+
+
+def test_many_units_per_warp(emu):
+    """A one-block grid on one SM: each warp walks many units across tensor boundaries."""
+    run_both(emu.fused_step_multi, torch.float16, [70 * 256 + 3, 5, 9 * 256], True, False, sms=1, bps=1, steps=2)
+
+
+def test_nonfinite_gradients(emu):
+    """NaN, +-inf and |g| > 1.8e19 (g*g overflows): reset in 8-bit state, kept in 32-bit."""
+    def poison(it, g):
+        g = g.clone()
+        if g.numel() > 10:
+            g.view(-1)[3] = float("nan")
+            g.view(-1)[5] = float("inf")
+            g.view(-1)[7] = -3e19
+        return g
+
+    for eight in (False, True):
+        run_both(emu.fused_step_multi, torch.float32, [4097, 300], eight, False, grad_fn=poison)
+
+
+@pytest.mark.parametrize("scenario", ["repro", "const-1e-4", "const-1e-6"])
+def test_no_spikes_in_the_emulated_kernel(emu, scenario):
+    """The zero point (tests/test_zero_point.py) holds in the CUDA kernel's own source."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_spikes", ROOT / "benchmarks" / "bench_spikes.py")
+    b = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(b)
+    param, grads = b.scenarios(20)[scenario]
+    p = [param.clone()]
+    st = make_lists(p, True, False)
+    worst = 0.0
+    for g in grads:
+        before = p[0].clone()
+        call(emu.fused_step_multi, p, [g], st, True, True, 100, b.LR, extra=(2, 1, 64))
+        worst = max(worst, (p[0] - before).abs().max().item() / b.LR)
+    assert worst <= 3.0
+
+
+@pytest.mark.parametrize("block_wise", [True, False], ids=["blockwise", "tensorwise"])
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_quantize_kernels_equal_cpu_kernels(emu, signed, block_wise):
+    """quantize/dequantize: odd sizes, an unaligned view, values across the map's range,
+    NaN and inf (a NaN block's absmax is NaN), on a grid of 2 blocks."""
+    q = torch.ops.adamw8.create_dynamic_map(signed)
+    for n in (0, 1, 255, 257, 4097, 70 * 256):
+        x = torch.randn(n + 1)[1:] * torch.logspace(-9, 2, n + 1)[1:]
+        if not signed:
+            x = x.abs()
+        if n > 300:
+            x[5], x[260] = float("nan"), float("inf")
+        want = torch.ops.adamw8.quantize(x, q, block_wise, signed)
+        got = emu.quantize(x, q, block_wise, signed, 2, 1)
+        assert torch.equal(got[0], want[0]), f"codes, n={n}"
+        assert torch.equal(bits(got[1]), bits(want[1])), f"absmax, n={n}"
+        back = torch.ops.adamw8.dequantize(want[0], want[1], q, block_wise)
+        assert torch.equal(bits(emu.dequantize(want[0], want[1], q, block_wise, 2, 1)), bits(back)), f"n={n}"
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_nearest_code_table_is_exact_for_every_float(emu, signed):
+    """nearest_lut.h's table (the CPU's step count and the CUDA kernels' 254) against the
+    exact nearest rule, for all 2^32 bit patterns but NaN."""
+    assert emu.lut_mismatches(torch.ops.adamw8.create_dynamic_map(signed), 1) == 0
+
+
+def test_nearest_code_table_is_exact_for_other_maps(emu):
+    """Any sorted map works (a checkpoint may carry one): a linear map and one with values
+    far below the table's finest bucket (2^-24), on a sample of floats."""
+    linear = torch.linspace(-1, 1, 256)
+    tiny = torch.sort(torch.cat([torch.logspace(-40, 0, 128), -torch.logspace(-40, 0, 128)])).values
+    for q in (linear, tiny.float()):
+        assert emu.lut_mismatches(q.contiguous(), 7919) == 0
+
+
+def test_a_planted_defect_is_caught():
+    """The emulation can fail: a warp max over 16 lanes instead of 32 (a classic shuffle
+    bug) built from a modified copy of the kernel source gives different 8-bit state."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = pathlib.Path(tmp) / "csrc"
+        shutil.copytree(ROOT / "csrc", src)
+        k = src / "fused_step_kernels.cuh"
+        text = k.read_text()
+        planted = re.sub(r"for \(int o = 16; o > 0; o >>= 1\) \{", "for (int o = 8; o > 0; o >>= 1) {", text, count=1)
+        assert planted != text, "the warp max to plant the defect in was not found"
+        k.write_text(planted)
+        _build("adamw8_emu_defect", src)
+    with pytest.raises(AssertionError, match="differs"):
+        run_both(torch.ops.adamw8_emu_defect.fused_step_multi, torch.float32, [4097], True, False)
+
+
+def test_emulation_runs_the_built_source():
+    """The emulated source is the one nvcc compiles: fused_step_cuda.cu includes the header."""
+    cu = (ROOT / "csrc" / "fused_step_cuda.cu").read_text()
+    assert '#include "fused_step_kernels.cuh"' in cu
+    assert "__global__" not in cu  # no kernel lives outside the emulated header
+    assert os.path.exists(ROOT / "csrc" / "emu" / "emu_ops.cpp")

@@ -326,7 +326,7 @@ __device__ __forceinline__ void load_maps(const LaunchArgs& a, Maps8& s) {
 
 __device__ __forceinline__ uint32_t quantize_lut(const float* q, const uint8_t* lut, float value, float absmax,
                                                  bool is_signed) {
-  const int nearest = lut_nearest(lut, q, 254, normalize(value, absmax));  // 254: no step count measured
+  const int nearest = lut_nearest_search(lut, q, normalize(value, absmax));
   return static_cast<uint32_t>(finish_code(q, nearest, value, is_signed));
 }
 

@@ -94,16 +94,28 @@ ADAMW8_HD int lut_steps(const float* qmap, int b) {
   return floor_index(qmap, hi) - floor_index(qmap, lo);
 }
 
-// The nearest code of x through the table.  The forward search stops at the
-// floor index, and after `max_steps` steps: exact for any `max_steps` at least
-// the map's largest lut_steps (the CPU passes that, 1 for the dynamic maps; the
-// CUDA kernels, which do not measure it, pass 254).
-ADAMW8_HD int lut_nearest(const uint8_t* table, const float* qmap, int max_steps, float x) {
-  int i = table[lut_bucket(x)];
-  for (int s = 0; s < max_steps && i < 254 && qmap[i + 1] <= x; ++s) ++i;
+// The nearest of map[i] and map[i + 1] (ties to the lower code), i the floor index of x.
+ADAMW8_HD int nearest_from_floor(const float* qmap, int i, float x) {
   const float lo = qmap[i];
   const float hi = qmap[i + 1];
   return i + static_cast<int>((x - lo) > (hi - x));
+}
+
+// The nearest code of x from its table entry `i`, with `steps` branch-free
+// forward steps: exact when `steps` is at least the map's largest lut_steps (the
+// CPU measures it when it builds its table: 1 for the dynamic maps).
+ADAMW8_HD int lut_finish(const float* qmap, int i, int steps, float x) {
+  for (int s = 0; s < steps; ++s) i += static_cast<int>(i < 254 && qmap[i + 1] <= x);
+  return nearest_from_floor(qmap, i, x);
+}
+
+// The nearest code of x through the table without a measured step count (the
+// CUDA kernels, which build the table per block): the forward search runs until
+// it reaches the floor index.
+ADAMW8_HD int lut_nearest_search(const uint8_t* table, const float* qmap, float x) {
+  int i = table[lut_bucket(x)];
+  while (i < 254 && qmap[i + 1] <= x) ++i;
+  return nearest_from_floor(qmap, i, x);
 }
 
 }  // namespace adamw8

@@ -1,5 +1,5 @@
-// The CPU kernels' nearest-code table: nearest_lut.h's table for one map, built
-// once per map contents and cached (a process uses one or two maps).
+// The CPU kernels' nearest-code search for one map, built once per map contents
+// and cached (a process uses one or two maps).
 #pragma once
 
 #include <algorithm>
@@ -14,17 +14,26 @@
 
 namespace adamw8 {
 
+// nearest_lut.h's table, expanded to one entry per top-16-bit prefix of the
+// float (65,536 bytes): a bucket of the table is one such prefix, or (below
+// 2^-24 and from 1 up) a run of them, so each prefix takes its bucket's entry
+// and the lookup needs no bucket arithmetic.  Same entries, same steps.
 class NearestCodeLut {
  public:
   explicit NearestCodeLut(const float* qmap) {
     std::memcpy(q_, qmap, sizeof q_);
+    uint8_t table[kLutSize];
     for (int b = 0; b < kLutSize; ++b) {
-      table_[b] = lut_entry(q_, b);
+      table[b] = lut_entry(q_, b);
       steps_ = std::max(steps_, lut_steps(q_, b));
     }
+    for (uint32_t k = 0; k < 65536u; ++k) prefix_[k] = table[lut_bucket(bits_float(k << 16))];
   }
 
-  int nearest(float x) const { return lut_nearest(table_, q_, steps_, x); }
+  int nearest(float x) const {
+    const int i = prefix_[float_bits(x) >> 16];
+    return steps_ == 1 ? lut_finish(q_, i, 1, x) : lut_finish(q_, i, steps_, x);  // 1: the dynamic maps, unrolled
+  }
   int steps() const { return steps_; }
 
   bool built_for(const float* qmap) const { return std::memcmp(q_, qmap, sizeof q_) == 0; }
@@ -39,7 +48,7 @@ class NearestCodeLut {
  private:
   float q_[256];  // its own copy: the table stays valid whatever happens to the tensor
   int steps_ = 0;
-  uint8_t table_[kLutSize];
+  uint8_t prefix_[65536];
 };
 
 inline std::shared_ptr<const NearestCodeLut> lut_for(const float* qmap) {

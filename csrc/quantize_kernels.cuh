@@ -42,7 +42,7 @@ __device__ __forceinline__ void quantize_unit(const QuantArgs& a, const Map1& ma
   uint32_t c[kPerLane];
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
-    const int nearest = lut_nearest(map.lut, map.q, 254, normalize(x[j], amax));
+    const int nearest = lut_nearest_search(map.lut, map.q, normalize(x[j], amax));
     c[j] = static_cast<uint32_t>(finish_code(map.q, nearest, x[j], a.is_signed != 0));
   }
   if (full) {

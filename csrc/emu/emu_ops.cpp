@@ -13,8 +13,8 @@
 //       the quantize_kernels.cuh kernels through the CUDA glue's records.
 //   adamw8_emu::lut_mismatches(Tensor qmap, int stride) -> int
 //       floats (every `stride`-th bit pattern; 1: all 2^32) whose nearest code
-//       through nearest_lut.h's table differs from the exact rule; the CPU
-//       table (its step count) and the CUDA kernels' use (254 steps) both.
+//       through nearest_lut.h's table differs from the exact rule; the CPU's
+//       search (its step count) and the CUDA kernels' (until it stops) both.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -113,7 +113,7 @@ int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
       while (f < 254 && q[f + 1] <= x) ++f;
       while (f > 0 && q[f] > x) --f;
       const int want = f + static_cast<int>((x - q[f]) > (q[f + 1] - x));
-      local += (cpu.nearest(x) != want) + (lut_nearest(table.data(), q, 254, x) != want);
+      local += (cpu.nearest(x) != want) + (lut_nearest_search(table.data(), q, x) != want);
     }
     bad += local;
   });

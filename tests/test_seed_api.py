@@ -222,3 +222,32 @@ def test_grad_scaler_unscales_and_skips_in_kernel(device, cls):
             opt_b.zero_grad()
         opt_a.zero_grad()
     assert opt_a.state[next(model_a.parameters())]["step"].item() == 5
+
+
+def test_float_betas_live_in_one_device_tensor_per_group():
+    """Eager steps read betas from one cached tensor per (group, device), refilled only when
+    the value changes: no allocation per step, and a graph captured around step() would
+    read the same tensor."""
+    p = torch.nn.Parameter(torch.randn(300))
+    opt = adamw8.AdamW8bit([p], betas=(0.9, 0.99), min_8bit_size=1)
+    tensors = []
+    for i in range(4):
+        p.grad = torch.randn(300)
+        if i == 2:  # a schedule cycling beta1, as OneCycleLR does
+            opt.param_groups[0]["betas"] = (0.8, 0.99)
+        opt.step()
+        value, tensor = opt._scalars[((0, -1, "beta1"), p.device)]
+        assert value == (0.8 if i >= 2 else 0.9) and tensor.item() == pytest.approx(value)
+        tensors.append(tensor)
+    assert all(t is tensors[0] for t in tensors)
+
+
+@pytest.mark.gpu
+def test_cpu_tensor_lr_is_moved_to_the_parameters_device_once():
+    p = torch.nn.Parameter(torch.randn(300, device="cuda"))
+    opt = adamw8.AdamW8bit([p], lr=torch.tensor(1e-3), min_8bit_size=1)
+    lr = opt.param_groups[0]["lr"]
+    assert lr.device.type == "cuda" and lr.dtype == torch.float32
+    p.grad = torch.randn_like(p)
+    opt.step()
+    assert opt.param_groups[0]["lr"] is lr

@@ -38,12 +38,14 @@ class AdamWBase(torch.optim.Optimizer):
     # the kernels unscale and skip in-kernel, with no host sync.
     _step_supports_amp_scaling = True
 
-    # Tensors per fused_step_multi call.  Compile time grows faster than linearly with
-    # the size of one call (Inductor walks a call's whole argument list for each of its
-    # ~6 outputs per tensor): on the 201-tensor set, calls of 32 compile ~15% faster than
-    # one call of 201, and faster than calls of 8, 16 or 64 (benchmarks/RESULTS.md).
-    # 32 is also what one CUDA launch takes.
+    # Tensors per fused_step_multi call.  Compiled: compile time grows faster than
+    # linearly with the size of one call (Inductor walks a call's whole argument list for
+    # each of its ~6 outputs per tensor): on the 201-tensor set, calls of 32 compile ~15%
+    # faster than one call of 201, and faster than calls of 8, 16 or 64
+    # (benchmarks/RESULTS.md).  Eager: as many as one CUDA launch takes
+    # (csrc/fused_step_cuda.h kMaxTensorsPerLaunch), the fewest launches.
     _tensors_per_call = 32
+    _tensors_per_call_eager = 64
 
     def __init__(
         self,
@@ -76,6 +78,7 @@ class AdamWBase(torch.optim.Optimizer):
         self._qmaps: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._param_conf: dict[Tensor, dict] = {}
         self._hp_overrides: list[dict] = []
+        self._scalars: dict = {}  # (key, device) -> [float value, its device tensor] (_device_scalar)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
         super().__init__(params, defaults)
         if self.options.is_paged and any(p.is_cuda for g in self.param_groups for p in g["params"]):
@@ -100,10 +103,14 @@ class AdamWBase(torch.optim.Optimizer):
         if isinstance(group["betas"], list):
             group["betas"] = tuple(group["betas"])
         devices = {p.device for p in group["params"]}
-        if not isinstance(group["lr"], Tensor):
+        dev = devices.pop() if len(devices) == 1 else torch.device("cpu")
+        lr = group["lr"]
+        if not isinstance(lr, Tensor):
             # A tensor lr: schedulers update it in place, so it never recompiles.
-            dev = devices.pop() if len(devices) == 1 else torch.device("cpu")
-            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=dev)
+            group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=dev)
+        elif lr.device != dev or lr.dtype != torch.float32 or lr.dim() != 0:
+            # moved to the parameters' device once, not copied every step (a step stays capturable)
+            group["lr"] = lr.detach().reshape(()).to(device=dev, dtype=torch.float32)
 
     # ------------------------------------------------------------- per param
     def _config(self, gindex: int, pindex: int, p: Tensor) -> dict:
@@ -216,12 +223,31 @@ class AdamWBase(torch.optim.Optimizer):
                 if pct < 100:
                     gnorm_vecs.append(st["gnorm_vec"])
             # one call per chunk of at most _tensors_per_call tensors (see the attribute)
-            k = self._tensors_per_call
+            k = self._tensors_per_call if torch.compiler.is_compiling() else self._tensors_per_call_eager
             for c in range(0, len(ps), k):
                 m = min(k, len(ps) - c)
                 out.append((start + c, start + c + m, a_start + c if eight else -1, g_start + c if pct < 100 else -1,
                             q_idx, block_wise, pct, hp))
         return out
+
+    def _device_scalar(self, key, value, dev: torch.device) -> Tensor:
+        """A per-step scalar (lr, beta1, beta2) as the 0-d float32 tensor on ``dev`` the ops read.
+
+        A tensor is used as is (or moved, once per step, when it lives elsewhere).  Eager, a
+        float gets one cached tensor per (key, device), refilled only when the value changes:
+        no allocation per step, and a CUDA graph captured around ``step()`` reads the same
+        tensor, so a new value set between replays is seen.  Traced by torch.compile, the
+        tensor is made in the graph (Dynamo guards on the float's value there)."""
+        if isinstance(value, Tensor) or torch.compiler.is_compiling():
+            return as_float32_scalar(value, dev)
+        cached = self._scalars.get((key, dev))
+        if cached is None:
+            cached = [float(value), torch.full((), float(value), dtype=torch.float32, device=dev)]
+            self._scalars[(key, dev)] = cached
+        elif cached[0] != float(value):
+            cached[0] = float(value)
+            cached[1].fill_(cached[0])
+        return cached[1]
 
     # -------------------------------------------------------------------- step
     @torch.no_grad()
@@ -247,9 +273,9 @@ class AdamWBase(torch.optim.Optimizer):
                 hp = group if hp_idx < 0 else {**group, **self._hp_overrides[hp_idx]}
                 if (hp_idx, dev) not in scalars:
                     scalars[(hp_idx, dev)] = tuple(
-                        None if x is None else as_float32_scalar(x, dev)
-                        for x in (hp["lr"], *hp["betas"], grad_scale, found_inf)
-                    )
+                        self._device_scalar((gindex, hp_idx, name), x, dev)
+                        for name, x in zip(("lr", "beta1", "beta2"), (hp["lr"], *hp["betas"]))
+                    ) + tuple(None if x is None else as_float32_scalar(x, dev) for x in (grad_scale, found_inf))
                 lr, beta1, beta2, gs, fi = scalars[(hp_idx, dev)]
                 a_end = a_start + n
                 torch.ops.adamw8.fused_step_multi(

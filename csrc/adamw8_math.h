@@ -38,9 +38,10 @@ struct AdamScalars {
   float eps;
 };
 
-// `t` is the step count after the increment.  pow in double, rounded once.
+// `t` is the step count after the increment (exact: an int64 count, as double
+// up to 2^53).  pow in double, rounded once.
 ADAMW8_HD AdamScalars make_scalars(float lr, float beta1, float beta2, float eps,
-                                   float weight_decay, float t) {
+                                   float weight_decay, int64_t t) {
   AdamScalars s;
   s.beta1 = beta1;
   s.one_minus_beta1 = 1.0f - beta1;

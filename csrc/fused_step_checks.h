@@ -122,7 +122,12 @@ inline void check_slot(const ParamSlot& s, const GroupArgs& g, const std::string
     TORCH_CHECK(a.t.device() == dev, "adamw8: ", a.name, " of ", what, " must be on ", dev, ", got ",
                 a.t.device());
   }
-  check_scalar_tensor(s.step, "step", dev);
+  TORCH_CHECK(s.step.defined() && s.step.scalar_type() == at::kLong && s.step.numel() == 1,
+              "adamw8: step of ", what, " must be an int64 tensor with one element (the exact step count), got ",
+              s.step.defined() ? c10::toString(s.step.scalar_type()) : "None", " of shape ",
+              s.step.defined() ? s.step.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(s.step.device() == dev, "adamw8: step of ", what, " must be on the parameters' device ", dev, ", got ",
+              s.step.device());
   if (g.percentile < 100) {
     TORCH_CHECK(s.gnorm_vec.defined(), "adamw8: percentile clipping (percentile=", g.percentile,
                 ") needs gnorm_vec for ", what, ", got None");

@@ -184,7 +184,7 @@ void step_8bit(scalar_t* p, const scalar_t* g, uint8_t* c1, uint8_t* c2, uint8_t
 
 void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut1, const NearestCodeLut* lut2) {
   const int64_t n = s.param.numel();
-  const float t = read_scalar(s.step) + 1.0f;
+  const int64_t t = s.step.data_ptr<int64_t>()[0] + 1;
   const AdamScalars sc = make_scalars(read_scalar(ga.lr), read_scalar(ga.beta1), read_scalar(ga.beta2),
                                       static_cast<float>(ga.eps), static_cast<float>(ga.weight_decay), t);
   // Non-contiguous parameters are updated through a contiguous copy (flat
@@ -193,8 +193,7 @@ void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut
   const at::Tensor g = s.grad.contiguous();
   GradPrep prep{ga.grad_scale.defined(), ga.grad_scale.defined() ? read_scalar(ga.grad_scale) : 1.0f, 1.0f};
   if (ga.percentile < 100 && s.gnorm_vec.defined()) {
-    prep.gnorm_scale = clip_scale(g, prep, n, s.gnorm_vec.data_ptr<float>(),
-                                        static_cast<int64_t>(t), ga.percentile);
+    prep.gnorm_scale = clip_scale(g, prep, n, s.gnorm_vec.data_ptr<float>(), t, ga.percentile);
   }
   const bool ams = s.state3.defined();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "adamw8_fused_step_cpu", [&] {

@@ -52,7 +52,7 @@ struct TensorArgs {
   float* absmax1;
   float* absmax2;
   float* absmax3;
-  float* step;       // count before this step; the finish kernel adds 1
+  int64_t* step;     // count before this step; the finish kernel adds 1
   float* gnorm_vec;  // percentile clipping history, else nullptr
   int64_t numel;
   int32_t vec;       // 1: contiguous and every pointer 16-byte aligned: full units use 128-bit accesses

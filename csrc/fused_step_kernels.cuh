@@ -194,7 +194,7 @@ struct TensorScalars {
 
 __device__ __forceinline__ TensorScalars tensor_scalars(const LaunchArgs& a, int ti) {
   TensorScalars s;
-  s.sc = make_scalars(*a.lr, *a.beta1, *a.beta2, a.eps, a.weight_decay, *a.t[ti].step + 1.0f);
+  s.sc = make_scalars(*a.lr, *a.beta1, *a.beta2, a.eps, a.weight_decay, *a.t[ti].step + 1);
   s.gnorm_scale = a.tensor_scale != nullptr ? a.tensor_scale[ti] : 1.0f;
   return s;
 }
@@ -556,7 +556,7 @@ __global__ void __launch_bounds__(kThreads) tensor_reduce_kernel(const __grid_co
     for (int k = 0; k < 3; ++k) r[k] = kClip ? r[k] + part[w][k] : (part[w][k] > r[k] ? part[w][k] : r[k]);
   }
   if constexpr (kClip) {
-    const int64_t t = static_cast<int64_t>(*a.t[ti].step + 1.0f);
+    const int64_t t = *a.t[ti].step + 1;
     a.tensor_scale[ti] = percentile_scale(a.t[ti].gnorm_vec, static_cast<float>(r[0]), t, a.percentile);
   } else {
 #pragma unroll
@@ -569,7 +569,7 @@ __global__ void __launch_bounds__(kThreads) tensor_reduce_kernel(const __grid_co
 __global__ void finish_kernel(const __grid_constant__ LaunchArgs a) {
   if (skipped(a)) return;
   for (int i = threadIdx.x; i < a.ntensors; i += blockDim.x) {
-    *a.t[i].step += 1.0f;
+    *a.t[i].step += 1;
     if (a.tensor_max != nullptr) {
       a.t[i].absmax1[0] = a.tensor_max[3 * i];
       a.t[i].absmax2[0] = a.tensor_max[3 * i + 1];

@@ -118,7 +118,7 @@ inline Plan make_plan(const std::vector<ParamSlot>& slots, const GroupArgs& g,
     const bool vec = !strided && aligned16(p) && aligned16(gr) && aligned16(s.state1) && aligned16(s.state2) &&
                      aligned16(s.state3);
     a.t[k] = cuda::TensorArgs{raw(p), raw(gr), raw(s.state1), raw(s.state2), raw(s.state3), f32(s.absmax1),
-                              f32(s.absmax2), f32(s.absmax3), f32(s.step), f32(s.gnorm_vec), p.numel(),
+                              f32(s.absmax2), f32(s.absmax3), s.step.data_ptr<int64_t>(), f32(s.gnorm_vec), p.numel(),
                               vec ? 1 : 0, sidx};
     a.unit_start[k + 1] = a.unit_start[k] + expected_blocks(p.numel(), true);
   }

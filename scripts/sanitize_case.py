@@ -29,7 +29,7 @@ def make(dtype, eight, ams, block_wise, clip, device):
         state2=[torch.zeros(p.shape, dtype=sd) for p in params],
         state3=[torch.zeros(p.shape, dtype=sd) for p in params] if ams else [],
         absmax=[[torch.zeros(nb(p.numel())) for p in params] if eight else [] for _ in range(3)],
-        steps=[torch.zeros(()) for _ in params],
+        steps=[torch.zeros((), dtype=torch.int64) for _ in params],
         gnorm=[torch.zeros(100) for _ in params] if clip else [],
     )
     if not ams:

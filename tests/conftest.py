@@ -64,7 +64,7 @@ def make_state(param: torch.Tensor, eight_bit: bool, amsgrad: bool, block_wise: 
         "state2": torch.zeros(param.shape, dtype=dt, device=dev),
         "state3": torch.zeros(param.shape, dtype=dt, device=dev) if amsgrad else None,
         "absmax1": None, "absmax2": None, "absmax3": None, "qmap1": None, "qmap2": None,
-        "step": torch.zeros((), dtype=torch.float32, device=dev),
+        "step": torch.zeros((), dtype=torch.int64, device=dev),
         "gnorm_vec": torch.zeros(100, device=dev) if percentile < 100 else None,
     }
     if eight_bit:

@@ -111,7 +111,7 @@ def test_direct_op_in_user_compiled_function(device, fresh_dynamo):
         return dict(s1=torch.zeros(p.shape, dtype=torch.uint8, device=device),
                     s2=torch.zeros(p.shape, dtype=torch.uint8, device=device),
                     a1=torch.zeros(nb, device=device), a2=torch.zeros(nb, device=device),
-                    step=torch.zeros((), device=device))
+                    step=torch.zeros((), dtype=torch.int64, device=device))
 
     states = [new_state(p) for p in params]
     ref_params = [p.clone() for p in params]

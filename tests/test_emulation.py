@@ -64,7 +64,7 @@ def make_lists(params, eight, ams, block_wise=True, clip=False):
             nb = R.num_blocks(p.numel(), block_wise)
             for k in ("absmax1", "absmax2") + (("absmax3",) if ams else ()):
                 st[k].append(torch.zeros(nb))
-        st["steps"].append(torch.zeros(()))
+        st["steps"].append(torch.zeros((), dtype=torch.int64))
         if clip:
             st["gnorm"].append(torch.zeros(100))
     return st
@@ -86,7 +86,7 @@ def call(op, params, grads, st, eight, block_wise, percentile, lr, gs=None, fi=N
 
 def bits(t):
     """The tensor's bit patterns (NaNs compare equal when their bits are)."""
-    view = {4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
+    view = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
     return t.contiguous().view(view) if t.numel() else t
 
 

@@ -151,7 +151,7 @@ def _op_cases(device):
         ("absmax-missing", with_(6, None), "8-bit state of param needs absmax2, got None"),
         ("qmap-missing", with_(8, None), "8-bit state needs qmap1, got None"),
         ("qmap-shape", with_(9, torch.zeros(255, device=d)), r"qmap2 must be a contiguous float32 tensor of shape \[256\]"),
-        ("step-dtype", with_(10, torch.zeros((), dtype=torch.int64, device=d)), "step must be a float32 tensor"),
+        ("step-dtype", with_(10, torch.zeros((), dtype=torch.float32, device=d)), "step of param must be an int64 tensor"),
         ("lr-shape", with_(12, torch.ones(2, device=d)), "lr must be a float32 tensor with one element"),
         ("eps", with_(15, -1.0), "eps must be >= 0"),
         ("wd", with_(16, -1.0), "weight_decay must be >= 0"),

@@ -166,7 +166,7 @@ def step_values(
     updated in place; everything else is read.
     """
     eight_bit = state1.dtype == torch.uint8
-    t = float(step) + 1.0
+    t = int(step) + 1  # exact int64 count
     dev = param.device
     b1 = _f32(float(beta1))
     b2 = _f32(float(beta2))

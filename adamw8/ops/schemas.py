@@ -121,7 +121,14 @@ def _check_slot(slot: dict, g: dict, what: str) -> None:
             f"got {a.dtype} of shape {list(a.shape)}",
         )
         _chk(a.device == dev, f"{name} of {what} must be on {dev}, got {a.device}")
-    _check_scalar(slot["step"], "step", dev)
+    st = slot["step"]
+    _chk(
+        isinstance(st, Tensor) and st.dtype == torch.int64 and st.numel() == 1,
+        f"step of {what} must be an int64 tensor with one element (the exact step count), got "
+        f"{st.dtype if isinstance(st, Tensor) else type(st).__name__}"
+        f"{' of shape ' + str(list(st.shape)) if isinstance(st, Tensor) else ''}",
+    )
+    _chk(st.device == dev, f"step of {what} must be on the parameters' device {dev}, got {st.device}")
     gv = slot["gnorm_vec"]
     if g["percentile"] < 100:
         _chk(

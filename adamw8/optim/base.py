@@ -149,7 +149,7 @@ class AdamWBase(torch.optim.Optimizer):
         eight = conf["optim_bits"] == 8 and n >= conf["min_8bit_size"]
         sdtype = torch.uint8 if eight else torch.float32
         state = self.state[p]
-        state["step"] = torch.zeros((), dtype=torch.float32, device=dev)
+        state["step"] = torch.zeros((), dtype=torch.int64, device=dev)  # exact past 2^24 steps
         names = ("state1", "state2", "state3") if amsgrad else ("state1", "state2")
         for name in names:
             # contiguous, whatever the parameter's strides: kernels use flat order

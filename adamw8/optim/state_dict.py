@@ -53,18 +53,16 @@ def _tensor(where: str, st: dict, key: str) -> Tensor:
     return v
 
 
-def _step_value(where: str, v) -> float:
+def _step_value(where: str, v) -> int:
     if isinstance(v, Tensor):
         if v.numel() != 1:
             _fail(where, f"expected a scalar 'step', got a tensor of shape {tuple(v.shape)}")
-        v = float(v.detach().cpu())
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        v = float(v)
-    else:
+        v = v.detach().cpu().reshape(()).item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         _fail(where, f"expected 'step' as an int, float or tensor, got {type(v).__name__}")
     if not (math.isfinite(v) and v >= 0 and v == int(v)):
         _fail(where, f"expected a non-negative whole 'step', got {v}")
-    return v
+    return int(v)
 
 
 def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, where: str) -> dict:
@@ -76,7 +74,7 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
     if "step" not in st:
         _fail(where, "missing 'step'")
     dev = p.device
-    out = {"step": torch.tensor(_step_value(where, st["step"]), dtype=torch.float32, device=dev)}
+    out = {"step": torch.tensor(_step_value(where, st["step"]), dtype=torch.int64, device=dev)}
     s1 = _tensor(where, st, "state1")
     if s1.dtype not in (torch.float32, torch.uint8):
         _fail(where, f"expected state1 of dtype float32 (32-bit) or uint8 (8-bit), got {s1.dtype}")

@@ -101,14 +101,34 @@ ADAMW8_HD float update_param(const AdamScalars& s, float p, float m, float vh) {
   return pd - s.step_size * q;
 }
 
+
 ADAMW8_HD bool is_finite(float x) { return isfinite(x); }
 
-// The 8-bit optimizers' non-finite rule (docs/design.md): an element whose
+// The non-finite rule (docs/design.md), in every state format: an element whose
 // gradient, new m or new v is not finite (a NaN/inf gradient, or g*g that
 // overflows) gets m = v = 0 and keeps its parameter, so nothing non-finite
-// ever reaches a block's absmax.  bitsandbytes resets on a non-finite gradient;
-// the overflow case is ours.
+// ever reaches a parameter, a state or a block's absmax.  bitsandbytes' 8-bit
+// kernels reset on a non-finite gradient; the overflow case is ours.
 ADAMW8_HD bool update_is_finite(float g, float m, float v) { return is_finite(g) && is_finite(m) && is_finite(v); }
+
+// One element's whole step, the one every kernel runs (32-bit and 8-bit, CPU and
+// CUDA; the reference mirrors it).  In: `g` (unscaled, clipped), the old `p`,
+// `m`, `v` and, with amsgrad, the old max `vh`.  Out: the new values, with the
+// non-finite rule applied (moments reset, parameter kept).
+template <bool kAms>
+ADAMW8_HD void adamw_element(const AdamScalars& s, float g, float& p, float& m, float& v, float& vh) {
+  update_moments(s, g, m, v);
+  const bool ok = update_is_finite(g, m, v);
+  m = ok ? m : 0.0f;
+  v = ok ? v : 0.0f;
+  if constexpr (kAms) {
+    vh = vh > v ? vh : v;
+  } else {
+    vh = v;
+  }
+  const float pn = update_param(s, p, m, vh);
+  p = ok ? pn : p;
+}
 
 // max that propagates NaN (torch.amax's rule), for absmax reductions: a NaN in
 // a block makes its absmax NaN, so NaN stays NaN through quantize/dequantize.

@@ -65,17 +65,12 @@ void step_32bit(scalar_t* p, const scalar_t* g, float* s1, float* s2, float* s3,
                 const AdamScalars& sc, const GradPrep& prep) {
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const float gi = prep.apply(static_cast<float>(g[i]));
-      float m = s1[i], v = s2[i];
-      update_moments(sc, gi, m, v);
-      float vh = v;
-      if constexpr (kAms) {
-        vh = s3[i] > v ? s3[i] : v;
-        s3[i] = vh;
-      }
-      p[i] = static_cast<scalar_t>(update_param(sc, static_cast<float>(p[i]), m, vh));
+      float pi = static_cast<float>(p[i]), m = s1[i], v = s2[i], vh = kAms ? s3[i] : 0.0f;
+      adamw_element<kAms>(sc, prep.apply(static_cast<float>(g[i])), pi, m, v, vh);
+      p[i] = static_cast<scalar_t>(pi);
       s1[i] = m;
       s2[i] = v;
+      if constexpr (kAms) s3[i] = vh;
     }
   });
 }
@@ -107,20 +102,11 @@ struct Chunk8 {
     }
     float m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;
     for (int64_t j = 0; j < len; ++j) {
-      float mj = m[j], vj = v[j];
-      update_moments(sc, gb[j], mj, vj);
-      const bool ok = update_is_finite(gb[j], mj, vj);  // else: moments reset, parameter kept
-      mj = ok ? mj : 0.0f;
-      vj = ok ? vj : 0.0f;
-      float hj = vj;
-      if constexpr (kAms) hj = vh[j] > vj ? vh[j] : vj;
-      const float pn = update_param(sc, pb[j], mj, hj);
-      pb[j] = ok ? pn : pb[j];
-      m[j] = mj;
-      v[j] = vj;
+      float hj = kAms ? vh[j] : 0.0f;
+      adamw_element<kAms>(sc, gb[j], pb[j], m[j], v[j], hj);
       vh[j] = hj;
-      m1 = std::max(m1, std::fabs(mj));
-      m2 = std::max(m2, vj);
+      m1 = std::max(m1, std::fabs(m[j]));
+      m2 = std::max(m2, v[j]);
       m3 = std::max(m3, hj);
     }
     if (write) {

@@ -274,14 +274,9 @@ __device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs
   }
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
-    const float gi = prep_grad(a, gscale, ts.gnorm_scale, g[j]);
-    update_moments(ts.sc, gi, m[j], v[j]);
-    float vh = v[j];
-    if constexpr (kAms) {
-      vh = h[j] > v[j] ? h[j] : v[j];
-      h[j] = vh;
-    }
-    p[j] = update_param(ts.sc, p[j], m[j], vh);
+    float vh = kAms ? h[j] : 0.0f;
+    adamw_element<kAms>(ts.sc, prep_grad(a, gscale, ts.gnorm_scale, g[j]), p[j], m[j], v[j], vh);
+    if constexpr (kAms) h[j] = vh;
   }
   store_p<T>(a, ta, off, full, p);
   if (full) {
@@ -410,17 +405,8 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
   for (int j = 0; j < kPerLane; ++j) {
     float mj = dequantize_value(s.q1, static_cast<uint8_t>(c1[j]), oa1);
     float vj = dequantize_value(s.q2, static_cast<uint8_t>(c2[j]), oa2);
-    const float gi = prep_grad(a, gscale, ts.gnorm_scale, g[j]);
-    update_moments(ts.sc, gi, mj, vj);
-    const bool ok = update_is_finite(gi, mj, vj);  // else: moments reset, parameter kept
-    mj = ok ? mj : 0.0f;
-    vj = ok ? vj : 0.0f;
-    float hj = vj;
-    if constexpr (kAms) {
-      const float vmax = dequantize_value(s.q2, static_cast<uint8_t>(c3[j]), oa3);
-      hj = vmax > vj ? vmax : vj;
-    }
-    p[j] = ok ? update_param(ts.sc, p[j], mj, hj) : p[j];
+    float hj = kAms ? dequantize_value(s.q2, static_cast<uint8_t>(c3[j]), oa3) : 0.0f;
+    adamw_element<kAms>(ts.sc, prep_grad(a, gscale, ts.gnorm_scale, g[j]), p[j], mj, vj, hj);
     m[j] = mj;
     v[j] = vj;
     h[j] = hj;

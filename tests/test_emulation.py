@@ -158,7 +158,7 @@ def test_many_units_per_warp(emu):
 
 
 def test_nonfinite_gradients(emu):
-    """NaN, +-inf and |g| > 1.8e19 (g*g overflows): reset in 8-bit state, kept in 32-bit."""
+    """NaN, +-inf and |g| > 1.8e19 (g*g overflows): the element is reset, in both formats."""
     def poison(it, g):
         g = g.clone()
         if g.numel() > 10:

@@ -197,20 +197,19 @@ def step_values(
         v = state2.reshape(-1)
         vmax = None if state3 is None else state3.reshape(-1)
 
+    # csrc/adamw8_math.h adamw_element, operation by operation
     m_new = b1 * m + (one - b1) * g
     v_new = b2 * v + (one - b2) * (g * g)
-    if eight_bit:
-        # csrc/adamw8_math.h update_is_finite: a non-finite gradient, m or v resets
-        # the element's moments and keeps its parameter
-        bad = ~(torch.isfinite(g) & torch.isfinite(m_new) & torch.isfinite(v_new))
-        m_new = torch.where(bad, 0.0, m_new)
-        v_new = torch.where(bad, 0.0, v_new)
-    vh = v_new if vmax is None else torch.maximum(vmax, v_new)
+    # the non-finite rule: a non-finite gradient, m or v resets the element's moments
+    # and keeps its parameter (every state format)
+    bad = ~(torch.isfinite(g) & torch.isfinite(m_new) & torch.isfinite(v_new))
+    m_new = torch.where(bad, 0.0, m_new)
+    v_new = torch.where(bad, 0.0, v_new)
+    vh = v_new if vmax is None else torch.where(vmax > v_new, vmax, v_new)
     denom = _sqrt32(vh) / c2_sqrt + eps32
     p_new = p * decay
     p_new = p_new - step_size * (m_new / denom)
-    if eight_bit:
-        p_new = torch.where(bad, p, p_new)
+    p_new = torch.where(bad, p, p_new)
     return {"p": p_new, "m": m_new, "v": v_new, "vh": None if vmax is None else vh}
 
 

@@ -81,6 +81,22 @@ ADAMW8_HD float percentile_scale(float* hist, float gn2, int64_t t, int percenti
   return current > clip ? clip / current : 1.0f;
 }
 
+// One gradient element's share of the squared norm that percentile clipping
+// records, in double.  A non-finite element counts 0: it is reset anyway (the
+// non-finite rule), and one NaN must not poison the 100-step history.
+ADAMW8_HD double norm_term(float g) {
+  const double d = static_cast<double>(g);
+  return isfinite(g) ? d * d : 0.0;
+}
+
+// The squared norm as the fp32 history keeps it: saturated at the largest
+// float rather than inf (|g| > 1.8e19 squares past fp32), so the history stays
+// finite and such a step is clipped hard instead of poisoning the percentile.
+ADAMW8_HD float history_value(double gn2) {
+  constexpr double kMax = 3.4028234663852886e38;  // FLT_MAX
+  return gn2 >= kMax ? static_cast<float>(kMax) : static_cast<float>(gn2);
+}
+
 // Moment updates: m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g*g.
 ADAMW8_HD void update_moments(const AdamScalars& s, float g, float& m, float& v) {
   const float a = s.beta1 * m;

@@ -50,14 +50,13 @@ float clip_scale(const at::Tensor& grad, const GradPrep& prep, int64_t n, float*
           for (int64_t i = b; i < e; ++i) {
             float x = static_cast<float>(g[i]);
             if (prep.has_scale) x = x / prep.grad_scale;
-            const double d = static_cast<double>(x);
-            acc += d * d;
+            acc += norm_term(x);
           }
           return acc;
         },
         std::plus<double>());
   });
-  return adamw8::percentile_scale(hist, static_cast<float>(gn2), t, static_cast<int>(percentile));
+  return adamw8::percentile_scale(hist, history_value(gn2), t, static_cast<int>(percentile));
 }
 
 template <typename scalar_t, bool kAms>

@@ -497,8 +497,7 @@ __global__ void __launch_bounds__(kThreads) gnorm_kernel(const __grid_constant__
     double acc = 0.0;
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
-      const double d = static_cast<double>(a.grad_scale != nullptr ? g[j] / gscale : g[j]);
-      acc += d * d;
+      acc += norm_term(a.grad_scale != nullptr ? g[j] / gscale : g[j]);
     }
     acc = warp_sum(acc);
     if (lane == 0) a.unit_sumsq[a.unit_start[ti] + unit] = acc;
@@ -543,7 +542,7 @@ __global__ void __launch_bounds__(kThreads) tensor_reduce_kernel(const __grid_co
   }
   if constexpr (kClip) {
     const int64_t t = *a.t[ti].step + 1;
-    a.tensor_scale[ti] = percentile_scale(a.t[ti].gnorm_vec, static_cast<float>(r[0]), t, a.percentile);
+    a.tensor_scale[ti] = percentile_scale(a.t[ti].gnorm_vec, history_value(r[0]), t, a.percentile);
   } else {
 #pragma unroll
     for (int k = 0; k < 3; ++k) a.tensor_max[3 * ti + k] = static_cast<float>(r[k]);

@@ -68,9 +68,19 @@ def test_args_object_overrides_keywords():
     opt.step()
     st = opt.state[p]
     assert st["state1"].dtype == torch.uint8 and st["absmax1"].shape == (1,) and "gnorm_vec" in st
-    # the 8bit/32bit classes pin optim_bits whatever args says
-    assert adamw8.AdamW32bit(P(), args=args).args.optim_bits == 32
-    assert adamw8.PagedAdamW8bit(P(), args=types.SimpleNamespace(optim_bits=32)).args.optim_bits == 8
+    # the 8bit/32bit classes pin optim_bits whatever args says, and say so
+    with pytest.warns(UserWarning, match=r"args.optim_bits=8 is ignored: this optimizer class fixes optim_bits=32"):
+        assert adamw8.AdamW32bit(P(), args=args).args.optim_bits == 32
+    with pytest.warns(UserWarning, match=r"args.optim_bits=32 is ignored"):
+        assert adamw8.PagedAdamW8bit(P(), args=types.SimpleNamespace(optim_bits=32)).args.optim_bits == 8
+
+
+@pytest.mark.parametrize("cls", [adamw8.AdamW8bit, adamw8.AdamW32bit, adamw8.PagedAdamW8bit, adamw8.PagedAdamW32bit],
+                         ids=lambda c: c.__name__)
+def test_fixed_classes_reject_an_invalid_optim_bits(cls):
+    with pytest.raises(ValueError, match=r"optim_bits: expected 8 or 32 .*got 4"):
+        cls(P(), optim_bits=4)
+    cls(P(), optim_bits=32)  # bitsandbytes' default in their signature: accepted
 
 
 def snapshot(params, opt):

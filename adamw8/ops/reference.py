@@ -118,7 +118,8 @@ def dequantize(codes: Tensor, absmax: Tensor, qmap: Tensor, block_wise: bool) ->
 
 def percentile_scale(grad32: Tensor, gnorm_vec: Tensor, t: int, percentile: int) -> Tensor:
     """SPEC §2.4: update the squared-norm history in place, return gnorm_scale (fp32 0-d)."""
-    gn2 = (grad32.double() ** 2).sum().float()
+    finite = torch.where(torch.isfinite(grad32), grad32, 0.0)  # adamw8_math.h norm_term
+    gn2 = (finite.double() ** 2).sum().clamp(max=torch.finfo(torch.float32).max).float()  # history_value
     if t == 1:
         gnorm_vec.fill_(gn2)
     else:

@@ -9,6 +9,8 @@ update (torch.optim.AdamW's order, SPEC §9).
 
 from __future__ import annotations
 
+import warnings
+
 from .base import AdamWBase
 
 _DOC = """{title}
@@ -54,6 +56,7 @@ class AdamW8bit(AdamWBase):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
                  optim_bits=32, args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True,
                  is_paged=False):
+        _check_fixed_bits(optim_bits, 8)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, 8, _fix(args, optim_bits=8),
                          min_8bit_size, percentile_clipping, block_wise, is_paged)
 
@@ -65,6 +68,7 @@ class AdamW32bit(AdamWBase):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
                  optim_bits=32, args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True,
                  is_paged=False):
+        _check_fixed_bits(optim_bits, 32)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, 32, _fix(args, optim_bits=32),
                          min_8bit_size, percentile_clipping, block_wise, is_paged)
 
@@ -85,6 +89,7 @@ class PagedAdamW8bit(AdamWBase):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
                  optim_bits=32, args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True):
+        _check_fixed_bits(optim_bits, 8)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, 8,
                          _fix(args, optim_bits=8, is_paged=True), min_8bit_size, percentile_clipping,
                          block_wise, True)
@@ -96,16 +101,28 @@ class PagedAdamW32bit(AdamWBase):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
                  optim_bits=32, args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True):
+        _check_fixed_bits(optim_bits, 32)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, 32,
                          _fix(args, optim_bits=32, is_paged=True), min_8bit_size, percentile_clipping,
                          block_wise, True)
 
 
 class _Fixed:
-    """``args`` with some attributes pinned by the class (the rest read through)."""
+    """``args`` with some attributes pinned by the class (the rest read through).
+
+    An ``args`` whose own value contradicts a pinned one is warned about, not silently
+    ignored: ``AdamW8bit(args=a)`` with ``a.optim_bits == 32`` keeps 8-bit state."""
 
     def __init__(self, args, fixed: dict):
         self._args, self._fixed = args, fixed
+        for name, value in fixed.items():
+            given = getattr(args, name, value) if args is not None else value
+            if given != value:
+                warnings.warn(
+                    f"adamw8: args.{name}={given!r} is ignored: this optimizer class fixes {name}={value!r}",
+                    UserWarning,
+                    stacklevel=4,
+                )
 
     def __getattr__(self, name):
         if name in self._fixed:
@@ -117,3 +134,10 @@ class _Fixed:
 
 def _fix(args, **fixed):
     return _Fixed(args, fixed)
+
+
+def _check_fixed_bits(optim_bits, fixed: int) -> None:
+    """The 8bit/32bit classes take ``optim_bits`` for bitsandbytes' signature and keep their
+    own; a value that is not a valid choice at all is an error, not ignored."""
+    if isinstance(optim_bits, bool) or optim_bits not in (8, 32):
+        raise ValueError(f"optim_bits: expected 8 or 32 (this class uses {fixed}), got {optim_bits!r}")

@@ -100,6 +100,13 @@ class AdamWBase(torch.optim.Optimizer):
             if p.dtype not in _PARAM_DTYPES:
                 del self.param_groups[-1]
                 raise TypeError(f"params[{i}]: expected a float32, bfloat16 or float16 tensor, got {p.dtype}")
+            if p.device.type == "meta":
+                del self.param_groups[-1]
+                raise ValueError(
+                    f"params[{i}]: expected a materialised parameter, got one on the meta device; build the "
+                    "optimizer after the model's parameters exist (e.g. after module.to_empty(device=...) and "
+                    "their initialisation), then load its state with load_state_dict"
+                )
         if isinstance(group["betas"], list):
             group["betas"] = tuple(group["betas"])
         devices = {p.device for p in group["params"]}
@@ -178,6 +185,23 @@ class AdamWBase(torch.optim.Optimizer):
                     raise RuntimeError(f"{where}: expected a gradient of shape {tuple(p.shape)}, got {tuple(g.shape)}")
                 if g.device != p.device:
                     raise RuntimeError(f"{where}: expected a gradient on {p.device}, got {g.device}")
+
+    def _check_group_values(self) -> None:
+        """Hyperparameters set by hand since the last step are checked, in every group, before
+        any parameter changes (a bad value in the last group must not leave the first updated).
+        Values in device tensors are left to the kernels: reading them here would synchronise."""
+
+        def host(v, placeholder):
+            return placeholder if isinstance(v, Tensor) and not v.is_cpu else v
+
+        for gi, group in enumerate(self.param_groups):
+            betas = group["betas"]
+            if isinstance(betas, (tuple, list)) and len(betas) == 2:
+                betas = tuple(host(b, 0.5) for b in betas)
+            try:
+                check_hyper(host(group["lr"], 0.0), betas, host(group["eps"], 0.0), host(group["weight_decay"], 0.0))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"param_groups[{gi}]: {e}") from None
 
     def _init_group(self, group, gindex, params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps,
                     gnorm_vecs, qmaps):
@@ -258,6 +282,8 @@ class AdamWBase(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._check_grads()
+        if not torch.compiler.is_compiling():  # traced, a check would guard on every value
+            self._check_group_values()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         for gindex, group in enumerate(self.param_groups):
@@ -318,9 +344,25 @@ class AdamWBase(torch.optim.Optimizer):
     def _opt_called(self, value) -> None:
         pass
 
+    # ------------------------------------------------------------ copy, pickle
+    # torch.optim.Optimizer pickles only defaults, state and param_groups; the
+    # options, per-parameter configs and cached device tensors travel too, so a
+    # deepcopy or an unpickled optimizer steps exactly like the original.
+    _EXTRA_STATE = ("options", "args", "_qmaps", "_param_conf", "_hp_overrides", "_scalars")
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update({k: self.__dict__[k] for k in self._EXTRA_STATE})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.mng = GlobalOptimManager.get_instance()  # a process-wide singleton, not pickled
+
     # -------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """torch's layout with bnb's per-parameter keys; ``step`` as an int and lr as a float (bnb-loadable)."""
+        """torch's layout with bnb's per-parameter keys; ``step`` as an int and lr as a float (bnb-loadable).
+        Keys that state-dict post-hooks add are kept."""
         return sd_io.export_state_dict(super().state_dict())
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -39,7 +39,8 @@ def export_state_dict(sd: dict) -> dict:
         if isinstance(g.get("lr"), Tensor):
             g["lr"] = float(g["lr"].item())
         groups.append(g)
-    return {"state": state, "param_groups": groups}
+    extra = {k: v for k, v in sd.items() if k not in ("state", "param_groups")}  # e.g. from post-hooks
+    return {"state": state, "param_groups": groups, **extra}
 
 
 def _fail(where: str, msg: str):

@@ -20,13 +20,14 @@ struct ParamSlot {
   at::Tensor param, grad, state1, state2, state3, absmax1, absmax2, absmax3, step, gnorm_vec;
 };
 
-// What is common to every parameter of one call.
+// What is common to every parameter of one call.  hyper: float32 [5] on the
+// parameters' device: lr, beta1, beta2, eps, weight_decay.
 struct GroupArgs {
-  at::Tensor qmap1, qmap2, lr, beta1, beta2, grad_scale, found_inf;
-  double eps = 0.0, weight_decay = 0.0;
+  at::Tensor qmap1, qmap2, hyper, grad_scale, found_inf;
   bool block_wise = true;
   int64_t percentile = 100;
 };
+constexpr int kHyperSize = 5;
 
 inline int64_t expected_blocks(int64_t numel, bool block_wise) {
   return block_wise ? (numel + kBlockSize - 1) / kBlockSize : 1;
@@ -49,11 +50,13 @@ inline void check_scalar_tensor(const at::Tensor& t, const char* name, const at:
 }
 
 inline void check_group(const GroupArgs& g, const at::Device& dev, bool eight_bit) {
-  check_scalar_tensor(g.lr, "lr", dev);
-  check_scalar_tensor(g.beta1, "beta1", dev);
-  check_scalar_tensor(g.beta2, "beta2", dev);
-  TORCH_CHECK(g.eps >= 0.0, "adamw8: eps must be >= 0, got ", g.eps);
-  TORCH_CHECK(g.weight_decay >= 0.0, "adamw8: weight_decay must be >= 0, got ", g.weight_decay);
+  TORCH_CHECK(g.hyper.defined(), "adamw8: hyper must be a tensor, got None");
+  TORCH_CHECK(g.hyper.scalar_type() == at::kFloat && g.hyper.dim() == 1 && g.hyper.numel() == kHyperSize &&
+                  g.hyper.is_contiguous(),
+              "adamw8: hyper must be a contiguous float32 tensor of shape [5] (lr, beta1, beta2, eps, weight_decay), "
+              "got ", g.hyper.scalar_type(), " of shape ", g.hyper.sizes());
+  TORCH_CHECK(g.hyper.device() == dev, "adamw8: hyper must be on the parameters' device ", dev, ", got ",
+              g.hyper.device());
   if (g.grad_scale.defined()) check_scalar_tensor(g.grad_scale, "grad_scale", dev);
   if (g.found_inf.defined()) check_scalar_tensor(g.found_inf, "found_inf", dev);
   for (const auto& [q, name] : {std::pair{g.qmap1, "qmap1"}, std::pair{g.qmap2, "qmap2"}}) {
@@ -167,12 +170,10 @@ inline void check_call(const std::vector<ParamSlot>& slots, const GroupArgs& g) 
 }
 
 inline GroupArgs make_group(const std::optional<at::Tensor>& qmap1, const std::optional<at::Tensor>& qmap2,
-                            const at::Tensor& lr, const at::Tensor& beta1, const at::Tensor& beta2, double eps,
-                            double weight_decay, bool block_wise, int64_t percentile,
+                            const at::Tensor& hyper, bool block_wise, int64_t percentile,
                             const std::optional<at::Tensor>& grad_scale,
                             const std::optional<at::Tensor>& found_inf) {
-  return GroupArgs{opt(qmap1), opt(qmap2), lr, beta1, beta2, opt(grad_scale), opt(found_inf),
-                   eps, weight_decay, block_wise, percentile};
+  return GroupArgs{opt(qmap1), opt(qmap2), hyper, opt(grad_scale), opt(found_inf), block_wise, percentile};
 }
 
 // Builds the slots of fused_step_multi from its lists; optional lists may be empty.
@@ -203,35 +204,21 @@ inline std::vector<ParamSlot> make_slots(at::TensorList params, at::TensorList g
   return slots;
 }
 
-// The op entry points, shared by the CPU and CUDA registrations: they turn the
-// schema's arguments into slots and call `Run` (which checks, then launches).
+// The op entry point, shared by the CPU and CUDA registrations: it turns the
+// schema's arguments (adamw8/ops/schemas.py STEP_ARGS, in order) into slots and
+// calls `Run` (which checks, then launches).  fused_step has no kernel: it is
+// fused_step_multi with one parameter (schemas.py).
 using RunFn = void (*)(const std::vector<ParamSlot>&, const GroupArgs&);
-
-template <RunFn Run>
-void fused_step_op(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& state1, const at::Tensor& state2,
-                   const std::optional<at::Tensor>& state3, const std::optional<at::Tensor>& absmax1,
-                   const std::optional<at::Tensor>& absmax2, const std::optional<at::Tensor>& absmax3,
-                   const std::optional<at::Tensor>& qmap1, const std::optional<at::Tensor>& qmap2,
-                   const at::Tensor& step, const std::optional<at::Tensor>& gnorm_vec, const at::Tensor& lr,
-                   const at::Tensor& beta1, const at::Tensor& beta2, double eps, double weight_decay, bool block_wise,
-                   int64_t percentile, const std::optional<at::Tensor>& grad_scale,
-                   const std::optional<at::Tensor>& found_inf) {
-  std::vector<ParamSlot> slots{ParamSlot{param, grad, state1, state2, opt(state3), opt(absmax1), opt(absmax2),
-                                         opt(absmax3), step, opt(gnorm_vec)}};
-  Run(slots, make_group(qmap1, qmap2, lr, beta1, beta2, eps, weight_decay, block_wise, percentile, grad_scale,
-                        found_inf));
-}
 
 template <RunFn Run>
 void fused_step_multi_op(at::TensorList params, at::TensorList grads, at::TensorList state1, at::TensorList state2,
                          at::TensorList state3, at::TensorList absmax1, at::TensorList absmax2,
                          at::TensorList absmax3, const std::optional<at::Tensor>& qmap1,
                          const std::optional<at::Tensor>& qmap2, at::TensorList steps, at::TensorList gnorm_vecs,
-                         const at::Tensor& lr, const at::Tensor& beta1, const at::Tensor& beta2, double eps,
-                         double weight_decay, bool block_wise, int64_t percentile,
+                         const at::Tensor& hyper, bool block_wise, int64_t percentile,
                          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   Run(make_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs),
-      make_group(qmap1, qmap2, lr, beta1, beta2, eps, weight_decay, block_wise, percentile, grad_scale, found_inf));
+      make_group(qmap1, qmap2, hyper, block_wise, percentile, grad_scale, found_inf));
 }
 
 }  // namespace adamw8

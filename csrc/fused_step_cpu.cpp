@@ -170,8 +170,8 @@ void step_8bit(scalar_t* p, const scalar_t* g, uint8_t* c1, uint8_t* c2, uint8_t
 void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut1, const NearestCodeLut* lut2) {
   const int64_t n = s.param.numel();
   const int64_t t = s.step.data_ptr<int64_t>()[0] + 1;
-  const AdamScalars sc = make_scalars(read_scalar(ga.lr), read_scalar(ga.beta1), read_scalar(ga.beta2),
-                                      static_cast<float>(ga.eps), static_cast<float>(ga.weight_decay), t);
+  const float* h = ga.hyper.data_ptr<float>();
+  const AdamScalars sc = make_scalars(h[0], h[1], h[2], h[3], h[4], t);
   // Non-contiguous parameters are updated through a contiguous copy (flat
   // row-major order, SPEC §2.1) and written back.
   at::Tensor p = s.param.contiguous();
@@ -209,10 +209,12 @@ void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut
 
 void check_values(const GroupArgs& g) {
   // On the CPU the per-step scalars can be read for free, so check them too.
-  const float lr = read_scalar(g.lr), b1 = read_scalar(g.beta1), b2 = read_scalar(g.beta2);
-  TORCH_CHECK(lr >= 0.0f, "adamw8: lr must be >= 0, got ", lr);
-  TORCH_CHECK(b1 >= 0.0f && b1 < 1.0f, "adamw8: beta1 must be in [0, 1), got ", b1);
-  TORCH_CHECK(b2 >= 0.0f && b2 < 1.0f, "adamw8: beta2 must be in [0, 1), got ", b2);
+  const float* h = g.hyper.data_ptr<float>();
+  TORCH_CHECK(h[0] >= 0.0f, "adamw8: lr must be >= 0, got ", h[0]);
+  TORCH_CHECK(h[1] >= 0.0f && h[1] < 1.0f, "adamw8: beta1 must be in [0, 1), got ", h[1]);
+  TORCH_CHECK(h[2] >= 0.0f && h[2] < 1.0f, "adamw8: beta2 must be in [0, 1), got ", h[2]);
+  TORCH_CHECK(h[3] >= 0.0f, "adamw8: eps must be >= 0, got ", h[3]);
+  TORCH_CHECK(h[4] >= 0.0f, "adamw8: weight_decay must be >= 0, got ", h[4]);
 }
 
 void run_cpu(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
@@ -230,9 +232,6 @@ void run_cpu(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(adamw8, CPU, m) {
-  m.impl("fused_step", &fused_step_op<run_cpu>);
-  m.impl("fused_step_multi", &fused_step_multi_op<run_cpu>);
-}
+TORCH_LIBRARY_IMPL(adamw8, CPU, m) { m.impl("fused_step_multi", &fused_step_multi_op<run_cpu>); }
 
 }  // namespace adamw8

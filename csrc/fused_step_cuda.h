@@ -67,11 +67,7 @@ struct LaunchArgs {
   int ntensors;
   int percentile;  // < 100: percentile clipping
   int block_wise;  // 0: one absmax per tensor (8-bit)
-  float eps;
-  float weight_decay;
-  const float* lr;
-  const float* beta1;
-  const float* beta2;
+  const float* hyper;        // lr, beta1, beta2, eps, weight_decay
   const float* grad_scale;  // nullptr: no AMP scale
   const float* found_inf;   // nullptr: never skip
   const float* qmap1;       // 8-bit only

@@ -194,7 +194,8 @@ struct TensorScalars {
 
 __device__ __forceinline__ TensorScalars tensor_scalars(const LaunchArgs& a, int ti) {
   TensorScalars s;
-  s.sc = make_scalars(*a.lr, *a.beta1, *a.beta2, a.eps, a.weight_decay, *a.t[ti].step + 1);
+  const float* h = a.hyper;
+  s.sc = make_scalars(h[0], h[1], h[2], h[3], h[4], *a.t[ti].step + 1);
   s.gnorm_scale = a.tensor_scale != nullptr ? a.tensor_scale[ti] : 1.0f;
   return s;
 }

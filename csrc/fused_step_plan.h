@@ -80,15 +80,11 @@ inline Plan make_plan(const std::vector<ParamSlot>& slots, const GroupArgs& g,
   plan.ams = slots[0].state3.defined();
   plan.type = param_type(slots[0].param.scalar_type());
   cuda::LaunchArgs a{};
-  a.lr = f32(g.lr);
-  a.beta1 = f32(g.beta1);
-  a.beta2 = f32(g.beta2);
+  a.hyper = f32(g.hyper);
   a.grad_scale = f32(g.grad_scale);
   a.found_inf = f32(g.found_inf);
   a.qmap1 = plan.eight ? f32(g.qmap1) : nullptr;
   a.qmap2 = plan.eight ? f32(g.qmap2) : nullptr;
-  a.eps = static_cast<float>(g.eps);
-  a.weight_decay = static_cast<float>(g.weight_decay);
   a.percentile = static_cast<int>(g.percentile);
   a.block_wise = g.block_wise ? 1 : 0;
   a.ntensors = 0;

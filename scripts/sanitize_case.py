@@ -46,10 +46,9 @@ def make(dtype, eight, ams, block_wise, clip, device):
 def step(c, eight, block_wise, clip, device):
     q1 = torch.ops.adamw8.create_dynamic_map(True).to(device) if eight else None
     q2 = torch.ops.adamw8.create_dynamic_map(False).to(device) if eight else None
-    f = lambda x: torch.tensor(x, device=device)  # noqa: E731
+    h = torch.tensor([1e-2, 0.9, 0.999, 1e-8, 0.01], device=device)  # lr, beta1, beta2, eps, weight_decay
     torch.ops.adamw8.fused_step_multi(c["params"], c["grads"], c["state1"], c["state2"], c["state3"], *c["absmax"],
-                                      q1, q2, c["steps"], c["gnorm"], f(1e-2), f(0.9), f(0.999), 1e-8, 0.01,
-                                      block_wise, 10 if clip else 100, None, None)
+                                      q1, q2, c["steps"], c["gnorm"], h, block_wise, 10 if clip else 100, None, None)
 
 
 def main() -> int:

@@ -81,21 +81,21 @@ def clone_state(s: dict) -> dict:
     return {k: (v.clone() if isinstance(v, torch.Tensor) and not k.startswith("qmap") else v) for k, v in s.items()}
 
 
-def hyper(device, lr=1e-3, beta1=0.9, beta2=0.999):
-    f = lambda x: torch.tensor(x, dtype=torch.float32, device=device)  # noqa: E731
-    return f(lr), f(beta1), f(beta2)
+def hyper(device, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, wd=1e-2):
+    """The ops' ``hyper`` tensor: float32 [lr, beta1, beta2, eps, weight_decay] on ``device``."""
+    return torch.tensor([lr, beta1, beta2, eps, wd], dtype=torch.float32, device=device)
 
 
-def op_args(param, grad, s, lr, b1, b2, eps=1e-8, wd=1e-2, block_wise=True, percentile=100):
-    """Positional arguments of adamw8::fused_step for one state dict."""
+def op_args(param, grad, s, h, block_wise=True, percentile=100):
+    """Positional arguments of adamw8::fused_step for one state dict and a hyper tensor."""
     return (param, grad, s["state1"], s["state2"], s["state3"], s["absmax1"], s["absmax2"], s["absmax3"],
-            s["qmap1"], s["qmap2"], s["step"], s["gnorm_vec"], lr, b1, b2, eps, wd, block_wise, percentile)
+            s["qmap1"], s["qmap2"], s["step"], s["gnorm_vec"], h, block_wise, percentile)
 
 
-def reference_values(param, grad, s, lr, b1, b2, eps=1e-8, wd=1e-2, block_wise=True, percentile=100):
+def reference_values(param, grad, s, h, block_wise=True, percentile=100):
     """The reference's unquantized fp32 values of one step (reads ``s``; clip history is copied)."""
     s = dict(s, gnorm_vec=None if s["gnorm_vec"] is None else s["gnorm_vec"].clone())
-    return R.step_values(*op_args(param, grad, s, lr, b1, b2, eps, wd, block_wise, percentile))
+    return R.step_values(*op_args(param, grad, s, h, block_wise, percentile))
 
 
 def compare_codes(name: str, got: torch.Tensor, want: torch.Tensor, want_fp32: torch.Tensor,

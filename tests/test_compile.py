@@ -116,17 +116,16 @@ def test_direct_op_in_user_compiled_function(device, fresh_dynamo):
     states = [new_state(p) for p in params]
     ref_params = [p.clone() for p in params]
     ref_states = [{k: v.clone() for k, v in s.items()} for s in states]
-    lr = torch.tensor(1e-3, device=device)
-    b1, b2 = torch.tensor(0.9, device=device), torch.tensor(0.999, device=device)
+    h = torch.tensor([1e-3, 0.9, 0.999, 1e-8, 0.01], device=device)  # lr, beta1, beta2, eps, weight_decay
 
     def my_step(ps, gs, sts):
         for p, g, s in zip(ps, gs, sts):
             torch.ops.adamw8.fused_step(p, g, s["s1"], s["s2"], None, s["a1"], s["a2"], None, q1, q2, s["step"],
-                                        None, lr, b1, b2, 1e-8, 0.01)
+                                        None, h)
 
     compiled = torch.compile(my_step, fullgraph=True)
     for i in range(5):
-        lr.fill_(1e-3 / (i + 1))
+        h[0].fill_(1e-3 / (i + 1))
         compiled(params, grads, states)
         my_step(ref_params, grads, ref_states)
     assert counters["stats"]["unique_graphs"] == 1

@@ -25,14 +25,13 @@ def fresh():
     torch._dynamo.reset()
 
 
-def per_param_loop(lr, b1, b2, wd=0.01):
-    """A user's own optimizer: one fused_step per parameter."""
+def per_param_loop(h):
+    """A user's own optimizer: one fused_step per parameter (``h``: the hyper tensor)."""
 
     def step(params, grads, states):
         for p, g, s in zip(params, grads, states):
             torch.ops.adamw8.fused_step(p, g, s["state1"], s["state2"], s["state3"], s["absmax1"], s["absmax2"],
-                                        s["absmax3"], s["qmap1"], s["qmap2"], s["step"], s["gnorm_vec"], lr, b1, b2,
-                                        1e-8, wd)
+                                        s["absmax3"], s["qmap1"], s["qmap2"], s["step"], s["gnorm_vec"], h)
 
     return step
 
@@ -60,8 +59,7 @@ def count(code: str):
 def test_grouping_pass_counts_and_results(device, formats, fresh):
     params, grads, states = setup(device, formats)
     ref_params, ref_states = [p.clone() for p in params], [clone_state(s) for s in states]
-    lr, b1, b2 = hyper(device)
-    step = per_param_loop(lr, b1, b2)
+    step = per_param_loop(hyper(device))
 
     # without the pass: one fused_step per parameter in the generated code
     _, code = run_and_get_code(torch.compile(step, fullgraph=True), [p.clone() for p in params], grads,
@@ -87,18 +85,17 @@ def test_grouping_pass_counts_and_results(device, formats, fresh):
 
 def test_calls_with_different_hyperparameters_stay_apart(fresh):
     params, grads, states = setup("cpu", (False,))
-    lr, b1, b2 = hyper("cpu")
-    lr2 = torch.tensor(5e-3)
+    h, h2, h3 = hyper("cpu"), hyper("cpu", lr=5e-3), hyper("cpu", wd=0.0)
 
     def step(ps, gs, ss):
-        per_param_loop(lr, b1, b2)(ps[:3], gs[:3], ss[:3])
-        per_param_loop(lr2, b1, b2)(ps[3:], gs[3:], ss[3:])  # another lr tensor: another group
-        per_param_loop(lr, b1, b2, wd=0.0)(ps[:1], gs[:1], ss[:1])  # another weight decay, and p[0] again
+        per_param_loop(h)(ps[:3], gs[:3], ss[:3])
+        per_param_loop(h2)(ps[3:], gs[3:], ss[3:])  # another hyper tensor: another group
+        per_param_loop(h3)(ps[:1], gs[:1], ss[:1])  # another one again, and p[0] again
 
     the_pass = compile_passes.install()
     _, code = run_and_get_code(torch.compile(step, fullgraph=True), params, grads, states)
     code = "\n".join(code)
-    # groups: lr (3 calls) and lr2 (3 calls); the lone wd=0 call stays single
+    # groups: h (3 calls) and h2 (3 calls); the lone h3 call stays single
     assert count(code) == (1, 2), code
     assert the_pass.stats["multi_created"] == 2
 
@@ -106,10 +103,10 @@ def test_calls_with_different_hyperparameters_stay_apart(fresh):
 def test_dependent_calls_are_not_grouped(fresh):
     """A call whose gradient is computed from an earlier call's result cannot move."""
     params, grads, states = setup("cpu", (False,))
-    lr, b1, b2 = hyper("cpu")
+    h = hyper("cpu")
 
     def step(ps, gs, ss):
-        single = per_param_loop(lr, b1, b2)
+        single = per_param_loop(h)
         single(ps[:1], gs[:1], ss[:1])
         g1 = gs[1] + ps[0][:1].sum()  # reads the first parameter after its update
         single(ps[1:2], [g1], ss[1:2])
@@ -147,8 +144,7 @@ def test_large_groups_become_calls_of_32(fresh):
     params = [torch.randn(10) for _ in range(40)]
     grads = [torch.randn(10) for _ in range(40)]
     states = [make_state(p, False, False) for p in params]
-    lr, b1, b2 = hyper("cpu")
     the_pass = compile_passes.install()
-    _, code = run_and_get_code(torch.compile(per_param_loop(lr, b1, b2), fullgraph=True), params, grads, states)
+    _, code = run_and_get_code(torch.compile(per_param_loop(hyper("cpu")), fullgraph=True), params, grads, states)
     assert count("\n".join(code)) == (0, 2)
     assert the_pass.stats == {"single_before": 40, "single_after": 0, "multi_created": 2}

@@ -30,14 +30,11 @@ def test_cuda_kernel_equals_cpu_kernel(eight, amsgrad, block_wise, percentile, d
     p_cpu = torch.randn(n).to(dtype)
     s_cpu = make_state(p_cpu, eight, amsgrad, block_wise, percentile)
     p_gpu, s_gpu = p_cpu.cuda(), _to(s_cpu, "cuda")
-    lr_c, b1_c, b2_c = hyper("cpu", lr=1e-2)
-    lr_g, b1_g, b2_g = hyper("cuda", lr=1e-2)
+    h_c, h_g = hyper("cpu", lr=1e-2, wd=0.1), hyper("cuda", lr=1e-2, wd=0.1)
     for _ in range(4):
         g = torch.randn(n).to(dtype)
-        torch.ops.adamw8.fused_step(*op_args(p_cpu, g, s_cpu, lr_c, b1_c, b2_c, wd=0.1, block_wise=block_wise,
-                                             percentile=percentile))
-        torch.ops.adamw8.fused_step(*op_args(p_gpu, g.cuda(), s_gpu, lr_g, b1_g, b2_g, wd=0.1,
-                                             block_wise=block_wise, percentile=percentile))
+        torch.ops.adamw8.fused_step(*op_args(p_cpu, g, s_cpu, h_c, block_wise, percentile))
+        torch.ops.adamw8.fused_step(*op_args(p_gpu, g.cuda(), s_gpu, h_g, block_wise, percentile))
     assert torch.equal(p_gpu.cpu(), p_cpu)
     for k, v in s_cpu.items():
         if isinstance(v, torch.Tensor):
@@ -55,10 +52,10 @@ def test_non_contiguous_params_are_updated_in_place():
     ref = w.detach().clone()  # contiguous copy, same values
     g = torch.randn(70, 300, device="cuda")
     s, s_ref = make_state(w, True, False), make_state(ref, True, False)
-    lr, b1, b2 = hyper("cuda")
+    h = hyper("cuda")
     ptr = w.data_ptr()
-    torch.ops.adamw8.fused_step(*op_args(w, g, s, lr, b1, b2))
-    torch.ops.adamw8.fused_step(*op_args(ref, g.contiguous(), s_ref, lr, b1, b2))
+    torch.ops.adamw8.fused_step(*op_args(w, g, s, h))
+    torch.ops.adamw8.fused_step(*op_args(ref, g.contiguous(), s_ref, h))
     assert w.data_ptr() == ptr and not w.is_contiguous()
     assert torch.equal(w, ref)
     for k in ("state1", "state2", "absmax1", "absmax2"):
@@ -80,17 +77,17 @@ def test_quantize_kernels_equal_cpu(block_wise):
 def test_runs_on_the_current_stream():
     p = torch.randn(1 << 20, device="cuda")
     s = make_state(p, True, False)
-    lr, b1, b2 = hyper("cuda")
+    h = hyper("cuda")
     ref_p, ref_s = p.clone(), clone_state(s)
     g = torch.randn_like(p)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        torch.ops.adamw8.fused_step(*op_args(p, g, s, lr, b1, b2))
+        torch.ops.adamw8.fused_step(*op_args(p, g, s, h))
         done = torch.cuda.Event()
         done.record(side)
     done.synchronize()
-    torch.ops.adamw8.fused_step(*op_args(ref_p, g, ref_s, lr, b1, b2))
+    torch.ops.adamw8.fused_step(*op_args(ref_p, g, ref_s, h))
     assert torch.equal(p, ref_p)
 
 
@@ -144,8 +141,7 @@ def test_more_than_2_31_elements():
     g[-300:] = 1.0
     g[:5] = 1.0
     s = make_state(p, True, False)
-    lr, b1, b2 = hyper("cuda", lr=1e-2)
-    torch.ops.adamw8.fused_step(*op_args(p, g, s, lr, b1, b2, wd=0.0))
+    torch.ops.adamw8.fused_step(*op_args(p, g, s, hyper("cuda", lr=1e-2, wd=0.0)))
     # first AdamW step with g = 1: p -= lr * 1 / (1 + eps)
     assert torch.allclose(p[-300:], torch.full((300,), -1e-2, device="cuda"))
     assert torch.allclose(p[:5], torch.full((5,), -1e-2, device="cuda"))

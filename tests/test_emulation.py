@@ -79,9 +79,9 @@ def clone_all(params, st):
 def call(op, params, grads, st, eight, block_wise, percentile, lr, gs=None, fi=None, extra=()):
     q1 = torch.ops.adamw8.create_dynamic_map(True) if eight else None
     q2 = torch.ops.adamw8.create_dynamic_map(False) if eight else None
-    f = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
+    h = torch.tensor([lr, 0.9, 0.999, 1e-8, 0.05])  # lr, beta1, beta2, eps, weight_decay
     op(params, grads, st["state1"], st["state2"], st["state3"], st["absmax1"], st["absmax2"], st["absmax3"], q1, q2,
-       st["steps"], st["gnorm"], f(lr), f(0.9), f(0.999), 1e-8, 0.05, block_wise, percentile, gs, fi, *extra)
+       st["steps"], st["gnorm"], h, block_wise, percentile, gs, fi, *extra)
 
 
 def bits(t):

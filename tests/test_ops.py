@@ -49,13 +49,13 @@ def test_fused_step_matches_reference(device, fmt, dtype, n):
     eight, amsgrad, block_wise, pct = fmt
     param = torch.randn(n, device=device).to(dtype)
     s = make_state(param, eight, amsgrad, block_wise, pct)
-    lr, b1, b2 = hyper(device, lr=1e-2)
+    h = hyper(device, lr=1e-2, wd=0.1)
     for it in range(5):
         grad = (torch.randn(n, device=device) * (30.0 if it == 3 else 1.0)).to(dtype)  # a spike at step 4
         ref_p, ref_s = param.clone(), clone_state(s)
-        new = reference_values(ref_p, grad, clone_state(s), lr, b1, b2, 1e-8, 0.1, block_wise, pct)
-        R.fused_step_reference(*op_args(ref_p, grad, ref_s, lr, b1, b2, 1e-8, 0.1, block_wise, pct))
-        torch.ops.adamw8.fused_step(*op_args(param, grad, s, lr, b1, b2, 1e-8, 0.1, block_wise, pct))
+        new = reference_values(ref_p, grad, clone_state(s), h, block_wise, pct)
+        R.fused_step_reference(*op_args(ref_p, grad, ref_s, h, block_wise, pct))
+        torch.ops.adamw8.fused_step(*op_args(param, grad, s, h, block_wise, pct))
         check_against_reference(ref_p, ref_s, param, s, new, block_wise, eight, amsgrad, dtype)
         assert s["step"].item() == it + 1
         if pct < 100:
@@ -72,11 +72,11 @@ def test_fused_step_non_contiguous(device, fmt):
     assert not param.is_contiguous()
     s = make_state(param, eight, amsgrad, block_wise, pct)
     ref_p, ref_s = param.contiguous().clone(), clone_state(s)
-    lr, b1, b2 = hyper(device)
+    h = hyper(device)
     for _ in range(3):
         grad = torch.randn(70, 90, device=device).t()
-        torch.ops.adamw8.fused_step(*op_args(param, grad, s, lr, b1, b2))
-        R.fused_step_reference(*op_args(ref_p, grad.contiguous(), ref_s, lr, b1, b2))
+        torch.ops.adamw8.fused_step(*op_args(param, grad, s, h))
+        R.fused_step_reference(*op_args(ref_p, grad.contiguous(), ref_s, h))
     torch.testing.assert_close(param, ref_p, rtol=0, atol=0)
     for k in ("state1", "state2", "absmax1", "absmax2"):
         if s[k] is not None:
@@ -93,14 +93,14 @@ def test_multi_equals_single(device, eight):
     grads = [torch.randn(n, device=device) for n in sizes]
     states = [make_state(p, eight, True) for p in params]
     singles = [(p.clone(), clone_state(s)) for p, s in zip(params, states)]
-    lr, b1, b2 = hyper(device, lr=3e-3)
+    h = hyper(device, lr=3e-3)
     for _ in range(3):
         lst = lambda k: [s[k] for s in states] if states[0][k] is not None else []  # noqa: E731
         torch.ops.adamw8.fused_step_multi(
             params, grads, lst("state1"), lst("state2"), lst("state3"), lst("absmax1"), lst("absmax2"),
-            lst("absmax3"), states[0]["qmap1"], states[0]["qmap2"], lst("step"), [], lr, b1, b2, 1e-8, 1e-2)
+            lst("absmax3"), states[0]["qmap1"], states[0]["qmap2"], lst("step"), [], h)
         for (p, s), g in zip(singles, grads):
-            torch.ops.adamw8.fused_step(*op_args(p, g, s, lr, b1, b2))
+            torch.ops.adamw8.fused_step(*op_args(p, g, s, h))
     for (p1, s1), p2, s2 in zip(singles, params, states):
         assert torch.equal(p1, p2)
         for k, v in s1.items():
@@ -113,10 +113,10 @@ def test_found_inf_skips_everything(device):
     param = torch.randn(1000, device=device)
     s = make_state(param, True, True, percentile=90)
     before_p, before_s = param.clone(), clone_state(s)
-    lr, b1, b2 = hyper(device)
+    h = hyper(device)
     found_inf = torch.ones((), device=device)
     grad_scale = torch.full((), 1024.0, device=device)
-    torch.ops.adamw8.fused_step(*op_args(param, torch.randn(1000, device=device), s, lr, b1, b2, percentile=90),
+    torch.ops.adamw8.fused_step(*op_args(param, torch.randn(1000, device=device), s, h, percentile=90),
                                 grad_scale=grad_scale, found_inf=found_inf)
     assert torch.equal(param, before_p)
     for k, v in before_s.items():
@@ -131,12 +131,12 @@ def test_grad_scale_unscales(device, eight):
     param = torch.randn(3000, device=device)
     s = make_state(param, eight, False)
     p2, s2 = param.clone(), clone_state(s)
-    lr, b1, b2 = hyper(device)
+    h = hyper(device)
     grad = torch.randn(3000, device=device)
     scale = torch.full((), 512.0, device=device)
-    torch.ops.adamw8.fused_step(*op_args(param, grad * 512.0, s, lr, b1, b2), grad_scale=scale,
+    torch.ops.adamw8.fused_step(*op_args(param, grad * 512.0, s, h), grad_scale=scale,
                                 found_inf=torch.zeros((), device=device))
-    torch.ops.adamw8.fused_step(*op_args(p2, grad, s2, lr, b1, b2))
+    torch.ops.adamw8.fused_step(*op_args(p2, grad, s2, h))
     assert torch.equal(param, p2)  # (g * 512) / 512 == g exactly: 512 is a power of two
 
 
@@ -145,13 +145,13 @@ def test_nonfinite_grad_resets_8bit_element(device):
     """bnb's behaviour (SPEC §2.1): a non-finite element resets its m, v; its parameter stays."""
     param = torch.randn(600, device=device)
     s = make_state(param, True, False)
-    lr, b1, b2 = hyper(device)
-    torch.ops.adamw8.fused_step(*op_args(param, torch.randn(600, device=device), s, lr, b1, b2))
+    h = hyper(device)
+    torch.ops.adamw8.fused_step(*op_args(param, torch.randn(600, device=device), s, h))
     before = param.clone()
     grad = torch.randn(600, device=device)
     grad[[3, 300]] = float("nan")
     grad[17] = float("inf")
-    torch.ops.adamw8.fused_step(*op_args(param, grad, s, lr, b1, b2))
+    torch.ops.adamw8.fused_step(*op_args(param, grad, s, h))
     for i in (3, 17, 300):
         assert param[i] == before[i]
         assert R.dequantize(s["state1"], s["absmax1"], s["qmap1"], True)[i] == 0
@@ -160,17 +160,17 @@ def test_nonfinite_grad_resets_8bit_element(device):
 
 
 def _opcheck_cases(device):
-    lr, b1, b2 = hyper(device)
+    h = hyper(device)
     for eight, ams, pct in itertools.product([False, True], [False, True], [100, 90]):
         param = torch.randn(300, device=device)
         s = make_state(param, eight, ams, percentile=pct)
-        yield "fused_step", op_args(param, torch.randn(300, device=device), s, lr, b1, b2, percentile=pct), {}
+        yield "fused_step", op_args(param, torch.randn(300, device=device), s, h, percentile=pct), {}
     params = [torch.randn(n, device=device) for n in (3, 700)]
     states = [make_state(p, True, False) for p in params]
     lst = lambda k: [s[k] for s in states]  # noqa: E731
     yield "fused_step_multi", (
         params, [torch.randn_like(p) for p in params], lst("state1"), lst("state2"), [], lst("absmax1"),
-        lst("absmax2"), [], states[0]["qmap1"], states[0]["qmap2"], lst("step"), [], lr, b1, b2, 1e-8, 0.0,
+        lst("absmax2"), [], states[0]["qmap1"], states[0]["qmap2"], lst("step"), [], hyper(device, wd=0.0),
     ), {"grad_scale": torch.ones((), device=device), "found_inf": torch.zeros((), device=device)}
     q1, q2 = torch.ops.adamw8.create_dynamic_map(True).to(device), torch.ops.adamw8.create_dynamic_map(False)
     x = torch.randn(1000, device=device)
@@ -200,10 +200,10 @@ def test_sign_fix_keeps_small_negative_m_negative(device):
     grad[0] = grad[256] = 1.0  # each block's absmax comes from one large element
     grad[1::2] = 1e-9  # tiny positives next to the tiny negatives
     s = make_state(param, True, False)
-    lr, b1, b2 = hyper(device)
+    h = hyper(device)
     ref_p, ref_s = param.clone(), clone_state(s)
-    torch.ops.adamw8.fused_step(*op_args(param, grad, s, lr, b1, b2))
-    R.fused_step_reference(*op_args(ref_p, grad, ref_s, lr, b1, b2))
+    torch.ops.adamw8.fused_step(*op_args(param, grad, s, h))
+    R.fused_step_reference(*op_args(ref_p, grad, ref_s, h))
     assert torch.equal(s["state1"], ref_s["state1"])
     m = R.dequantize(s["state1"], s["absmax1"], s["qmap1"], True)
     neg = grad < 0

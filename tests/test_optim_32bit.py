@@ -101,15 +101,16 @@ def test_params_without_grad_are_skipped(device):
 
 
 @pytest.mark.parametrize("device", device_params())
-def test_lr_scheduler_and_tensor_lr(device):
-    """A scheduler updates the lr tensor in place; results follow torch's scheduled AdamW."""
+@pytest.mark.parametrize("lr", [1e-2, torch.tensor(1e-2)], ids=["float-lr", "tensor-lr"])
+def test_lr_scheduler_follows_torch(device, lr):
+    """group["lr"] is a plain number (a tensor lr is taken as its value), schedulers set it
+    (OneCycleLR cycling beta1 too), and results follow torch's scheduled AdamW."""
     a, b = clones([(500,)], torch.float32, device)
-    opt_a = adamw8.AdamW(a, lr=1e-2)
+    opt_a = adamw8.AdamW(a, lr=lr)
     opt_b = torch.optim.AdamW(b, lr=1e-2, foreach=False)
-    lr_t = opt_a.param_groups[0]["lr"]
-    assert isinstance(lr_t, torch.Tensor) and lr_t.device.type == device
-    sa = torch.optim.lr_scheduler.OneCycleLR(opt_a, max_lr=1e-2, total_steps=30, cycle_momentum=False)
-    sb = torch.optim.lr_scheduler.OneCycleLR(opt_b, max_lr=1e-2, total_steps=30, cycle_momentum=False)
+    assert type(opt_a.param_groups[0]["lr"]) is float
+    sa = torch.optim.lr_scheduler.OneCycleLR(opt_a, max_lr=1e-2, total_steps=30)
+    sb = torch.optim.lr_scheduler.OneCycleLR(opt_b, max_lr=1e-2, total_steps=30)
     for _ in range(25):
         g = torch.randn(500, device=device)
         a[0].grad, b[0].grad = g.clone(), g.clone()
@@ -118,8 +119,9 @@ def test_lr_scheduler_and_tensor_lr(device):
         sa.step()
         sb.step()
         torch.testing.assert_close(a[0], b[0], **TOL_VS_TORCH[torch.float32])
-    assert opt_a.param_groups[0]["lr"] is lr_t  # updated in place, never replaced
-    assert abs(float(lr_t) - opt_b.param_groups[0]["lr"]) < 1e-9
+    assert opt_a.param_groups[0]["lr"] == opt_b.param_groups[0]["lr"]
+    assert opt_a.param_groups[0]["betas"] == opt_b.param_groups[0]["betas"]
+    assert sa.get_last_lr() == sb.get_last_lr() and type(sa.get_last_lr()[0]) is float
 
 
 def test_closure_returns_loss():

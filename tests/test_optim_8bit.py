@@ -28,7 +28,7 @@ def test_state_matches_reference_every_step(device, dtype, amsgrad, block_wise):
     params = [torch.nn.Parameter(torch.randn(s, device=device).to(dtype)) for s in shapes]
     opt = adamw8.AdamW8bit(params, lr=1e-2, weight_decay=0.1, amsgrad=amsgrad, min_8bit_size=1000,
                            block_wise=block_wise)
-    lr, b1, b2 = (torch.tensor(x, device=device) for x in (1e-2, 0.9, 0.999))
+    h = torch.tensor([1e-2, 0.9, 0.999, 1e-8, 0.1], device=device)  # lr, beta1, beta2, eps, weight_decay
     for it in range(20):
         grads = [torch.randn(s, device=device).to(dtype) * (20.0 if it == 7 else 1.0) for s in shapes]
         before = []
@@ -46,8 +46,8 @@ def test_state_matches_reference_every_step(device, dtype, amsgrad, block_wise):
                 continue
             ref_p, ref_s = b
             args = (ref_p, g) + tuple(ref_s[k] for k in STATE_KEYS)
-            new = R.step_values(*args, lr, b1, b2, 1e-8, 0.1, block_wise)
-            R.fused_step_reference(*args, lr, b1, b2, 1e-8, 0.1, block_wise)
+            new = R.step_values(*args, h, block_wise)
+            R.fused_step_reference(*args, h, block_wise)
             got = {k: opt.state[p].get(k) for k in STATE_KEYS}
             check_against_reference(ref_p, ref_s, p.detach(), got, new, block_wise, eight, amsgrad, dtype)
             assert got["step"].item() == it + 1

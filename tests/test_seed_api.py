@@ -224,30 +224,38 @@ def test_grad_scaler_unscales_and_skips_in_kernel(device, cls):
     assert opt_a.state[next(model_a.parameters())]["step"].item() == 5
 
 
-def test_float_betas_live_in_one_device_tensor_per_group():
-    """Eager steps read betas from one cached tensor per (group, device), refilled only when
-    the value changes: no allocation per step, and a graph captured around step() would
-    read the same tensor."""
+def test_hyperparameters_are_numbers_and_reach_the_device_tensor():
+    """group values are plain numbers for the user (json-able, not aliased by loggers); the
+    kernels read one device tensor per group, written in place when a value is set (no
+    allocation per step, and a graph captured around step() reads the same tensor)."""
+    import json
+
     p = torch.nn.Parameter(torch.randn(300))
-    opt = adamw8.AdamW8bit([p], betas=(0.9, 0.99), min_8bit_size=1)
-    tensors = []
-    for i in range(4):
-        p.grad = torch.randn(300)
-        if i == 2:  # a schedule cycling beta1, as OneCycleLR does
-            opt.param_groups[0]["betas"] = (0.8, 0.99)
-        opt.step()
-        value, tensor = opt._scalars[((0, -1, "beta1"), p.device)]
-        assert value == (0.8 if i >= 2 else 0.9) and tensor.item() == pytest.approx(value)
-        tensors.append(tensor)
-    assert all(t is tensors[0] for t in tensors)
+    opt = adamw8.AdamW8bit([p], lr=torch.tensor(1e-3), betas=(0.9, 0.99), min_8bit_size=1)
+    g = opt.param_groups[0]
+    assert type(g["lr"]) is float and type(g["betas"][0]) is float
+    json.dumps({k: v for k, v in g.items() if k != "params"})
+    t = opt._buckets[0].hyper
+    log = [g["lr"]]
+    g["lr"] = 2e-3
+    g["betas"] = (0.8, 0.99)
+    g["eps"] = 1e-6
+    g["weight_decay"] = 0.5
+    assert log == [float(torch.tensor(1e-3))]  # a logged value is not aliased
+    assert opt._buckets[0].hyper is t
+    assert torch.equal(t, torch.tensor([2e-3, 0.8, 0.99, 1e-6, 0.5]))
+    with pytest.raises(ValueError, match=r"eps: expected a value >= 0.0, got -1.0"):
+        g["eps"] = -1.0
+    assert g["eps"] == 1e-6 and t[3] == torch.tensor(1e-6)
 
 
 @pytest.mark.gpu
-def test_cpu_tensor_lr_is_moved_to_the_parameters_device_once():
+def test_hyper_tensor_lives_on_the_parameters_device():
     p = torch.nn.Parameter(torch.randn(300, device="cuda"))
     opt = adamw8.AdamW8bit([p], lr=torch.tensor(1e-3), min_8bit_size=1)
-    lr = opt.param_groups[0]["lr"]
-    assert lr.device.type == "cuda" and lr.dtype == torch.float32
+    t = opt._buckets[0].hyper
+    assert t.device.type == "cuda" and t.dtype == torch.float32
     p.grad = torch.randn_like(p)
     opt.step()
-    assert opt.param_groups[0]["lr"] is lr
+    opt.param_groups[0]["lr"] = 5e-4
+    assert opt._buckets[0].hyper is t and t[0].item() == pytest.approx(5e-4)

@@ -162,12 +162,15 @@ def _op_cases(device):
         ("qmap-missing", with_(8, None), "8-bit state needs qmap1, got None"),
         ("qmap-shape", with_(9, torch.zeros(255, device=d)), r"qmap2 must be a contiguous float32 tensor of shape \[256\]"),
         ("step-dtype", with_(10, torch.zeros((), dtype=torch.float32, device=d)), "step of param must be an int64 tensor"),
-        ("lr-shape", with_(12, torch.ones(2, device=d)), "lr must be a float32 tensor with one element"),
-        ("eps", with_(15, -1.0), "eps must be >= 0"),
-        ("wd", with_(16, -1.0), "weight_decay must be >= 0"),
-        ("percentile", with_(18, 0), r"percentile must be in 1..100"),
-        ("percentile-no-vec", with_(18, 90), r"percentile clipping \(percentile=90\) needs gnorm_vec"),
-        ("gnorm-shape", lambda a: with_(18, 90)(with_(11, torch.zeros(99, device=d))(a)),
+        ("hyper-shape", with_(12, torch.ones(4, device=d)), r"hyper must be a contiguous float32 tensor of shape \[5\]"),
+        ("hyper-dtype", with_(12, hyper(d).double()), r"hyper must be a contiguous float32 tensor of shape \[5\]"),
+        ("lr-value", with_(12, hyper(d, lr=-1.0)), "lr must be >= 0"),
+        ("beta1-value", with_(12, hyper(d, beta1=1.0)), r"beta1 must be in \[0, 1\)"),
+        ("eps-value", with_(12, hyper(d, eps=-1.0)), "eps must be >= 0"),
+        ("wd-value", with_(12, hyper(d, wd=-1.0)), "weight_decay must be >= 0"),
+        ("percentile", with_(14, 0), r"percentile must be in 1..100"),
+        ("percentile-no-vec", with_(14, 90), r"percentile clipping \(percentile=90\) needs gnorm_vec"),
+        ("gnorm-shape", lambda a: with_(14, 90)(with_(11, torch.zeros(99, device=d))(a)),
          r"gnorm_vec of param must be a contiguous float32 tensor of shape \[100\]"),
         ("state3-no-absmax3", with_(4, torch.zeros(4097, dtype=torch.uint8, device=d)),
          "8-bit state of param needs absmax3, got None"),
@@ -175,7 +178,6 @@ def _op_cases(device):
         ("grad-scale-shape", lambda a: a + (torch.ones(2, device=d),), "grad_scale must be a float32 tensor with one"),
         ("found-inf-dtype", lambda a: a + (None, torch.zeros((), dtype=torch.bool, device=d)),
          "found_inf must be a float32 tensor"),
-        ("beta1-dtype", with_(13, torch.tensor(0.9, dtype=torch.float64, device=d)), "beta1 must be a float32 tensor"),
     ]
 
 
@@ -185,14 +187,16 @@ N_OP_CASES = len(_op_cases("cpu"))
 def _good_args(device):
     param = torch.randn(4097, device=device)
     s = make_state(param, True, False)
-    lr, b1, b2 = hyper(device)
-    return op_args(param, torch.randn(4097, device=device), s, lr, b1, b2)
+    return op_args(param, torch.randn(4097, device=device), s, hyper(device))
 
 
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("case", range(N_OP_CASES))
 def test_op_rejects_bad_input_before_writing(device, case):
     name, mutate, match = _op_cases(device)[case]
+    if name.endswith("-value") and device == "cuda":
+        pytest.skip("values in device memory are not read by the CUDA kernels (that would synchronise); "
+                    "the optimizer checks them where they are set")
     good = _good_args(device)
     args = mutate(good)
     watched = [a.clone() for a in args if isinstance(a, torch.Tensor) and a.layout == torch.strided]
@@ -209,6 +213,8 @@ def test_fake_kernel_rejects_the_same(case):
     name, mutate, match = _op_cases("cpu")[case]
     if name == "grad-sparse":
         pytest.skip("fake tensors of sparse layout are not needed: Dynamo never feeds them here")
+    if name.endswith("-value"):
+        pytest.skip("a fake tensor has no values to check")
     args = mutate(_good_args("cpu"))
     with FakeTensorMode(allow_non_fake_inputs=False) as mode:
         fake = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
@@ -220,16 +226,14 @@ def test_fake_kernel_rejects_the_same(case):
 def test_multi_rejects_mixed_lists_before_writing(device):
     params = [torch.randn(300, device=device), torch.randn(300, device=device)]
     st = [make_state(params[0], True, False), make_state(params[1], False, False)]  # two formats in one call
-    lr, b1, b2 = hyper(device)
+    h = hyper(device, wd=0.0)
     before = [p.clone() for p in params]
     with pytest.raises(RuntimeError, match="one call takes one state format"):
         torch.ops.adamw8.fused_step_multi(
             params, [torch.randn(300, device=device)] * 2, [s["state1"] for s in st], [s["state2"] for s in st], [],
             [st[0]["absmax1"], torch.zeros(2, device=device)], [st[0]["absmax2"], torch.zeros(2, device=device)], [],
-            st[0]["qmap1"], st[0]["qmap2"], [s["step"] for s in st], [],
-            lr, b1, b2, 1e-8, 0.0)
+            st[0]["qmap1"], st[0]["qmap2"], [s["step"] for s in st], [], h)
     for p, b in zip(params, before):
         assert torch.equal(p, b)
     with pytest.raises(RuntimeError, match="grads must have 2 entries"):
-        torch.ops.adamw8.fused_step_multi(params, params[:1], [], [], [], [], [], [], None, None, [], [], lr, b1, b2,
-                                          1e-8, 0.0)
+        torch.ops.adamw8.fused_step_multi(params, params[:1], [], [], [], [], [], [], None, None, [], [], h)

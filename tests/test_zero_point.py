@@ -63,11 +63,11 @@ def _reference_run(param, grads, lr=1e-3):
     """The scenario through the reference op directly; returns the worst step / lr."""
     p = param.reshape(-1).clone()
     s = make_state(p, True, False)
-    lr_t, b1, b2 = hyper("cpu", lr=lr)
+    h = hyper("cpu", lr=lr, wd=0.0)
     worst = 0.0
     for g in grads:
         before = p.clone()
-        R.fused_step_reference(*op_args(p, g.reshape(-1), s, lr_t, b1, b2, wd=0.0))
+        R.fused_step_reference(*op_args(p, g.reshape(-1), s, h))
         worst = max(worst, (p - before).abs().max().item() / lr)
     return worst
 
@@ -102,17 +102,17 @@ def test_nonfinite_elements_are_reset_and_keep_their_parameter(dtype, amsgrad):
     n = 1000
     p = torch.randn(n).to(dtype)
     s = make_state(p, True, amsgrad)
-    lr, b1, b2 = hyper("cpu", lr=1e-2)
+    h = hyper("cpu", lr=1e-2)
     g0 = torch.randn(n).to(dtype)
-    torch.ops.adamw8.fused_step(*op_args(p, g0, s, lr, b1, b2))
+    torch.ops.adamw8.fused_step(*op_args(p, g0, s, h))
     bad = torch.tensor([3, 300, 301, 600, 999])
     g = torch.randn(n)
     g[bad] = torch.tensor([float("nan"), float("inf"), -float("inf"), 2e19, -3e19])
     g = g.to(dtype)
     before = p.clone()
     ref_p, ref_s = p.clone(), {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-    torch.ops.adamw8.fused_step(*op_args(p, g, s, lr, b1, b2))
-    R.fused_step_reference(*op_args(ref_p, g, ref_s, lr, b1, b2))
+    torch.ops.adamw8.fused_step(*op_args(p, g, s, h))
+    R.fused_step_reference(*op_args(ref_p, g, ref_s, h))
     assert torch.equal(p, ref_p)
     for k in ("state1", "state2", "state3", "absmax1", "absmax2", "absmax3"):
         if s[k] is not None:

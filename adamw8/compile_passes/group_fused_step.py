@@ -5,7 +5,7 @@ loop gets one op call (one kernel launch, ~6-10 µs of dispatch, SPEC §9) per
 parameter.  In a compiled graph those calls appear as independent
 ``auto_functionalized_v2(adamw8.fused_step, ...)`` nodes.  This pass finds
 calls that can share one launch — same device, param dtype and state format,
-same optional states, the same lr/beta/qmap/AMP inputs and constants — and
+same optional states, the same hyper/qmap/AMP inputs and constants — and
 replaces each such set by one ``auto_functionalized_v2(adamw8.fused_step_multi,
 ...)`` node, whose mutated bases Inductor then reinplaces as before.
 
@@ -23,25 +23,18 @@ from collections import defaultdict
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
+from ..ops.schemas import STEP_ARGS
+
 log = logging.getLogger(__name__)
 
 AUTO_FUNC = torch.ops.higher_order.auto_functionalized_v2
 MAX_PER_CALL = 32  # tensors per fused_step_multi call: see AdamWBase._tensors_per_call
 
-# single op's mutable argument -> fused_step_multi's list argument
-_MUTABLE = (
-    ("param", "params"),
-    ("state1", "state1"),
-    ("state2", "state2"),
-    ("state3", "state3"),
-    ("absmax1", "absmax1"),
-    ("absmax2", "absmax2"),
-    ("absmax3", "absmax3"),
-    ("step", "steps"),
-    ("gnorm_vec", "gnorm_vecs"),
-)
-_SHARED = ("qmap1", "qmap2", "lr", "beta1", "beta2", "grad_scale", "found_inf")
-_CONST = ("eps", "weight_decay", "block_wise", "percentile")
+# From the one argument record (ops/schemas.py): the single op's mutable arguments and
+# their fused_step_multi lists, the tensor inputs a group must share, and the constants.
+_MUTABLE = tuple((a.single, a.multi) for a in STEP_ARGS if a.kind in ("mutable", "mutable?"))
+_SHARED = tuple(a.single for a in STEP_ARGS if a.kind in ("tensor", "tensor?"))
+_CONST = tuple(a.single for a in STEP_ARGS if a.kind in ("bool", "int"))
 
 
 def _is_single_step(node: torch.fx.Node) -> bool:

@@ -1,10 +1,11 @@
 """adamw8's custom ops (``torch.ops.adamw8.*``): schemas, fake kernels and kernel loading.
 
-Importing this package declares every op (``schemas.py``) and loads the
-compiled kernels (``adamw8._C``).  Where the extension is missing, or was built
-without CUDA, the PyTorch reference (``reference.py``) is registered for the
-missing backend and a one-time warning names the fix: the ops always exist,
-and a slow path is never silent.
+Importing this package declares every op (``schemas.py``), registers the PyTorch reference
+(``reference.py``) once for every backend (``CompositeExplicitAutograd``), and loads the
+compiled kernels (``adamw8._C``), whose CPU and CUDA registrations take precedence over the
+reference on their devices.  Where the extension is missing, or was built without CUDA, the
+reference runs, and a warning names the fix: the ops always exist, and a slow path is never
+silent.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import warnings
 
 import torch
 
-from . import reference, schemas  # noqa: F401  (schemas declares the ops)
+from . import reference, schemas
 from .reference import BLOCK_SIZE, GNORM_HISTORY, create_dynamic_map
-
+from .schemas import HYPER_FIELDS, STEP_ARGS, StepArgs, multi_args, single_to_multi
 
 _REBUILD = "pip install --no-build-isolation -e . (see README.md)"
+_OPS = ("fused_step_multi", "quantize", "dequantize")  # the kernel-bearing ops
 
 
 def _load_extension() -> str | None:
@@ -34,87 +36,66 @@ def _load_extension() -> str | None:
     return None
 
 
-def _fused_step_fallback(param, grad, state1, state2, state3, absmax1, absmax2, absmax3, qmap1, qmap2, step,
-                         gnorm_vec, lr, beta1, beta2, eps, weight_decay, block_wise=True, percentile=100,
-                         grad_scale=None, found_inf=None):
-    _fused_step_multi_fallback([param], [grad], [state1], [state2], [] if state3 is None else [state3],
-                               [] if absmax1 is None else [absmax1], [] if absmax2 is None else [absmax2],
-                               [] if absmax3 is None else [absmax3], qmap1, qmap2, [step],
-                               [] if gnorm_vec is None else [gnorm_vec], lr, beta1, beta2, eps, weight_decay,
-                               block_wise, percentile, grad_scale, found_inf)
-
-
-def _fused_step_multi_fallback(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmap1, qmap2,
-                               steps, gnorm_vecs, lr, beta1, beta2, eps, weight_decay, block_wise=True,
-                               percentile=100, grad_scale=None, found_inf=None):
-    slots = schemas.slots_from_lists(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps,
-                                     gnorm_vecs)
-    schemas.check_call(slots, schemas.group_args(qmap1, qmap2, lr, beta1, beta2, eps, weight_decay, block_wise,
-                                                 percentile, grad_scale, found_inf))
-    for s in slots:
-        reference.fused_step_reference(
-            s["param"], s["grad"], s["state1"], s["state2"], s["state3"], s["absmax1"], s["absmax2"],
-            s["absmax3"], qmap1, qmap2, s["step"], s["gnorm_vec"], lr, beta1, beta2, eps, weight_decay,
-            block_wise, percentile, grad_scale, found_inf,
-        )
-
-
-def _quantize_fallback(x, qmap, block_wise=True, signed=True):
-    schemas._quantize_fake(x, qmap, block_wise, signed)  # same checks as the fake kernel
-    return reference.quantize(x, qmap, block_wise, signed)
-
-
-def _dequantize_fallback(codes, absmax, qmap, block_wise=True):
-    schemas._dequantize_fake(codes, absmax, qmap, block_wise)
-    return reference.dequantize(codes, absmax, qmap, block_wise)
-
-
-_FALLBACKS = {
-    "fused_step": _fused_step_fallback,
-    "fused_step_multi": _fused_step_multi_fallback,
-    "quantize": _quantize_fallback,
-    "dequantize": _dequantize_fallback,
-}
-
-_load_error = _load_extension()
-
-
 def has_kernel(op: str, device_type: str) -> bool:
-    """Whether the compiled extension provides ``adamw8::op`` for a device type ("cpu"/"cuda")."""
+    """Whether the compiled extension provides ``adamw8::op`` for a device type ("cpu"/"cuda")
+    (the reference, registered for all backends at once, does not count)."""
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"adamw8::{op}", device_type.upper())
 
 
-_missing = {dk: [op for op in _FALLBACKS if not has_kernel(op, dk)] for dk in ("cpu", "cuda")}
+_warned: set = set()
+
+
+def _note_reference(op: str, device: torch.device) -> None:
+    """A CUDA call that reaches the reference has no compiled kernel: warn once per op."""
+    if device.type == "cuda" and op not in _warned:
+        _warned.add(op)
+        warnings.warn(
+            f"adamw8: this build has no CUDA kernel for {op}; running the PyTorch reference on CUDA "
+            f"(correct, slow). Build the kernels with: ADAMW8_EXPERIMENTAL_CUDA=1 {_REBUILD}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _fused_step_multi_reference(*args, **kwargs):
+    a = multi_args(*args, **kwargs)
+    slots = schemas.check_call(a)  # same checks as the kernels, before anything is written
+    if not slots:
+        return
+    _note_reference("fused_step_multi", slots[0]["params"].device)
+    lr, beta1, beta2 = a.hyper.detach().cpu().tolist()[:3]
+    torch._check(lr >= 0, lambda: f"adamw8: lr must be >= 0, got {lr}")
+    torch._check(0 <= beta1 < 1, lambda: f"adamw8: beta1 must be in [0, 1), got {beta1}")
+    torch._check(0 <= beta2 < 1, lambda: f"adamw8: beta2 must be in [0, 1), got {beta2}")
+    for s in slots:  # the reference takes fused_step's arguments: one parameter's
+        reference.fused_step_reference(*(s[arg.multi] if arg in schemas.PER_PARAM else getattr(a, arg.multi)
+                                         for arg in STEP_ARGS))
+
+
+def _quantize_reference(x, qmap, block_wise=True, signed=True):
+    schemas._quantize_fake(x, qmap, block_wise, signed)  # same checks as the fake kernel
+    _note_reference("quantize", x.device)
+    return reference.quantize(x, qmap, block_wise, signed)
+
+
+def _dequantize_reference(codes, absmax, qmap, block_wise=True):
+    schemas._dequantize_fake(codes, absmax, qmap, block_wise)
+    _note_reference("dequantize", codes.device)
+    return reference.dequantize(codes, absmax, qmap, block_wise)
+
+
+def _create_dynamic_map_impl(signed=True):
+    # built from torch float32 ops on every backend (bitsandbytes' exact construction)
+    return create_dynamic_map(signed)
+
+
+for _op, _fn in (("fused_step_multi", _fused_step_multi_reference), ("quantize", _quantize_reference),
+                 ("dequantize", _dequantize_reference), ("create_dynamic_map", _create_dynamic_map_impl)):
+    schemas._lib.impl(_op, _fn, "CompositeExplicitAutograd")
+
+_load_error = _load_extension()
+_missing = {dk: [op for op in _OPS if not has_kernel(op, dk)] for dk in ("cpu", "cuda")}
 using_reference = {dk: bool(ops) for dk, ops in _missing.items()}
-
-
-def _warn_on_first_call(op: str, fn):
-    """The CUDA fallback of ``op``: the first call warns (a missing kernel is never silent)."""
-    warned = []
-
-    def wrapper(*args, **kwargs):
-        if not warned:
-            warned.append(True)
-            warnings.warn(
-                f"adamw8: this build has no CUDA kernel for {op}; running the PyTorch reference on CUDA "
-                f"(correct, slow). Build the kernels with: ADAMW8_EXPERIMENTAL_CUDA=1 {_REBUILD}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return fn(*args, **kwargs)
-
-    return wrapper
-
-
-for _dk, _ops in _missing.items():
-    for _op in _ops:
-        _fn = _FALLBACKS[_op] if _dk == "cpu" else _warn_on_first_call(_op, _FALLBACKS[_op])
-        schemas._lib.impl(_op, _fn, _dk.upper())
-# Sparse tensors dispatch to their own keys; the same checked entry points
-# reject them with adamw8's message instead of "could not run ... SparseCPU".
-for _dk in ("SparseCPU", "SparseCUDA"):
-    for _op, _fn in _FALLBACKS.items():
-        schemas._lib.impl(_op, _fn, _dk)
 
 if using_reference["cpu"]:
     warnings.warn(
@@ -124,4 +105,5 @@ if using_reference["cpu"]:
         stacklevel=2,
     )
 
-__all__ = ["BLOCK_SIZE", "GNORM_HISTORY", "create_dynamic_map", "has_kernel", "using_reference"]
+__all__ = ["BLOCK_SIZE", "GNORM_HISTORY", "HYPER_FIELDS", "STEP_ARGS", "StepArgs", "create_dynamic_map",
+           "has_kernel", "multi_args", "single_to_multi", "using_reference"]

@@ -151,21 +151,18 @@ def step_values(
     qmap2: Tensor | None,
     step: Tensor,
     gnorm_vec: Tensor | None,
-    lr: Tensor,
-    beta1: Tensor,
-    beta2: Tensor,
-    eps: float,
-    weight_decay: float,
+    hyper: Tensor,
     block_wise: bool = True,
     percentile: int = 100,
     grad_scale: Tensor | None = None,
 ) -> dict[str, Tensor | None]:
-    """The new fp32 values of one step, before any quantization (SPEC §2).
+    """The new fp32 values of one step, before any quantization (docs/design.md).
 
-    Returns flat fp32 tensors ``p``, ``m``, ``v`` and ``vh`` (``max(vmax, v)``
-    with amsgrad, else None).  Only ``gnorm_vec`` (the clipping history) is
-    updated in place; everything else is read.
+    ``hyper`` holds lr, beta1, beta2, eps, weight_decay (float32 [5]).  Returns flat fp32
+    tensors ``p``, ``m``, ``v`` and ``vh`` (``max(vmax, v)`` with amsgrad, else None).  Only
+    ``gnorm_vec`` (the clipping history) is updated in place; everything else is read.
     """
+    lr, beta1, beta2, eps, weight_decay = hyper.detach().float().cpu().tolist()
     eight_bit = state1.dtype == torch.uint8
     t = int(step) + 1  # exact int64 count
     dev = param.device
@@ -227,26 +224,22 @@ def fused_step_reference(
     qmap2: Tensor | None,
     step: Tensor,
     gnorm_vec: Tensor | None,
-    lr: Tensor,
-    beta1: Tensor,
-    beta2: Tensor,
-    eps: float,
-    weight_decay: float,
+    hyper: Tensor,
     block_wise: bool = True,
     percentile: int = 100,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
-    """One AdamW step for one parameter, in place (same contract as ``adamw8::fused_step``).
+    """One AdamW step for one parameter, in place (``adamw8::fused_step``'s contract and
+    argument order, ops/schemas.py STEP_ARGS).
 
-    Mutates ``param``, the state tensors, ``step`` (+1) and ``gnorm_vec``.
-    Runs on any device; synchronises with the host (it is the oracle, not the
-    fast path).
+    Mutates ``param``, the state tensors, ``step`` (+1) and ``gnorm_vec``.  Runs on any
+    device; synchronises with the host (it is the oracle, not the fast path).
     """
     if found_inf is not None and float(found_inf) != 0.0:
         return  # AMP: an inf/nan somewhere in the grads skips the whole step
     new = step_values(param, grad, state1, state2, state3, absmax1, absmax2, absmax3, qmap1, qmap2, step,
-                      gnorm_vec, lr, beta1, beta2, eps, weight_decay, block_wise, percentile, grad_scale)
+                      gnorm_vec, hyper, block_wise, percentile, grad_scale)
     param.copy_(new["p"].view(param.shape).to(param.dtype))
     if state1.dtype == torch.uint8:
         targets = [(state1, absmax1, new["m"], qmap1, True), (state2, absmax2, new["v"], qmap2, False)]

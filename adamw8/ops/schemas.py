@@ -1,56 +1,119 @@
 """The adamw8 custom ops: every schema, declared once, with its fake kernel beside it.
 
-Kernels are registered elsewhere: the C++/CUDA extension (``csrc/``) through
-``TORCH_LIBRARY_IMPL(adamw8, ...)``, or the PyTorch reference
-(``reference.py``) when the extension is missing (see ``ops/__init__.py``).
+One argument record, ``STEP_ARGS``, spells the update op's arguments: the schemas of
+``fused_step_multi`` (lists, one entry per parameter) and ``fused_step`` (one parameter)
+are generated from it, and the fake kernel, the reference, the optimizer and the compile
+pass read it (``StepArgs``, ``single_to_multi``).  The C++ entry point
+(csrc/fused_step_checks.h) mirrors it, as C++ must.
 
-Conventions (SPEC §3): ops that mutate return ``()`` and mark only what they
-write (``Tensor(a!)``); per-step values (``lr``, betas, ``step``,
-``grad_scale``, ``found_inf``) are 0-d float32 tensors on the parameters'
-device, read inside the kernel, so a changing schedule never recompiles and a
-CUDA graph replays with new values.
+Kernels are registered elsewhere: the C++/CUDA extension (``csrc/``) through
+``TORCH_LIBRARY_IMPL(adamw8, CPU/CUDA, ...)``, over the PyTorch reference, which is
+registered once for every backend (``ops/__init__.py``).  ``fused_step`` has no kernel of
+its own: it is ``fused_step_multi`` with one parameter.
+
+Conventions (docs/design.md): ops that mutate return ``()`` and mark only what they write
+(``Tensor(a!)``); per-step values (``hyper`` = lr, beta1, beta2, eps, weight_decay, and
+``step``, ``grad_scale``, ``found_inf``) are device tensors read inside the kernel, so a
+changing value never recompiles and a CUDA graph replays with new values.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from .reference import GNORM_HISTORY, create_dynamic_map, num_blocks
+from .reference import GNORM_HISTORY, num_blocks
 
 NAMESPACE = "adamw8"
 _lib = torch.library.Library(NAMESPACE, "DEF")
 
-_STEP_ARGS = (
-    "Tensor lr, Tensor beta1, Tensor beta2, float eps, float weight_decay, bool block_wise=True, "
-    "int percentile=100, Tensor? grad_scale=None, Tensor? found_inf=None"
-)
+HYPER_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay")  # hyper[i], float32 on the params' device
 
-# fused_step: one AdamW step for one parameter (SPEC §2).
-#   state1/state2 (and state3 with amsgrad) are float32 (32-bit state) or uint8
-#   codes (8-bit state, then absmax* and qmap1 (signed) / qmap2 (unsigned) are
-#   required).  step is the count before this step; the op adds 1.
-#   gnorm_vec (float32[100]) with percentile < 100 enables percentile clipping.
-_lib.define(
-    "fused_step(Tensor(a!) param, Tensor grad, Tensor(b!) state1, Tensor(c!) state2, "
-    "Tensor(d!)? state3, Tensor(e!)? absmax1, Tensor(f!)? absmax2, Tensor(g!)? absmax3, "
-    "Tensor? qmap1, Tensor? qmap2, Tensor(h!) step, Tensor(i!)? gnorm_vec, " + _STEP_ARGS + ") -> ()"
+
+@dataclass(frozen=True)
+class Arg:
+    multi: str  # name in fused_step_multi
+    single: str  # name in fused_step
+    kind: str  # "mutable" | "mutable?" | "input" | "tensor" | "tensor?" | "bool" | "int"
+    alias: str = ""  # alias set of a mutable argument
+    default: str = ""  # schema default, if any
+
+
+# fused_step_multi updates a list of parameters of one device, param dtype and state
+# format.  state1/state2 (state3 with amsgrad) are float32 (32-bit state) or uint8 codes
+# (8-bit state: absmax* and qmap1 (signed) / qmap2 (unsigned) are then required).  steps:
+# int64 counts before this step (the op adds 1).  gnorm_vecs (float32[100]) with
+# percentile < 100: percentile clipping.  Optional per-parameter lists are empty when unused.
+STEP_ARGS = (
+    Arg("params", "param", "mutable", "a"),
+    Arg("grads", "grad", "input"),
+    Arg("state1", "state1", "mutable", "b"),
+    Arg("state2", "state2", "mutable", "c"),
+    Arg("state3", "state3", "mutable?", "d"),
+    Arg("absmax1", "absmax1", "mutable?", "e"),
+    Arg("absmax2", "absmax2", "mutable?", "f"),
+    Arg("absmax3", "absmax3", "mutable?", "g"),
+    Arg("qmap1", "qmap1", "tensor?"),
+    Arg("qmap2", "qmap2", "tensor?"),
+    Arg("steps", "step", "mutable", "h"),
+    Arg("gnorm_vecs", "gnorm_vec", "mutable?", "i"),
+    Arg("hyper", "hyper", "tensor"),
+    Arg("block_wise", "block_wise", "bool", default="True"),
+    Arg("percentile", "percentile", "int", default="100"),
+    Arg("grad_scale", "grad_scale", "tensor?", default="None"),
+    Arg("found_inf", "found_inf", "tensor?", default="None"),
 )
-# fused_step_multi: the same for a list of parameters of one device, dtype and
-#   state format, in one call.  Optional per-parameter lists are empty when unused.
-_lib.define(
-    "fused_step_multi(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state1, Tensor(c!)[] state2, "
-    "Tensor(d!)[] state3, Tensor(e!)[] absmax1, Tensor(f!)[] absmax2, Tensor(g!)[] absmax3, "
-    "Tensor? qmap1, Tensor? qmap2, Tensor(h!)[] steps, Tensor(i!)[] gnorm_vecs, " + _STEP_ARGS + ") -> ()"
-)
+StepArgs = namedtuple("StepArgs", [a.multi for a in STEP_ARGS])
+PER_PARAM = tuple(a for a in STEP_ARGS if a.kind in ("mutable", "mutable?", "input"))  # one entry per parameter
+
+
+def _schema(name: str, multi: bool) -> str:
+    parts = []
+    for a in STEP_ARGS:
+        if a.kind in ("mutable", "mutable?"):
+            t = f"Tensor({a.alias}!)[]" if multi else f"Tensor({a.alias}!)" + ("?" if a.kind == "mutable?" else "")
+        elif a.kind == "input":
+            t = "Tensor[]" if multi else "Tensor"
+        else:
+            t = {"tensor": "Tensor", "tensor?": "Tensor?", "bool": "bool", "int": "int"}[a.kind]
+        parts.append(f"{t} {a.multi if multi else a.single}" + (f"={a.default}" if a.default else ""))
+    return f"{name}({', '.join(parts)}) -> ()"
+
+
+_lib.define(_schema("fused_step_multi", multi=True))
+_lib.define(_schema("fused_step", multi=False))
 # quantize: float32 x -> (uint8 codes of x's shape, float32 absmax[nblocks]).
 _lib.define("quantize(Tensor x, Tensor qmap, bool block_wise=True, bool signed=True) -> (Tensor, Tensor)")
 # dequantize: uint8 codes + absmax -> float32 values of codes' shape.
 _lib.define("dequantize(Tensor codes, Tensor absmax, Tensor qmap, bool block_wise=True) -> Tensor")
-# create_dynamic_map: the 256-entry signed/unsigned map of SPEC §2.2 (float32, CPU).
+# create_dynamic_map: the 256-entry signed/unsigned map of docs/design.md (float32, CPU).
 _lib.define("create_dynamic_map(bool signed=True) -> Tensor")
 
 
+def single_to_multi(*args, **kwargs) -> StepArgs:
+    """fused_step's arguments as fused_step_multi's (one-element lists; None -> [])."""
+    values = {}
+    for i, a in enumerate(STEP_ARGS):
+        v = args[i] if i < len(args) else kwargs.get(a.single, _default(a))
+        if a in PER_PARAM:
+            v = [] if v is None else [v]
+        values[a.multi] = v
+    return StepArgs(**values)
+
+
+def multi_args(*args, **kwargs) -> StepArgs:
+    values = {a.multi: (args[i] if i < len(args) else kwargs.get(a.multi, _default(a))) for i, a in enumerate(STEP_ARGS)}
+    return StepArgs(**values)
+
+
+def _default(a: Arg):
+    return {"True": True, "100": 100, "None": None, "": None}[a.default]
+
+
+# ------------------------------------------------------------------------ checks
 def _chk(cond: bool, msg: str) -> None:
     torch._check(cond, lambda: f"adamw8: {msg}")
 
@@ -64,15 +127,15 @@ def _check_scalar(t, name: str, dev) -> None:
     _chk(t.device == dev, f"{name} must be on the parameters' device {dev}, got {t.device}")
 
 
-def _check_slot(slot: dict, g: dict, what: str) -> None:
-    p = slot["param"]
+def _check_slot(slot: dict, a: StepArgs, what: str) -> None:
+    p = slot["params"]
     _chk(p.layout == torch.strided, f"{what} must be a dense tensor, got layout {p.layout}")
     _chk(
         p.dtype in (torch.float32, torch.bfloat16, torch.float16),
         f"{what} must be float32, bfloat16 or float16, got {p.dtype}",
     )
     dev = p.device
-    gr = slot["grad"]
+    gr = slot["grads"]
     _chk(gr is not None, f"grad of {what} is None")
     _chk(
         gr.layout == torch.strided,
@@ -99,29 +162,29 @@ def _check_slot(slot: dict, g: dict, what: str) -> None:
         )
         _chk(t.is_contiguous(), f"{name} of {what} must be contiguous")
         _chk(t.device == dev, f"{name} of {what} must be on {dev}, got {t.device}")
-    nb = num_blocks(p.numel(), g["block_wise"])
+    nb = num_blocks(p.numel(), a.block_wise)
     for name, required in (
         ("absmax1", eight),
         ("absmax2", eight),
         ("absmax3", eight and slot["state3"] is not None),
     ):
-        a = slot[name]
+        t = slot[name]
         if not required:
             _chk(
-                a is None,
+                t is None,
                 f"{name} of {what} is only used with the matching 8-bit state; "
                 "got a tensor where none was expected",
             )
             continue
-        _chk(a is not None, f"8-bit state of {what} needs {name}, got None")
-        kind = "one per 256-element block" if g["block_wise"] else "one per tensor, block_wise=False"
+        _chk(t is not None, f"8-bit state of {what} needs {name}, got None")
+        kind = "one per 256-element block" if a.block_wise else "one per tensor, block_wise=False"
         _chk(
-            a.dtype == torch.float32 and a.dim() == 1 and a.numel() == nb and a.is_contiguous(),
+            t.dtype == torch.float32 and t.dim() == 1 and t.numel() == nb and t.is_contiguous(),
             f"{name} of {what} must be a contiguous float32 tensor of shape [{nb}] ({kind}), "
-            f"got {a.dtype} of shape {list(a.shape)}",
+            f"got {t.dtype} of shape {list(t.shape)}",
         )
-        _chk(a.device == dev, f"{name} of {what} must be on {dev}, got {a.device}")
-    st = slot["step"]
+        _chk(t.device == dev, f"{name} of {what} must be on {dev}, got {t.device}")
+    st = slot["steps"]
     _chk(
         isinstance(st, Tensor) and st.dtype == torch.int64 and st.numel() == 1,
         f"step of {what} must be an int64 tensor with one element (the exact step count), got "
@@ -129,11 +192,11 @@ def _check_slot(slot: dict, g: dict, what: str) -> None:
         f"{' of shape ' + str(list(st.shape)) if isinstance(st, Tensor) else ''}",
     )
     _chk(st.device == dev, f"step of {what} must be on the parameters' device {dev}, got {st.device}")
-    gv = slot["gnorm_vec"]
-    if g["percentile"] < 100:
+    gv = slot["gnorm_vecs"]
+    if a.percentile < 100:
         _chk(
             gv is not None,
-            f"percentile clipping (percentile={g['percentile']}) needs gnorm_vec for {what}, got None",
+            f"percentile clipping (percentile={a.percentile}) needs gnorm_vec for {what}, got None",
         )
     if gv is not None:
         _chk(
@@ -144,16 +207,20 @@ def _check_slot(slot: dict, g: dict, what: str) -> None:
         _chk(gv.device == dev, f"gnorm_vec of {what} must be on {dev}, got {gv.device}")
 
 
-def _check_group(g: dict, dev, eight: bool) -> None:
-    for name in ("lr", "beta1", "beta2"):
-        _check_scalar(g[name], name, dev)
-    _chk(g["eps"] >= 0.0, f"eps must be >= 0, got {g['eps']}")
-    _chk(g["weight_decay"] >= 0.0, f"weight_decay must be >= 0, got {g['weight_decay']}")
+def _check_shared(a: StepArgs, dev, eight: bool) -> None:
+    h = a.hyper
+    _chk(isinstance(h, Tensor), f"hyper must be a tensor, got {type(h).__name__}")
+    _chk(
+        h.dtype == torch.float32 and h.dim() == 1 and h.numel() == len(HYPER_FIELDS) and h.is_contiguous(),
+        f"hyper must be a contiguous float32 tensor of shape [5] ({', '.join(HYPER_FIELDS)}), "
+        f"got {h.dtype} of shape {list(h.shape)}",
+    )
+    _chk(h.device == dev, f"hyper must be on the parameters' device {dev}, got {h.device}")
     for name in ("grad_scale", "found_inf"):
-        if g[name] is not None:
-            _check_scalar(g[name], name, dev)
+        if getattr(a, name) is not None:
+            _check_scalar(getattr(a, name), name, dev)
     for name in ("qmap1", "qmap2"):
-        q = g[name]
+        q = getattr(a, name)
         if eight:
             _chk(q is not None, f"8-bit state needs {name}, got None")
             _chk(
@@ -165,23 +232,40 @@ def _check_group(g: dict, dev, eight: bool) -> None:
             _chk(q is None, f"{name} is only used with 8-bit (uint8) state; got a tensor for float32 state")
 
 
-def check_call(slots: list[dict], g: dict) -> None:
-    """Python twin of csrc/fused_step_checks.h: raises before anything is written."""
-    _chk(1 <= g["percentile"] <= 100, f"percentile must be in 1..100, got {g['percentile']}")
-    if not slots:
-        return
-    first = slots[0]
-    for i, s in enumerate(slots):
-        what = "param" if len(slots) == 1 else f"params[{i}]"
+def slots(a: StepArgs) -> list[dict]:
+    """Per-parameter slots (keyed by the list names) of fused_step_multi's arguments; checks
+    the list lengths."""
+    n = len(a.params)
+    for arg in PER_PARAM:
+        lst = getattr(a, arg.multi)
+        ok = len(lst) == n or (arg.kind == "mutable?" and len(lst) == 0)
+        opt = " or none" if arg.kind == "mutable?" else ""
+        _chk(ok, f"{arg.multi} must have {n} entries (one per parameter){opt}, got {len(lst)}")
+    return [
+        {arg.multi: (getattr(a, arg.multi)[i] if len(getattr(a, arg.multi)) else None) for arg in PER_PARAM}
+        for i in range(n)
+    ]
+
+
+def check_call(a: StepArgs) -> list[dict]:
+    """Python twin of csrc/fused_step_checks.h: raises before anything is written; returns the slots."""
+    _chk(isinstance(a.percentile, int) and 1 <= a.percentile <= 100,
+         f"percentile must be in 1..100, got {a.percentile}")
+    ss = slots(a)
+    if not ss:
+        return ss
+    first = ss[0]
+    for i, s in enumerate(ss):
+        what = "param" if len(ss) == 1 else f"params[{i}]"
         _chk(
-            s["param"].device == first["param"].device,
-            f"one call takes parameters of one device: expected {first['param'].device} for {what}, "
-            f"got {s['param'].device}",
+            s["params"].device == first["params"].device,
+            f"one call takes parameters of one device: expected {first['params'].device} for {what}, "
+            f"got {s['params'].device}",
         )
         _chk(
-            s["param"].dtype == first["param"].dtype,
-            f"one call takes parameters of one dtype: expected {first['param'].dtype} for {what}, "
-            f"got {s['param'].dtype}",
+            s["params"].dtype == first["params"].dtype,
+            f"one call takes parameters of one dtype: expected {first['params'].dtype} for {what}, "
+            f"got {s['params'].dtype}",
         )
         _chk(
             s["state1"].dtype == first["state1"].dtype,
@@ -192,51 +276,25 @@ def check_call(slots: list[dict], g: dict) -> None:
             (s["state3"] is None) == (first["state3"] is None),
             f"either every parameter of a call has state3 (amsgrad) or none has; {what} differs",
         )
-        _check_slot(s, g, what)
-    _check_group(g, first["param"].device, first["state1"].dtype == torch.uint8)
-
-
-_SLOT_KEYS = ("param", "grad", "state1", "state2", "state3", "absmax1", "absmax2", "absmax3", "step", "gnorm_vec")
-_LIST_KEYS = ("params", "grads", "state1", "state2", "state3", "absmax1", "absmax2", "absmax3", "steps", "gnorm_vecs")
-_OPTIONAL_LISTS = {"state3", "absmax1", "absmax2", "absmax3", "gnorm_vecs"}
-
-
-def group_args(qmap1, qmap2, lr, beta1, beta2, eps, weight_decay, block_wise, percentile, grad_scale, found_inf):
-    return dict(
-        qmap1=qmap1, qmap2=qmap2, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-        block_wise=block_wise, percentile=percentile, grad_scale=grad_scale, found_inf=found_inf,
-    )
-
-
-def slots_from_lists(*lists) -> list[dict]:
-    """Per-parameter slots of fused_step_multi's lists; checks the list lengths."""
-    n = len(lists[0])
-    for key, lst in zip(_LIST_KEYS, lists):
-        ok = len(lst) == n or (key in _OPTIONAL_LISTS and len(lst) == 0)
-        opt = " or none" if key in _OPTIONAL_LISTS else ""
-        _chk(ok, f"{key} must have {n} entries (one per parameter){opt}, got {len(lst)}")
-    return [
-        {k: (lst[i] if len(lst) else None) for k, lst in zip(_SLOT_KEYS, lists)}
-        for i in range(n)
-    ]
-
-
-@torch.library.register_fake("adamw8::fused_step")
-def _fused_step_fake(param, grad, state1, state2, state3, absmax1, absmax2, absmax3, qmap1, qmap2, step,
-                     gnorm_vec, lr, beta1, beta2, eps, weight_decay, block_wise=True, percentile=100,
-                     grad_scale=None, found_inf=None):
-    slot = dict(zip(_SLOT_KEYS, (param, grad, state1, state2, state3, absmax1, absmax2, absmax3, step, gnorm_vec)))
-    check_call([slot], group_args(qmap1, qmap2, lr, beta1, beta2, eps, weight_decay, block_wise, percentile,
-                                  grad_scale, found_inf))
+        _check_slot(s, a, what)
+    _check_shared(a, first["params"].device, first["state1"].dtype == torch.uint8)
+    return ss
 
 
 @torch.library.register_fake("adamw8::fused_step_multi")
-def _fused_step_multi_fake(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, qmap1, qmap2, steps,
-                           gnorm_vecs, lr, beta1, beta2, eps, weight_decay, block_wise=True, percentile=100,
-                           grad_scale=None, found_inf=None):
-    slots = slots_from_lists(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs)
-    check_call(slots, group_args(qmap1, qmap2, lr, beta1, beta2, eps, weight_decay, block_wise, percentile,
-                                 grad_scale, found_inf))
+def _fused_step_multi_fake(*args, **kwargs):
+    check_call(multi_args(*args, **kwargs))
+
+
+@torch.library.register_fake("adamw8::fused_step")
+def _fused_step_fake(*args, **kwargs):
+    check_call(single_to_multi(*args, **kwargs))
+
+
+# fused_step is fused_step_multi with one parameter, on every backend: one kernel-bearing op.
+@torch.library.impl(_lib, "fused_step", "CompositeExplicitAutograd")
+def _fused_step_impl(*args, **kwargs):
+    torch.ops.adamw8.fused_step_multi(*single_to_multi(*args, **kwargs))
 
 
 def _check_qmap(qmap: Tensor, dev) -> None:
@@ -272,10 +330,3 @@ def _dequantize_fake(codes, absmax, qmap, block_wise=True):
 @torch.library.register_fake("adamw8::create_dynamic_map")
 def _create_dynamic_map_fake(signed=True):
     return torch.empty((256,), dtype=torch.float32)
-
-
-# The map is built from torch float32 ops on every backend (SPEC §2.2 requires
-# bnb's exact construction), so it has one composite implementation.
-@torch.library.impl(_lib, "create_dynamic_map", "CompositeExplicitAutograd")
-def _create_dynamic_map_impl(signed=True):
-    return create_dynamic_map(signed)

@@ -12,10 +12,14 @@ optimizer's options and the group's hyperparameters, then an override
 registered by (group index, parameter index) through ``register_parameters``,
 then one registered for the parameter object (``override_config``), then a
 module override (``register_module_override``; bnb copies it over the others
-at the first step).  Overrides are read when a parameter's state is created.
+at the first step).  Overrides are read when a parameter's state is created: at
+construction, and again for parameters that have not stepped yet when an override is
+registered later (bnb's order of calls: optimizer first, then ``override_config``).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -36,6 +40,17 @@ class GlobalOptimManager:
         self.index2config: dict[tuple[int, int], dict] = {}
         self.module_weight_config_triple: list[tuple[torch.nn.Module, str, dict]] = []
         self.uses_config_override = False
+        if not hasattr(self, "_optimizers"):
+            self._optimizers = weakref.WeakSet()
+        self._changed()
+
+    def _watch(self, optimizer) -> None:
+        """Optimizers to tell when overrides change (they re-create unstepped state)."""
+        self._optimizers.add(optimizer)
+
+    def _changed(self) -> None:
+        for opt in list(self._optimizers):
+            opt._overrides_changed()
 
     @classmethod
     def get_instance(cls) -> GlobalOptimManager:
@@ -55,6 +70,7 @@ class GlobalOptimManager:
             for pi, p in enumerate(group["params"]):
                 if id(p) in self.pid2config:
                     self.index2config[(gi, pi)] = self.pid2config[id(p)]
+        self._changed()
 
     def override_config(self, parameters, key: str | None = None, value=None, key_value_dict: dict | None = None):
         """Override config keys (``optim_bits``, ``lr``, ``betas``, ...) for one parameter or a list of them."""
@@ -75,6 +91,7 @@ class GlobalOptimManager:
         self.uses_config_override = True
         for p in parameters:
             self.pid2config.setdefault(id(p), {}).update(key_value_dict)
+        self._changed()
 
     def register_module_override(self, module: torch.nn.Module, param_name: str, config: dict) -> None:
         """Override config for ``getattr(module, param_name)``, resolved when the optimizer first steps."""
@@ -88,6 +105,7 @@ class GlobalOptimManager:
             check_override(k, v)
         self.uses_config_override = True
         self.module_weight_config_triple.append((module, param_name, config))
+        self._changed()
 
     def overrides_for(self, gindex: int, pindex: int, p: torch.Tensor) -> dict:
         """The merged overrides of one parameter (empty when it has none)."""

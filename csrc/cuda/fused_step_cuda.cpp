@@ -36,9 +36,6 @@ void run_cuda(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(adamw8, CUDA, m) {
-  m.impl("fused_step", &fused_step_op<run_cuda>);
-  m.impl("fused_step_multi", &fused_step_multi_op<run_cuda>);
-}
+TORCH_LIBRARY_IMPL(adamw8, CUDA, m) { m.impl("fused_step_multi", &fused_step_multi_op<run_cuda>); }
 
 }  // namespace adamw8

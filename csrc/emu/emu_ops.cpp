@@ -45,13 +45,11 @@ void emu_fused_step_multi(at::TensorList params, at::TensorList grads, at::Tenso
                           at::TensorList state2, at::TensorList state3, at::TensorList absmax1,
                           at::TensorList absmax2, at::TensorList absmax3, const std::optional<at::Tensor>& qmap1,
                           const std::optional<at::Tensor>& qmap2, at::TensorList steps, at::TensorList gnorm_vecs,
-                          const at::Tensor& lr, const at::Tensor& beta1, const at::Tensor& beta2, double eps,
-                          double weight_decay, bool block_wise, int64_t percentile,
+                          const at::Tensor& hyper, bool block_wise, int64_t percentile,
                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                           int64_t sms, int64_t blocks_per_sm, int64_t max_tensors) {
   const auto slots = make_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs);
-  const auto g = make_group(qmap1, qmap2, lr, beta1, beta2, eps, weight_decay, block_wise, percentile, grad_scale,
-                            found_inf);
+  const auto g = make_group(qmap1, qmap2, hyper, block_wise, percentile, grad_scale, found_inf);
   check_call(slots, g);
   if (slots.empty()) return;
   TORCH_CHECK(max_tensors >= 1 && max_tensors <= cuda::kMaxTensorsPerLaunch, "adamw8_emu: max_tensors must be in 1..",
@@ -131,8 +129,8 @@ TORCH_LIBRARY(ADAMW8_EMU_NS, m) {
   m.def(
       "fused_step_multi(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state1, Tensor(c!)[] state2, "
       "Tensor(d!)[] state3, Tensor(e!)[] absmax1, Tensor(f!)[] absmax2, Tensor(g!)[] absmax3, "
-      "Tensor? qmap1, Tensor? qmap2, Tensor(h!)[] steps, Tensor(i!)[] gnorm_vecs, Tensor lr, Tensor beta1, "
-      "Tensor beta2, float eps, float weight_decay, bool block_wise, int percentile, Tensor? grad_scale, "
+      "Tensor? qmap1, Tensor? qmap2, Tensor(h!)[] steps, Tensor(i!)[] gnorm_vecs, Tensor hyper, "
+      "bool block_wise, int percentile, Tensor? grad_scale, "
       "Tensor? found_inf, int sms, int blocks_per_sm, int max_tensors) -> ()");
   m.def("quantize(Tensor x, Tensor qmap, bool block_wise, bool signed, int sms, int blocks_per_sm) -> (Tensor, Tensor)");
   m.def("dequantize(Tensor codes, Tensor absmax, Tensor qmap, bool block_wise, int sms, int blocks_per_sm) -> Tensor");

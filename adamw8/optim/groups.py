@@ -1,0 +1,102 @@
+"""Param groups whose hyperparameters reach the kernels without a sync, a guard or a recompile.
+
+What users see: ``group["lr"]``, ``group["betas"]``, ``group["eps"]``,
+``group["weight_decay"]`` are plain numbers, as in torch.optim and bitsandbytes; loggers,
+``json.dumps`` and ``get_last_lr()`` get floats.
+
+What the kernels read: one float32 device tensor per (group, override set, device),
+``hyper = [lr, beta1, beta2, eps, weight_decay]``.
+
+The mechanism (docs/design.md, "Compile"): a param group is a ``dict`` subclass whose
+``__setitem__`` validates a hyperparameter and writes it into the group's device tensors
+at once, with ``fill_`` (an asynchronous device write: no host sync, unlike a copy from
+pageable memory).  Every writer goes through it: torch's LR schedulers assign floats
+(``param_group["lr"] = value``; OneCycleLR with ``cycle_momentum`` assigns
+``param_group["betas"]``), so do ReduceLROnPlateau, SequentialLR's children and a user
+setting a value by hand.  ``step()`` never reads the group dicts, only the device tensors,
+so torch.compile has no Python float to guard on (no recompile when a value changes), and
+a step captured in a CUDA graph reads the tensor's new value on every replay.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import Tensor
+
+from .config import HYPER_KEYS, check_betas, check_real
+
+def _as_number(value):
+    return float(value.detach().reshape(()).cpu()) if isinstance(value, Tensor) else value
+
+
+def normalise(key: str, value):
+    """A hyperparameter as the group stores it: checked, tensors turned into numbers
+    (construction or assignment time, never inside a step)."""
+    if key == "betas":
+        check_betas(value)
+        return tuple(float(_as_number(b)) for b in value)
+    check_real(key, value)
+    return float(_as_number(value))
+
+
+def hyper_values(group: dict, overrides: dict | None = None) -> list[float]:
+    """[lr, beta1, beta2, eps, weight_decay] of a group, per-parameter overrides applied."""
+    g = dict(group)
+    g.update(overrides or {})
+    b1, b2 = g["betas"]
+    return [float(_as_number(g["lr"])), float(_as_number(b1)), float(_as_number(b2)), float(_as_number(g["eps"])),
+            float(_as_number(g["weight_decay"]))]
+
+
+class ParamGroup(dict):
+    """A torch.optim param group (a dict) that keeps its optimizer's device copies of the
+    hyperparameters current (see the module docstring)."""
+
+    def attach(self, optimizer) -> ParamGroup:
+        self.__dict__["_owner"] = weakref.ref(optimizer)
+        return self
+
+    def __setitem__(self, key, value):
+        owner = self.__dict__.get("_owner")
+        opt = owner() if owner is not None else None
+        if opt is not None and key in HYPER_KEYS:
+            value = normalise(key, value)  # a bad value fails here, before any step uses it
+        super().__setitem__(key, value)
+        if opt is not None:
+            opt._group_changed(self, key)
+
+    def __reduce__(self):  # copies and pickles are plain groups; the optimizer re-attaches them
+        return (ParamGroup, (dict(self),))
+
+
+class HyperTensors:
+    """The device tensors of one optimizer: key (group index, override index, device) ->
+    float32 [5].  Values are written with fill_ only where they changed."""
+
+    def __init__(self):
+        self.tensors: dict[tuple, Tensor] = {}
+        self.values: dict[tuple, list[float]] = {}
+
+    def get(self, key: tuple, values: list[float]) -> Tensor:
+        t = self.tensors.get(key)
+        if t is None:
+            t = torch.tensor(values, dtype=torch.float32, device=key[2])
+            torch._dynamo.mark_static_address(t)  # a CUDA graph reads it in place
+            self.tensors[key] = t
+            self.values[key] = list(values)
+        else:
+            self.refresh(key, values)
+        return t
+
+    def refresh(self, key: tuple, values: list[float]) -> None:
+        old = self.values[key]
+        t = self.tensors[key]
+        for i, (a, b) in enumerate(zip(old, values)):
+            if a != b:
+                t[i].fill_(b)
+        self.values[key] = list(values)
+
+    def keys_of_group(self, gindex: int):
+        return [k for k in self.tensors if k[0] == gindex]

@@ -93,7 +93,8 @@ def test_runs_on_the_current_stream():
 
 @pytest.mark.parametrize("cls", [adamw8.AdamW32bit, adamw8.AdamW8bit], ids=["32bit", "8bit"])
 def test_manual_cuda_graph_replays_with_changing_lr_and_found_inf(cls):
-    """Capture opt.step() once; replays see new lr values and AMP's found_inf."""
+    """Capture opt.step() once; replays see new lr values (set as floats, as schedulers do) and
+    AMP's found_inf."""
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (5000, 300, 70000)]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
@@ -111,8 +112,8 @@ def test_manual_cuda_graph_replays_with_changing_lr_and_found_inf(cls):
         opt.step()
     for i in range(6):
         lr = 1e-3 / (i + 1)
-        opt.param_groups[0]["lr"].fill_(lr)
-        opt_ref.param_groups[0]["lr"].fill_(lr)
+        opt.param_groups[0]["lr"] = lr  # a plain number: written into the device tensor the graph reads
+        opt_ref.param_groups[0]["lr"] = lr
         skip = i == 3
         opt.found_inf.fill_(1.0 if skip else 0.0)
         for g in grads:

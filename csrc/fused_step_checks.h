@@ -204,6 +204,55 @@ inline std::vector<ParamSlot> make_slots(at::TensorList params, at::TensorList g
   return slots;
 }
 
+// With a layout (adamw8/ops/schemas.py): each state list holds one flat 1-D buffer for every
+// parameter, and the slots are views into it (schemas.py _flat_slots is the twin).  The
+// views cost a few hundred nanoseconds each on the host, and let every check and kernel
+// below see one tensor per parameter.
+inline std::vector<ParamSlot> flat_slots(at::TensorList params, at::TensorList grads, at::TensorList state1,
+                                         at::TensorList state2, at::TensorList state3, at::TensorList absmax1,
+                                         at::TensorList absmax2, at::TensorList absmax3, at::TensorList steps,
+                                         at::TensorList gnorm_vecs, at::IntArrayRef layout, bool block_wise) {
+  const size_t n = params.size();
+  TORCH_CHECK(grads.size() == n, "adamw8: grads must have ", n, " entries (one per parameter), got ", grads.size());
+  TORCH_CHECK(layout.size() == 2 * n, "adamw8: layout must have ", 2 * n, " ints (slot, offset per parameter), got ",
+              layout.size());
+  auto buffer = [](at::TensorList l, const char* name, bool required) {
+    TORCH_CHECK(l.size() == 1 || (!required && l.empty()), "adamw8: ", name, " must hold ",
+                required ? "exactly one flat buffer" : "one flat buffer or none", " with a layout, got ", l.size(),
+                " tensors");
+    if (l.empty()) return at::Tensor();
+    TORCH_CHECK(l[0].dim() == 1 && l[0].is_contiguous(), "adamw8: ", name,
+                " must be a contiguous 1-D buffer with a layout, got shape ", l[0].sizes());
+    return l[0];
+  };
+  const at::Tensor b1 = buffer(state1, "state1", true), b2 = buffer(state2, "state2", true),
+                   b3 = buffer(state3, "state3", false), a1 = buffer(absmax1, "absmax1", false),
+                   a2 = buffer(absmax2, "absmax2", false), a3 = buffer(absmax3, "absmax3", false),
+                   st = buffer(steps, "steps", true), gv = buffer(gnorm_vecs, "gnorm_vecs", false);
+  std::vector<ParamSlot> slots(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t slot = layout[2 * i], off = layout[2 * i + 1], k = params[i].numel();
+    TORCH_CHECK(slot >= 0 && off >= 0 && off % kBlockSize == 0, "adamw8: layout of params[", i,
+                "]: expected a slot >= 0 and an offset >= 0 that is a multiple of 256, got slot ", slot, ", offset ",
+                off);
+    auto view = [&](const at::Tensor& buf, const char* name, int64_t start, int64_t len,
+                    at::IntArrayRef shape) -> at::Tensor {
+      if (!buf.defined()) return at::Tensor();
+      TORCH_CHECK(start + len <= buf.numel(), "adamw8: ", name, ": params[", i, "] needs elements [", start, ", ",
+                  start + len, ") of the flat buffer, which has ", buf.numel());
+      return buf.narrow(0, start, len).view(shape);
+    };
+    const int64_t nb = expected_blocks(k, block_wise);
+    const int64_t boff = block_wise ? off / kBlockSize : slot;
+    slots[i] = ParamSlot{params[i], grads[i], view(b1, "state1", off, k, params[i].sizes()),
+                         view(b2, "state2", off, k, params[i].sizes()), view(b3, "state3", off, k, params[i].sizes()),
+                         view(a1, "absmax1", boff, nb, {nb}), view(a2, "absmax2", boff, nb, {nb}),
+                         view(a3, "absmax3", boff, nb, {nb}), view(st, "steps", slot, 1, {}),
+                         view(gv, "gnorm_vecs", kGnormHistory * slot, kGnormHistory, {kGnormHistory})};
+  }
+  return slots;
+}
+
 // The op entry point, shared by the CPU and CUDA registrations: it turns the
 // schema's arguments (adamw8/ops/schemas.py STEP_ARGS, in order) into slots and
 // calls `Run` (which checks, then launches).  fused_step has no kernel: it is
@@ -216,8 +265,12 @@ void fused_step_multi_op(at::TensorList params, at::TensorList grads, at::Tensor
                          at::TensorList absmax3, const std::optional<at::Tensor>& qmap1,
                          const std::optional<at::Tensor>& qmap2, at::TensorList steps, at::TensorList gnorm_vecs,
                          const at::Tensor& hyper, bool block_wise, int64_t percentile,
-                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  Run(make_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs),
+                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                         at::IntArrayRef layout) {
+  Run(layout.empty()
+          ? make_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs)
+          : flat_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs, layout,
+                       block_wise),
       make_group(qmap1, qmap2, hyper, block_wise, percentile, grad_scale, found_inf));
 }
 

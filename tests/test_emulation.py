@@ -113,7 +113,7 @@ def run_both(emu_op, dtype, sizes, eight, ams, block_wise=True, percentile=100, 
             grads = [(g.float() * gs).to(dtype) for g in grads]
         call(torch.ops.adamw8.fused_step_multi, params, grads, st, eight, block_wise, percentile, 1e-2, gs, fi)
         call(emu_op, e_params, grads, e_st, eight, block_wise, percentile, 1e-2, gs, fi,
-             extra=(sms, bps, max_tensors))
+             extra=([], sms, bps, max_tensors))
         assert_same(params, st, e_params, e_st, what=f"step {it}: ")
     return params, st
 
@@ -185,7 +185,7 @@ def test_no_spikes_in_the_emulated_kernel(emu, scenario):
     worst = 0.0
     for g in grads:
         before = p[0].clone()
-        call(emu.fused_step_multi, p, [g], st, True, True, 100, b.LR, extra=(2, 1, 64))
+        call(emu.fused_step_multi, p, [g], st, True, True, 100, b.LR, extra=([], 2, 1, 64))
         worst = max(worst, (p[0] - before).abs().max().item() / b.LR)
     assert worst <= 3.0
 
@@ -248,3 +248,28 @@ def test_emulation_runs_the_built_source():
     assert '#include "fused_step_kernels.cuh"' in cu
     assert "__global__" not in cu  # no kernel lives outside the emulated header
     assert os.path.exists(ROOT / "csrc" / "emu" / "emu_ops.cpp")
+
+
+@pytest.mark.parametrize("eight, ams, block_wise", FORMATS, ids=FORMAT_IDS)
+def test_flat_layout_in_the_emulated_kernels(emu, eight, ams, block_wise):
+    """The optimizer's form (flat buffers and a layout, ops/schemas.py): the same launch
+    records point into the flat buffers; results equal the CPU kernels'."""
+    from test_ops import flat_args
+
+    from conftest import hyper, make_state
+
+    params = [torch.randn(n) for n in (300, 1, 4097, 513)]
+    states = [make_state(p, eight, ams, block_wise, 50) for p in params]
+    for s in states[1:]:
+        s["qmap1"], s["qmap2"] = states[0]["qmap1"], states[0]["qmap2"]
+    emu_params = [p.clone() for p in params]
+    for _ in range(3):  # three steps of the parameters, each from the (zero) state in `states`
+        grads = [torch.randn_like(p) for p in params]
+        args, lists, _ = flat_args(params, grads, states, hyper("cpu", lr=1e-2), block_wise, 50)
+        e_args, e_lists, _ = flat_args(emu_params, grads, states, hyper("cpu", lr=1e-2), block_wise, 50)
+        torch.ops.adamw8.fused_step_multi(*args)
+        emu.fused_step_multi(*e_args, 2, 1, 64)
+        assert all(torch.equal(p, q) for p, q in zip(params, emu_params))
+        for k in lists:
+            for x, y in zip(lists[k], e_lists[k]):
+                assert torch.equal(bits(x), bits(y)), k

@@ -210,3 +210,71 @@ def test_sign_fix_keeps_small_negative_m_negative(device):
     assert (m[neg] < 0).all(), "a small negative m became +0"
     assert (s["state1"][neg] == 126).all()
     assert (s["state1"][grad == 1e-9] == 127).all()  # tiny positives round to +0: no fix needed
+
+
+def flat_args(params, grads, states, h, block_wise=True, percentile=100):
+    """fused_step_multi's arguments in the flat form (one buffer per state, a layout) for
+    ``states`` made by make_state, the buffers filled from them."""
+    offs, total = [], 0
+    for p in params:
+        offs.append(total)
+        total += -(-p.numel() // 256) * 256
+    dev = params[0].device
+
+    def flat(key, size, region):
+        if states[0][key] is None:
+            return []
+        buf = torch.zeros(size, dtype=states[0][key].dtype, device=dev)
+        for i, p in enumerate(params):
+            start, n = region(i, p)
+            buf[start:start + n] = states[i][key].reshape(-1)
+        return [buf]
+
+    nb = lambda p: R.num_blocks(p.numel(), block_wise)  # noqa: E731
+    absmax_size = total // 256 if block_wise else len(params)
+    lists = {k: flat(k, total, lambda i, p: (offs[i], p.numel())) for k in ("state1", "state2", "state3")}
+    lists.update({k: flat(k, absmax_size, lambda i, p: (offs[i] // 256 if block_wise else i, nb(p)))
+                  for k in ("absmax1", "absmax2", "absmax3")})
+    lists["steps"] = [torch.stack([s["step"] for s in states])]
+    lists["gnorm_vecs"] = [torch.cat([s["gnorm_vec"] for s in states])] if states[0]["gnorm_vec"] is not None else []
+    layout = [v for i in range(len(params)) for v in (i, offs[i])]
+    return (params, grads, lists["state1"], lists["state2"], lists["state3"], lists["absmax1"], lists["absmax2"],
+            lists["absmax3"], states[0]["qmap1"], states[0]["qmap2"], lists["steps"], lists["gnorm_vecs"], h,
+            block_wise, percentile, None, None, layout), lists, offs
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("fmt", FORMATS, ids=fmt_id)
+def test_flat_layout_equals_one_tensor_per_parameter(device, fmt):
+    """The optimizer's form (flat buffers + layout) gives the per-parameter form's results."""
+    eight, amsgrad, block_wise, pct = fmt
+    sizes = [1, 300, 4097, 0, 1000]
+    params = [torch.randn(n, device=device) for n in sizes]
+    states = [make_state(p, eight, amsgrad, block_wise, pct) for p in params]
+    for s in states[1:]:
+        s["qmap1"], s["qmap2"] = states[0]["qmap1"], states[0]["qmap2"]
+    flat_params = [p.clone() for p in params]
+    h = hyper(device, lr=1e-2)
+    for _ in range(3):
+        grads = [torch.randn(n, device=device) for n in sizes]
+        args, lists, offs = flat_args(flat_params, grads, states, h, block_wise, pct)
+        torch.ops.adamw8.fused_step_multi(*args)
+        for p, g, s in zip(params, grads, states):
+            torch.ops.adamw8.fused_step(*op_args(p, g, s, h, block_wise, pct))
+        for i, (p, q, s) in enumerate(zip(params, flat_params, states)):
+            assert torch.equal(p, q)
+            assert torch.equal(s["state1"].reshape(-1), lists["state1"][0][offs[i]:offs[i] + p.numel()])
+            assert lists["steps"][0][i] == s["step"]
+
+
+def test_flat_layout_opcheck_and_bad_layouts():
+    params = [torch.randn(n) for n in (300, 5)]
+    states = [make_state(p, True, False) for p in params]
+    states[1]["qmap1"], states[1]["qmap2"] = states[0]["qmap1"], states[0]["qmap2"]
+    args, _, _ = flat_args(params, [torch.randn_like(p) for p in params], states, hyper("cpu"))
+    torch.library.opcheck(torch.ops.adamw8.fused_step_multi.default, args)
+    for layout, match in (([0, 0, 1, 100], "offset >= 0 that is a multiple of 256"),
+                          ([0, 0], "layout must have 4 ints"),
+                          ([0, 0, 1, 1024], r"state1: params\[1\] needs elements \[1024, 1029\)")):
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.adamw8.fused_step_multi(*args[:-1], layout)

@@ -34,7 +34,7 @@ MAX_PER_CALL = 32  # tensors per fused_step_multi call: see AdamWBase._tensors_p
 # their fused_step_multi lists, the tensor inputs a group must share, and the constants.
 _MUTABLE = tuple((a.single, a.multi) for a in STEP_ARGS if a.kind in ("mutable", "mutable?"))
 _SHARED = tuple(a.single for a in STEP_ARGS if a.kind in ("tensor", "tensor?"))
-_CONST = tuple(a.single for a in STEP_ARGS if a.kind in ("bool", "int"))
+_CONST = tuple(a.single for a in STEP_ARGS if a.kind in ("bool", "int"))  # (layout: multi only, unused here)
 
 
 def _is_single_step(node: torch.fx.Node) -> bool:
@@ -97,6 +97,7 @@ def _replace(graph: torch.fx.Graph, nodes: list[torch.fx.Node], order: dict) -> 
     bases_of = [_bases(n) for n in nodes]
     kwargs = {k: first_kw[k] for k in _SHARED + _CONST}
     kwargs["grads"] = [n.kwargs["grad"] for n in nodes]
+    kwargs["layout"] = []  # one state tensor per parameter
     all_bases: list[torch.fx.Node] = []
     where = {}  # (node, single name) -> index in all_bases
     for single, lst in _MUTABLE:

@@ -59,7 +59,8 @@ def _note_reference(op: str, device: torch.device) -> None:
 
 def _fused_step_multi_reference(*args, **kwargs):
     a = multi_args(*args, **kwargs)
-    slots = schemas.check_call(a)  # same checks as the kernels, before anything is written
+    schemas.check_call(a)  # same checks as the kernels, before anything is written
+    slots = schemas.slots(a)  # one view per parameter of the flat form
     if not slots:
         return
     _note_reference("fused_step_multi", slots[0]["params"].device)
@@ -69,7 +70,7 @@ def _fused_step_multi_reference(*args, **kwargs):
     torch._check(0 <= beta2 < 1, lambda: f"adamw8: beta2 must be in [0, 1), got {beta2}")
     for s in slots:  # the reference takes fused_step's arguments: one parameter's
         reference.fused_step_reference(*(s[arg.multi] if arg in schemas.PER_PARAM else getattr(a, arg.multi)
-                                         for arg in STEP_ARGS))
+                                         for arg in STEP_ARGS if arg.kind != "layout"))
 
 
 def _quantize_reference(x, qmap, block_wise=True, signed=True):

@@ -37,7 +37,7 @@ HYPER_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay")  # hyper[i], floa
 class Arg:
     multi: str  # name in fused_step_multi
     single: str  # name in fused_step
-    kind: str  # "mutable" | "mutable?" | "input" | "tensor" | "tensor?" | "bool" | "int"
+    kind: str  # "mutable" | "mutable?" | "input" | "tensor" | "tensor?" | "bool" | "int" | "layout"
     alias: str = ""  # alias set of a mutable argument
     default: str = ""  # schema default, if any
 
@@ -47,6 +47,13 @@ class Arg:
 # (8-bit state: absmax* and qmap1 (signed) / qmap2 (unsigned) are then required).  steps:
 # int64 counts before this step (the op adds 1).  gnorm_vecs (float32[100]) with
 # percentile < 100: percentile clipping.  Optional per-parameter lists are empty when unused.
+#
+# The state lists hold one tensor per parameter, or, with a ``layout``, one flat 1-D buffer
+# each for all the parameters (the optimizer's form: a handful of graph inputs instead of
+# six per parameter).  layout = [slot_0, offset_0, slot_1, offset_1, ...]: parameter i's
+# state1/2/3 are buffer[offset_i : offset_i + numel_i] (offset a multiple of 256), its
+# absmax blocks start at offset_i / 256 (block_wise) or are entry slot_i (block_wise=False),
+# its step is steps[slot_i] and its history gnorm_vecs[100 slot_i : 100 slot_i + 100].
 STEP_ARGS = (
     Arg("params", "param", "mutable", "a"),
     Arg("grads", "grad", "input"),
@@ -65,6 +72,7 @@ STEP_ARGS = (
     Arg("percentile", "percentile", "int", default="100"),
     Arg("grad_scale", "grad_scale", "tensor?", default="None"),
     Arg("found_inf", "found_inf", "tensor?", default="None"),
+    Arg("layout", "", "layout", default="[]"),  # fused_step_multi only
 )
 StepArgs = namedtuple("StepArgs", [a.multi for a in STEP_ARGS])
 PER_PARAM = tuple(a for a in STEP_ARGS if a.kind in ("mutable", "mutable?", "input"))  # one entry per parameter
@@ -73,12 +81,14 @@ PER_PARAM = tuple(a for a in STEP_ARGS if a.kind in ("mutable", "mutable?", "inp
 def _schema(name: str, multi: bool) -> str:
     parts = []
     for a in STEP_ARGS:
+        if a.kind == "layout" and not multi:
+            continue
         if a.kind in ("mutable", "mutable?"):
             t = f"Tensor({a.alias}!)[]" if multi else f"Tensor({a.alias}!)" + ("?" if a.kind == "mutable?" else "")
         elif a.kind == "input":
             t = "Tensor[]" if multi else "Tensor"
         else:
-            t = {"tensor": "Tensor", "tensor?": "Tensor?", "bool": "bool", "int": "int"}[a.kind]
+            t = {"tensor": "Tensor", "tensor?": "Tensor?", "bool": "bool", "int": "int", "layout": "int[]"}[a.kind]
         parts.append(f"{t} {a.multi if multi else a.single}" + (f"={a.default}" if a.default else ""))
     return f"{name}({', '.join(parts)}) -> ()"
 
@@ -97,6 +107,9 @@ def single_to_multi(*args, **kwargs) -> StepArgs:
     """fused_step's arguments as fused_step_multi's (one-element lists; None -> [])."""
     values = {}
     for i, a in enumerate(STEP_ARGS):
+        if a.kind == "layout":
+            values[a.multi] = []
+            continue
         v = args[i] if i < len(args) else kwargs.get(a.single, _default(a))
         if a in PER_PARAM:
             v = [] if v is None else [v]
@@ -110,7 +123,7 @@ def multi_args(*args, **kwargs) -> StepArgs:
 
 
 def _default(a: Arg):
-    return {"True": True, "100": 100, "None": None, "": None}[a.default]
+    return {"True": True, "100": 100, "None": None, "": None, "[]": []}[a.default]
 
 
 # ------------------------------------------------------------------------ checks
@@ -234,7 +247,9 @@ def _check_shared(a: StepArgs, dev, eight: bool) -> None:
 
 def slots(a: StepArgs) -> list[dict]:
     """Per-parameter slots (keyed by the list names) of fused_step_multi's arguments; checks
-    the list lengths."""
+    the list lengths.  With a layout, the slots hold views into the flat buffers."""
+    if len(a.layout):
+        return _flat_slots(a)
     n = len(a.params)
     for arg in PER_PARAM:
         lst = getattr(a, arg.multi)
@@ -247,10 +262,129 @@ def slots(a: StepArgs) -> list[dict]:
     ]
 
 
-def check_call(a: StepArgs) -> list[dict]:
-    """Python twin of csrc/fused_step_checks.h: raises before anything is written; returns the slots."""
+def _flat_slots(a: StepArgs) -> list[dict]:
+    """csrc/fused_step_checks.h flat_slots' twin: per-parameter views of the flat buffers."""
+    n = len(a.params)
+    _chk(len(a.grads) == n, f"grads must have {n} entries (one per parameter), got {len(a.grads)}")
+    _chk(len(a.layout) == 2 * n, f"layout must have {2 * n} ints (slot, offset per parameter), got {len(a.layout)}")
+    bufs = {}
+    for arg in PER_PARAM[2:]:
+        lst = getattr(a, arg.multi)
+        need = "exactly one flat buffer" if arg.kind == "mutable" else "one flat buffer or none"
+        _chk(len(lst) == 1 or (arg.kind == "mutable?" and len(lst) == 0),
+             f"{arg.multi} must hold {need} with a layout, got {len(lst)} tensors")
+        if lst:
+            t = lst[0]
+            _chk(t.dim() == 1 and t.is_contiguous(), f"{arg.multi} must be a contiguous 1-D buffer with a layout, "
+                 f"got shape {list(t.shape)}")
+            bufs[arg.multi] = t
+    out = []
+    for i, (p, g) in enumerate(zip(a.params, a.grads)):
+        slot, off = a.layout[2 * i], a.layout[2 * i + 1]
+        k = p.numel()
+        _chk(slot >= 0 and off >= 0 and off % 256 == 0,
+             f"layout of params[{i}]: expected a slot >= 0 and an offset >= 0 that is a multiple of 256, "
+             f"got slot {slot}, offset {off}")
+
+        def view(name, start, length, shape):
+            buf = bufs[name]
+            _chk(start + length <= buf.numel(), f"{name}: params[{i}] needs elements [{start}, {start + length}) of "
+                 f"the flat buffer, which has {buf.numel()}")
+            return buf.narrow(0, start, length).view(shape)
+
+        s = {"params": p, "grads": g}
+        for name in ("state1", "state2", "state3"):
+            s[name] = view(name, off, k, p.shape) if name in bufs else None
+        nb = num_blocks(k, a.block_wise)
+        for name in ("absmax1", "absmax2", "absmax3"):
+            s[name] = view(name, off // 256 if a.block_wise else slot, nb, (nb,)) if name in bufs else None
+        s["steps"] = view("steps", slot, 1, ())
+        s["gnorm_vecs"] = view("gnorm_vecs", GNORM_HISTORY * slot, GNORM_HISTORY, (GNORM_HISTORY,)) \
+            if "gnorm_vecs" in bufs else None
+        out.append(s)
+    return out
+
+
+def _fail(msg: str):
+    raise RuntimeError(f"adamw8: {msg}")
+
+
+def _check_flat(a: StepArgs) -> None:
+    """check_call for the flat form: the buffers once, then arithmetic per parameter (no
+    views: torch.compile runs the fake kernel several times per graph, and this form is the
+    optimizer's, with hundreds of parameters per call).  Messages are built only on failure."""
+    n = len(a.params)
+    if len(a.grads) != n:
+        _fail(f"grads must have {n} entries (one per parameter), got {len(a.grads)}")
+    if len(a.layout) != 2 * n:
+        _fail(f"layout must have {2 * n} ints (slot, offset per parameter), got {len(a.layout)}")
+    if n == 0:
+        return
+    dev, dtype = a.params[0].device, a.params[0].dtype
+    bufs = {}
+    for arg in PER_PARAM[2:]:
+        lst = getattr(a, arg.multi)
+        if not (len(lst) == 1 or (arg.kind == "mutable?" and len(lst) == 0)):
+            need = "exactly one flat buffer" if arg.kind == "mutable" else "one flat buffer or none"
+            _fail(f"{arg.multi} must hold {need} with a layout, got {len(lst)} tensors")
+        if lst:
+            t = lst[0]
+            if t.dim() != 1 or not t.is_contiguous():
+                _fail(f"{arg.multi} must be a contiguous 1-D buffer with a layout, got shape {list(t.shape)}")
+            if t.device != dev:
+                _fail(f"{arg.multi} must be on the parameters' device {dev}, got {t.device}")
+            bufs[arg.multi] = t
+    sd = bufs["state1"].dtype
+    if sd not in (torch.float32, torch.uint8):
+        _fail(f"state1 must be float32 (32-bit state) or uint8 (8-bit state), got {sd}")
+    eight = sd == torch.uint8
+    for name in ("state2", "state3"):
+        if name in bufs and bufs[name].dtype != sd:
+            _fail(f"{name} must have state1's dtype {sd}, got {bufs[name].dtype}")
+    for name, required in (("absmax1", eight), ("absmax2", eight), ("absmax3", eight and "state3" in bufs)):
+        if required != (name in bufs):
+            _fail(f"8-bit state needs {name}, got none" if required else
+                  f"{name} is only used with the matching 8-bit state; got a buffer where none was expected")
+        if name in bufs and bufs[name].dtype != torch.float32:
+            _fail(f"{name} must be float32, got {bufs[name].dtype}")
+    if bufs["steps"].dtype != torch.int64:
+        _fail(f"steps must be int64 (exact step counts), got {bufs['steps'].dtype}")
+    if a.percentile < 100 and "gnorm_vecs" not in bufs:
+        _fail(f"percentile clipping (percentile={a.percentile}) needs gnorm_vecs, got none")
+    if "gnorm_vecs" in bufs and bufs["gnorm_vecs"].dtype != torch.float32:
+        _fail(f"gnorm_vecs must be float32, got {bufs['gnorm_vecs'].dtype}")
+    room = {k: t.numel() for k, t in bufs.items()}
+    for i, (p, g) in enumerate(zip(a.params, a.grads)):
+        if p.dtype != dtype or p.device != dev or p.layout != torch.strided:
+            _fail(f"one call takes dense parameters of one dtype and device: expected {dtype} on {dev} for "
+                  f"params[{i}], got {p.dtype} on {p.device} ({p.layout})")
+        if g is None or g.layout != torch.strided or g.dtype != dtype or g.device != dev or g.shape != p.shape:
+            _fail(f"grad of params[{i}] must be a dense {dtype} tensor of shape {list(p.shape)} on {dev}, got "
+                  + ("None" if g is None else f"{g.dtype} of shape {list(g.shape)} on {g.device} ({g.layout})"))
+        slot, off, k = a.layout[2 * i], a.layout[2 * i + 1], p.numel()
+        if slot < 0 or off < 0 or off % 256:
+            _fail(f"layout of params[{i}]: expected a slot >= 0 and an offset >= 0 that is a multiple of 256, "
+                  f"got slot {slot}, offset {off}")
+        nb = num_blocks(k, a.block_wise)
+        needs = {"state1": off + k, "state2": off + k, "state3": off + k, "steps": slot + 1,
+                 "gnorm_vecs": GNORM_HISTORY * (slot + 1)}
+        for name in ("absmax1", "absmax2", "absmax3"):
+            needs[name] = (off // 256 if a.block_wise else slot) + nb
+        for name, end in needs.items():
+            if name in room and end > room[name]:
+                _fail(f"{name}: params[{i}] needs elements up to {end} of the flat buffer, which has {room[name]}")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        _fail(f"params must be float32, bfloat16 or float16, got {dtype}")
+    _check_shared(a, dev, eight)
+
+
+def check_call(a: StepArgs) -> None:
+    """Python twin of csrc/fused_step_checks.h: raises before anything is written."""
     _chk(isinstance(a.percentile, int) and 1 <= a.percentile <= 100,
          f"percentile must be in 1..100, got {a.percentile}")
+    if len(a.layout):
+        _check_flat(a)
+        return
     ss = slots(a)
     if not ss:
         return ss
@@ -278,7 +412,6 @@ def check_call(a: StepArgs) -> list[dict]:
         )
         _check_slot(s, a, what)
     _check_shared(a, first["params"].device, first["state1"].dtype == torch.uint8)
-    return ss
 
 
 @torch.library.register_fake("adamw8::fused_step_multi")

@@ -15,33 +15,17 @@ from __future__ import annotations
 
 import types
 import warnings
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor
 
-from ..ops import GNORM_HISTORY, StepArgs
-from ..ops.reference import num_blocks
+from ..ops import StepArgs
 from . import state_dict as sd_io
+from .buckets import Bucket, pack
 from .config import HYPER_KEYS, Options, as_float32_scalar, check_bool, check_hyper, resolve_options
 from .groups import HyperTensors, ParamGroup, hyper_values, normalise
 from .manager import GlobalOptimManager
 
 _PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-@dataclass
-class Bucket:
-    """Parameters of one group that one op call can update together, with their state."""
-
-    gindex: int
-    names: list = field(default_factory=list)  # "param_groups[i]['params'][j]" per parameter, for messages
-    params: list = field(default_factory=list)
-    state: dict = field(default_factory=dict)  # state key -> one tensor per parameter ([] when unused)
-    qmaps: tuple = (None, None)
-    hyper: Tensor | None = None
-    block_wise: bool = True
-    percentile: int = 100
 
 
 class AdamWBase(torch.optim.Optimizer):
@@ -58,8 +42,6 @@ class AdamWBase(torch.optim.Optimizer):
     # (csrc/fused_step_cuda.h kMaxTensorsPerLaunch), the fewest launches.
     _tensors_per_call = 32
     _tensors_per_call_eager = 64
-
-    _STATE_LISTS = ("state1", "state2", "state3", "absmax1", "absmax2", "absmax3", "step", "gnorm_vec")
 
     def __init__(
         self,
@@ -131,9 +113,9 @@ class AdamWBase(torch.optim.Optimizer):
             group[key] = normalise(key, group[key])
         self.param_groups[-1] = ParamGroup(group).attach(self)
         gindex = len(self.param_groups) - 1
-        for pi, p in enumerate(group["params"]):
-            self._init_state(p, self._config(gindex, pi, p), group["amsgrad"])
-        self._rebuild()
+        for p in group["params"]:
+            self.state[p] = {}  # fresh: _rebuild creates zero state in the format _config says
+        self._rebuild([gindex])
 
     def _group_changed(self, group: dict, key: str) -> None:
         """A key of a group was set (ParamGroup.__setitem__): hyperparameters go to the
@@ -144,11 +126,9 @@ class AdamWBase(torch.optim.Optimizer):
         if key in HYPER_KEYS:
             for k in self._hyper.keys_of_group(gindex):
                 self._hyper.refresh(k, self._hyper_values(gindex, k[1]))
-        elif key == "amsgrad":
+        elif key == "amsgrad":  # max(v) appears (zeros) or goes
             check_bool("amsgrad", group["amsgrad"])
-            for p in group["params"]:
-                self._set_amsgrad(p, group["amsgrad"])
-            self._rebuild()
+            self._rebuild([gindex])
 
     def _hyper_values(self, gindex: int, hp: int) -> list[float]:
         return hyper_values(self.param_groups[gindex], self._hp_overrides[hp] if hp >= 0 else None)
@@ -187,40 +167,20 @@ class AdamWBase(torch.optim.Optimizer):
             self._qmaps[device] = maps
         return self._qmaps[device]
 
-    def _init_state(self, p: Tensor, conf: dict, amsgrad: bool) -> None:
-        """Fresh state for ``p`` with bnb's key names (docs/design.md, "State")."""
-        dev, n = p.device, p.numel()
-        eight = conf["optim_bits"] == 8 and n >= conf["min_8bit_size"]
-        sdtype = torch.uint8 if eight else torch.float32
-        state = self.state[p]
-        state.clear()
-        state["step"] = torch.zeros((), dtype=torch.int64, device=dev)  # exact past 2^24 steps
-        for name in ("state1", "state2", "state3") if amsgrad else ("state1", "state2"):
-            # contiguous, whatever the parameter's strides: kernels use flat order
-            state[name] = torch.zeros(p.shape, dtype=sdtype, device=dev)
-        if eight:
-            state["qmap1"], state["qmap2"] = self._get_qmaps(dev)
-            nb = num_blocks(n, conf["block_wise"])
-            for name in ("absmax1", "absmax2", "absmax3") if amsgrad else ("absmax1", "absmax2"):
-                state[name] = torch.zeros((nb,), dtype=torch.float32, device=dev)
-        if conf["percentile_clipping"] < 100:
-            state["gnorm_vec"] = torch.zeros((GNORM_HISTORY,), dtype=torch.float32, device=dev)
-
-    def _set_amsgrad(self, p: Tensor, on: bool) -> None:
-        st = self.state[p]
-        if on and "state3" not in st:
-            st["state3"] = torch.zeros_like(st["state1"])
-            if "absmax1" in st:
-                st["absmax3"] = torch.zeros_like(st["absmax1"])
-        elif not on:
-            st.pop("state3", None)
-            st.pop("absmax3", None)
+    def _state_dtype(self, p: Tensor, conf: dict) -> torch.dtype:
+        """The state format of ``p``: its current state's (a loaded 32-bit state stays 32-bit),
+        or for fresh state the one its config asks for."""
+        src = self.state.get(p, {})
+        if "state1" in src:
+            return src["state1"].dtype
+        eight = conf["optim_bits"] == 8 and p.numel() >= conf["min_8bit_size"]
+        return torch.uint8 if eight else torch.float32
 
     def _overrides_changed(self) -> None:
         """GlobalOptimManager's overrides changed: parameters that have not stepped take
         their new config (bitsandbytes reads overrides when it creates state, at the first
         step); a parameter that has stepped keeps its state, with a warning."""
-        changed = False
+        groups = set()
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 old = self._param_conf.get(p)
@@ -228,7 +188,8 @@ class AdamWBase(torch.optim.Optimizer):
                 if old is None or old == new:
                     continue
                 if int(self.state[p]["step"]) == 0:  # a host read, at configuration time only
-                    self._init_state(p, new, group["amsgrad"])
+                    self.state[p] = {}  # fresh state in the new format
+                    groups.add(gi)
                 else:
                     self._param_conf[p] = old
                     warnings.warn(
@@ -237,38 +198,40 @@ class AdamWBase(torch.optim.Optimizer):
                         UserWarning,
                         stacklevel=3,
                     )
-                changed = True
-        if changed:
-            self._rebuild()
+        if groups:
+            self._rebuild(sorted(groups))
 
     # ----------------------------------------------------------------- buckets
-    def _rebuild(self) -> None:
-        """The buckets, from the parameters and their state (after any change of either)."""
-        buckets: dict = {}
-        for gi, group in enumerate(self.param_groups):
+    def _rebuild(self, groups=None) -> None:
+        """The buckets of ``groups`` (all by default), their state re-packed into fresh flat
+        buffers (buckets.py) from each parameter's current state (or zeros where it has none).
+        Transiently holds the old and the new state of those groups."""
+        groups = range(len(self.param_groups)) if groups is None else groups
+        kept = [b for b in self._buckets if b.gindex not in groups]
+        made = []
+        for gi in groups:
+            group = self.param_groups[gi]
+            plan: dict = {}
             for pi, p in enumerate(group["params"]):
-                st = self.state[p]
                 conf = self._config(gi, pi, p)
-                key = (gi, p.device, p.dtype, st["state1"].dtype, "state3" in st, conf["block_wise"],
-                       conf["percentile_clipping"], conf["hp"])
-                b = buckets.get(key)
-                if b is None:
-                    eight = st["state1"].dtype == torch.uint8
-                    b = buckets[key] = Bucket(
-                        gindex=gi,
-                        state={name: [] for name in self._STATE_LISTS},
-                        qmaps=self._get_qmaps(p.device) if eight else (None, None),
-                        hyper=self._hyper.get((gi, conf["hp"], p.device), self._hyper_values(gi, conf["hp"])),
-                        block_wise=conf["block_wise"],
-                        percentile=conf["percentile_clipping"],
-                    )
-                b.names.append(f"param_groups[{gi}]['params'][{pi}]")
-                b.params.append(p)
-                for name in self._STATE_LISTS:
-                    if name in st:
-                        torch._dynamo.mark_static_address(st[name])  # CUDA graphs read state in place
-                        b.state[name].append(st[name])
-        self._buckets = list(buckets.values())
+                key = (p.device, p.dtype, self._state_dtype(p, conf), conf["block_wise"], conf["percentile_clipping"],
+                       conf["hp"])
+                plan.setdefault(key, []).append((pi, p))
+            for (dev, _, sdtype, block_wise, pct, hp), items in plan.items():
+                params = [p for _, p in items]
+                qmaps = self._get_qmaps(dev) if sdtype == torch.uint8 else (None, None)
+                buffers, offsets, views = pack(params, [self.state.get(p, {}) for p in params], device=dev,
+                                               state_dtype=sdtype, amsgrad=group["amsgrad"], block_wise=block_wise,
+                                               percentile=pct, qmaps=qmaps)
+                for p, st in zip(params, views):
+                    self.state[p] = st
+                made.append(Bucket(
+                    gindex=gi, params=params, names=[f"param_groups[{gi}]['params'][{pi}]" for pi, _ in items],
+                    offsets=offsets, buffers=buffers, qmaps=qmaps,
+                    hyper=self._hyper.get((gi, hp, dev), self._hyper_values(gi, hp)),
+                    block_wise=block_wise, percentile=pct,
+                ))
+        self._buckets = sorted(kept + made, key=lambda b: b.gindex)
 
     # -------------------------------------------------------------------- step
     def _check_grads(self) -> None:
@@ -294,7 +257,8 @@ class AdamWBase(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_grads()
+        if not torch.compiler.is_compiling():  # compiled, Dynamo's guards and the fake kernel check grads
+            self._check_grads()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         k = self._tensors_per_call if torch.compiler.is_compiling() else self._tensors_per_call_eager
@@ -307,14 +271,10 @@ class AdamWBase(torch.optim.Optimizer):
             fi = None if found_inf is None else as_float32_scalar(found_inf, dev)
             for c in range(0, len(live), k):
                 idx = live[c : c + k]
-                lists = {name: [t[i] for i in idx] if t else [] for name, t in b.state.items()}
                 torch.ops.adamw8.fused_step_multi(*StepArgs(
-                    params=[b.params[i] for i in idx],
-                    grads=[b.params[i].grad for i in idx],
-                    state1=lists["state1"], state2=lists["state2"], state3=lists["state3"],
-                    absmax1=lists["absmax1"], absmax2=lists["absmax2"], absmax3=lists["absmax3"],
-                    qmap1=b.qmaps[0], qmap2=b.qmaps[1], steps=lists["step"], gnorm_vecs=lists["gnorm_vec"],
-                    hyper=b.hyper, block_wise=b.block_wise, percentile=b.percentile, grad_scale=gs, found_inf=fi,
+                    params=[b.params[i] for i in idx], grads=[b.params[i].grad for i in idx], **b.buffers,
+                    qmap1=b.qmaps[0], qmap2=b.qmaps[1], hyper=b.hyper, block_wise=b.block_wise,
+                    percentile=b.percentile, grad_scale=gs, found_inf=fi, layout=b.layout(idx),
                 ))
         self._stepped[0] = True
         return loss
@@ -352,6 +312,7 @@ class AdamWBase(torch.optim.Optimizer):
         self.mng = GlobalOptimManager.get_instance()  # a process-wide singleton, not pickled
         self.mng._watch(self)
         self._hyper = HyperTensors()
+        self._buckets = []
         self.param_groups = [ParamGroup(g).attach(self) for g in self.param_groups]
         self._rebuild()
 
@@ -374,15 +335,15 @@ class AdamWBase(torch.optim.Optimizer):
             if result is not None:
                 state_dict = result
         new_state, group_values = sd_io.import_state_dict(self, state_dict)
-        for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                if p in new_state:
-                    self.state[p] = new_state[p]
-                else:
-                    self._init_state(p, self._config(gi, pi, p), group_values[gi].get("amsgrad", group["amsgrad"]))
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p] = new_state.get(p, {})  # the checkpoint's tensors, copied in by _rebuild
         for group, values in zip(self.param_groups, group_values):
             for key, value in values.items():
-                group[key] = value
+                dict.__setitem__(group, key, normalise(key, value) if key in HYPER_KEYS else value)
         self._rebuild()
+        for gi in range(len(self.param_groups)):
+            for k in self._hyper.keys_of_group(gi):
+                self._hyper.refresh(k, self._hyper_values(gi, k[1]))
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)

@@ -89,7 +89,7 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
             _fail(where, f"expected {name} of dtype {s1.dtype} (as state1), got {t.dtype}")
         if t.shape != p.shape:
             _fail(where, f"expected {name} of the parameter's shape {tuple(p.shape)}, got {tuple(t.shape)}")
-        out[name] = t.detach().to(device=dev, copy=True).contiguous()
+        out[name] = t.detach()  # copied into the optimizer's buffers by _rebuild
     if eight:
         nb = num_blocks(p.numel(), conf["block_wise"])
         for name, signed in (("qmap1", True), ("qmap2", False)):
@@ -104,7 +104,7 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
                 kind = "256-element blocks" if conf["block_wise"] else "one per tensor (block_wise=False)"
                 _fail(where, f"expected {name} of dtype float32 with {nb} values ({kind}), got {a.dtype} "
                              f"with {a.numel()}")
-            out[name] = a.detach().reshape(nb).to(device=dev, dtype=torch.float32, copy=True)
+            out[name] = a.detach().reshape(nb)
     if conf["percentile_clipping"] < 100:
         gv = st.get("gnorm_vec")
         if gv is None:
@@ -114,7 +114,7 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
         else:
             if not isinstance(gv, Tensor) or gv.dtype != torch.float32 or gv.numel() != GNORM_HISTORY:
                 _fail(where, "expected gnorm_vec as a float32 tensor of 100 values")
-            out["gnorm_vec"] = gv.detach().reshape(-1).to(device=dev, copy=True)
+            out["gnorm_vec"] = gv.detach().reshape(-1)
     return out
 
 

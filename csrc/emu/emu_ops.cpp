@@ -47,8 +47,12 @@ void emu_fused_step_multi(at::TensorList params, at::TensorList grads, at::Tenso
                           const std::optional<at::Tensor>& qmap2, at::TensorList steps, at::TensorList gnorm_vecs,
                           const at::Tensor& hyper, bool block_wise, int64_t percentile,
                           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                          int64_t sms, int64_t blocks_per_sm, int64_t max_tensors) {
-  const auto slots = make_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs);
+                          at::IntArrayRef layout, int64_t sms, int64_t blocks_per_sm, int64_t max_tensors) {
+  const auto slots =
+      layout.empty()
+          ? make_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs)
+          : flat_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs, layout,
+                       block_wise);
   const auto g = make_group(qmap1, qmap2, hyper, block_wise, percentile, grad_scale, found_inf);
   check_call(slots, g);
   if (slots.empty()) return;
@@ -131,7 +135,7 @@ TORCH_LIBRARY(ADAMW8_EMU_NS, m) {
       "Tensor(d!)[] state3, Tensor(e!)[] absmax1, Tensor(f!)[] absmax2, Tensor(g!)[] absmax3, "
       "Tensor? qmap1, Tensor? qmap2, Tensor(h!)[] steps, Tensor(i!)[] gnorm_vecs, Tensor hyper, "
       "bool block_wise, int percentile, Tensor? grad_scale, "
-      "Tensor? found_inf, int sms, int blocks_per_sm, int max_tensors) -> ()");
+      "Tensor? found_inf, int[] layout, int sms, int blocks_per_sm, int max_tensors) -> ()");
   m.def("quantize(Tensor x, Tensor qmap, bool block_wise, bool signed, int sms, int blocks_per_sm) -> (Tensor, Tensor)");
   m.def("dequantize(Tensor codes, Tensor absmax, Tensor qmap, bool block_wise, int sms, int blocks_per_sm) -> Tensor");
   m.def("lut_mismatches(Tensor qmap, int stride) -> int");

@@ -4,8 +4,8 @@ compiled AdamW in the same run (target: adamw8 <= 0.1x torch, after Inductor's s
     python benchmarks/bench_compile.py                       # the GPU when present
     python benchmarks/bench_compile.py --device cpu --scale 0.01
 
-First the start-up: a trivial ``torch.compile`` with a cold cache (Inductor's one-time cost
-of a process).  Then, per optimizer, the first call of the compiled step (Dynamo tracing and
+Each optimizer runs in its own process: first the start-up, a trivial ``torch.compile`` with
+a cold cache (Inductor's one-time cost of a process), then the first call of the compiled step (Dynamo tracing and
 Inductor codegen, FX graph cache off, fresh Dynamo), the steady-state compiled step, and the
 eager step of a fresh optimizer on the same tensors, as a compiled/eager ratio.  Tensor sizes
 do not change the graph, so ``--scale`` only saves memory.
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import pathlib
 import statistics
+import subprocess
 import sys
 import time
 
@@ -69,11 +71,13 @@ def measure(name, make, shapes, device, dtype, steps):
         step()
         sync(device)
         first = time.perf_counter() - t0
-    compiled = timed(step, device, steps)
     eager_opt = make(params)
     eager_opt.step()
-    eager = timed(eager_opt.step, device, steps)
-    return first, compiled, eager
+    compiled, eager = [], []
+    for _ in range(steps):  # interleaved, so a noisy machine slows both alike
+        compiled.append(timed(step, device, 1))
+        eager.append(timed(eager_opt.step, device, 1))
+    return first, statistics.median(compiled), statistics.median(eager)
 
 
 def main(argv=None):
@@ -85,6 +89,7 @@ def main(argv=None):
     ap.add_argument("--tensors-per-call", type=int, default=None,
                     help="override adamw8's tensors per fused_step_multi call")
     ap.add_argument("--only", nargs="+", default=None, help="optimizer names to run (default: all)")
+    ap.add_argument("--row", action="store_true", help=argparse.SUPPRESS)  # one optimizer, JSON out
     args = ap.parse_args(argv)
     if args.tensors_per_call:
         adamw8.optim.AdamWBase._tensors_per_call = args.tensors_per_call
@@ -99,21 +104,31 @@ def main(argv=None):
                                                            foreach=True, capturable=cap),
     }
     name = torch.cuda.get_device_name(device) if cap else "cpu"
+    names = [n for n in opts if not args.only or n in args.only]
+    if len(names) > 1:  # one process per optimizer: each compile starts from the same clean process
+        rows = {}
+        for n in names:
+            cmd = [sys.executable, __file__, "--set", args.set, "--device", args.device, "--scale", str(args.scale),
+                   "--steps", str(args.steps), "--only", n, "--row"]
+            if args.tensors_per_call:
+                cmd += ["--tensors-per-call", str(args.tensors_per_call)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows[n] = json.loads(out.strip().splitlines()[-1])
+    else:
+        st = startup(device)
+        rows = {n: (*measure(n, opts[n], shapes, device, torch.float32, args.steps), st) for n in names}
+        if args.row:
+            print(json.dumps(rows[names[0]]))
+            return rows
     print(f"# device: {name} | torch {torch.__version__} | set {args.set} ({len(shapes)} tensors, scale "
-          f"{args.scale}) | command: {' '.join(sys.argv)}")
-    print(f"Inductor start-up (a trivial compile, cold cache): {startup(device):.1f} s\n")
-    print("| optimizer | compile s (first call) | vs torch compiled | compiled step ms | eager step ms | "
-          "compiled / eager |")
-    print("|---|---|---|---|---|---|")
-    rows = {}
-    for opt_name, make in reversed(list(opts.items())):  # torch first: the ratio's reference
-        if args.only and opt_name not in args.only:
-            continue
-        rows[opt_name] = measure(opt_name, make, shapes, device, torch.float32, args.steps)
+          f"{args.scale}) | one process per optimizer | command: {' '.join(sys.argv)}")
+    print("| optimizer | Inductor start-up s | compile s (first call, after the start-up) | vs torch compiled | "
+          "compiled step ms | eager step ms | compiled / eager |")
+    print("|---|---|---|---|---|---|---|")
     ref = rows.get("torch AdamW foreach", (None,))[0]
-    for opt_name, (first, compiled, eager) in reversed(list(rows.items())):
+    for opt_name, (first, compiled, eager, st) in rows.items():
         vs = f"{first / ref:.2f}x" if ref else "-"
-        print(f"| {opt_name} | {first:.1f} | {vs} | {compiled * 1e3:.2f} | {eager * 1e3:.2f} | "
+        print(f"| {opt_name} | {st:.1f} | {first:.1f} | {vs} | {compiled * 1e3:.2f} | {eager * 1e3:.2f} | "
               f"{compiled / eager:.2f} |", flush=True)
     return rows
 

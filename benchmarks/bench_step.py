@@ -1,4 +1,4 @@
-"""Optimizer-step benchmark (SPEC §7): adamw8 against torch's fused AdamW and bitsandbytes, same run.
+"""Optimizer-step benchmark (docs/design.md, "Performance model"): adamw8 against torch's fused AdamW and bitsandbytes, same run.
 
     python benchmarks/bench_step.py                         # both sets, fp32 and bf16, on the GPU
     python benchmarks/bench_step.py --sets gpt2-160m --dtypes bf16 --steps 10
@@ -44,7 +44,7 @@ def shapes(cfg: dict) -> list[tuple[int, ...]]:
 
 
 def state_bytes(name: str, pbytes: int) -> int:
-    """SPEC §7 bytes per parameter: param r+w + grad r + state r+w."""
+    """docs/design.md, "Performance model" bytes per parameter: param r+w + grad r + state r+w."""
     state = 2 if "8bit" in name else 8
     return 2 * pbytes + pbytes + 2 * state
 

@@ -3,7 +3,7 @@
 // Host and device: the CPU kernels (fused_step_cpu.cpp) and the CUDA kernels
 // include this one header, so the 8-bit and 32-bit paths and both devices
 // compute the same fp32 operations in the same order as the reference
-// (adamw8/ops/reference.py, SPEC §2).  Build with -ffp-contract=off (host) and
+// (adamw8/ops/reference.py, docs/design.md, "The update").  Build with -ffp-contract=off (host) and
 // --fmad=false (device) so no multiply-add is fused behind our back: the
 // reference and the kernels then agree bit for bit.
 //
@@ -25,10 +25,10 @@ namespace adamw8 {
 using std::isfinite;
 using std::signbit;
 
-constexpr int64_t kBlockSize = 256;     // elements per absmax block (SPEC §2.1)
-constexpr int kGnormHistory = 100;      // percentile clipping window (SPEC §2.4)
+constexpr int64_t kBlockSize = 256;     // elements per absmax block (docs/design.md, "8-bit state")
+constexpr int kGnormHistory = 100;      // percentile clipping window (docs/design.md, "Percentile clipping")
 
-// Per-call scalars, computed once per parameter from lr/betas/step (SPEC §2).
+// Per-call scalars, computed once per parameter from lr/betas/step (docs/design.md, "The update").
 struct AdamScalars {
   float beta1, one_minus_beta1;
   float beta2, one_minus_beta2;

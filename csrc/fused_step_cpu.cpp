@@ -1,4 +1,4 @@
-// CPU kernels of adamw8::fused_step and adamw8::fused_step_multi (SPEC §2-§3).
+// CPU kernels of adamw8::fused_step and adamw8::fused_step_multi (docs/design.md: "The update", "The ops").
 //
 // One templated kernel per state format; the AdamW arithmetic and the
 // quantization come from adamw8_math.h, shared with the CUDA kernels.  Work is
@@ -124,7 +124,7 @@ void step_8bit(scalar_t* p, const scalar_t* g, uint8_t* c1, uint8_t* c2, uint8_t
   const int64_t grain = std::max<int64_t>(1, kGrain / kBlockSize);
   using Max3 = std::array<float, 3>;
   auto max3 = [](Max3 x, Max3 y) { return Max3{std::max(x[0], y[0]), std::max(x[1], y[1]), std::max(x[2], y[2])}; };
-  // block_wise=False (SPEC §2.3): the per-tensor absmax needs a first pass that
+  // block_wise=False (docs/design.md, "block_wise=False"): the per-tensor absmax needs a first pass that
   // reduces the new maxima without writing anything.
   Max3 global{0.0f, 0.0f, 0.0f};
   const float ta1 = block_wise ? 0.0f : a1[0], ta2 = block_wise ? 0.0f : a2[0];
@@ -173,7 +173,7 @@ void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut
   const float* h = ga.hyper.data_ptr<float>();
   const AdamScalars sc = make_scalars(h[0], h[1], h[2], h[3], h[4], t);
   // Non-contiguous parameters are updated through a contiguous copy (flat
-  // row-major order, SPEC §2.1) and written back.
+  // row-major order, docs/design.md, "8-bit state") and written back.
   at::Tensor p = s.param.contiguous();
   const at::Tensor g = s.grad.contiguous();
   GradPrep prep{ga.grad_scale.defined(), ga.grad_scale.defined() ? read_scalar(ga.grad_scale) : 1.0f, 1.0f};

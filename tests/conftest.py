@@ -25,7 +25,7 @@ def device_params():
 
 
 # One tolerance table (STYLE §8).  32-bit state against torch.optim.AdamW:
-# SPEC §2 fixes fp32 (atol 1e-6 / rtol 1e-5).  bf16/fp16 params are updated in
+# docs/design.md, "The update" fixes fp32 (atol 1e-6 / rtol 1e-5).  bf16/fp16 params are updated in
 # fp32 and rounded once per step; against torch's fp32 AdamW rounded the same
 # way they may differ by one ulp of the param dtype where the fp32 values
 # straddle a rounding boundary (on CPU they agree exactly over 25 steps).

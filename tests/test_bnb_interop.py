@@ -1,7 +1,7 @@
-"""Checkpoint interchange with bitsandbytes (SPEC §1.2): its state dicts load into adamw8 and back.
+"""Checkpoint interchange with bitsandbytes (docs/design.md, "Checkpoints"): its state dicts load into adamw8 and back.
 
 Uses the real bitsandbytes package (its CPU optimizers, >= 0.50) and is skipped without it.
-bitsandbytes' CPU 8-bit path does not round to the nearest code (SPEC §9), so it is a
+bitsandbytes' CPU 8-bit path does not round to the nearest code (docs/design.md), so it is a
 state-format oracle here: codes and absmax must arrive unchanged, training must go on, and
 the two continue within the distance their different rounding allows.
 """

@@ -1,4 +1,4 @@
-"""torch.compile: fullgraph capture, no recompiles under an LR schedule, in-place state (SPEC §4)."""
+"""torch.compile: fullgraph capture, no recompiles under an LR schedule, in-place state (docs/design.md, "Compile")."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def generated_code(device, cls, **kw):
 )
 def test_state_updated_in_place(device, cls, kw, fresh_dynamo):
     """Inductor reinplaces every mutated argument: the generated code calls the op on the
-    graph inputs and contains no clone or copy of optimizer state (SPEC §9)."""
+    graph inputs and contains no clone or copy of optimizer state (docs/design.md)."""
     code, before, after, opt = generated_code(device, cls, **kw)
     calls = re.findall(r"torch\.ops\.adamw8\.fused_step_multi\.default\((.*)\)", code)
     assert calls, code

@@ -1,4 +1,4 @@
-"""compile_passes: the grouping pass counts fused_step / fused_step_multi before and after (SPEC §4)."""
+"""compile_passes: the grouping pass counts fused_step / fused_step_multi before and after (docs/design.md, "Compile")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CUDA-only checks of the kernels (SPEC §3, §4): agreement with the CPU kernels, streams,
+"""CUDA-only checks of the kernels (docs/design.md: "The ops", "Compile"): agreement with the CPU kernels, streams,
 CUDA-graph capture and replay, 64-bit indexing.  Skipped without a GPU."""
 
 from __future__ import annotations

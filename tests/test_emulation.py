@@ -15,7 +15,6 @@ import tempfile
 import pytest
 import torch
 
-import adamw8
 from adamw8.ops import reference as R
 from conftest import DTYPES, dtype_id
 

@@ -142,7 +142,7 @@ def test_grad_scale_unscales(device, eight):
 
 @pytest.mark.parametrize("device", device_params())
 def test_nonfinite_grad_resets_8bit_element(device):
-    """bnb's behaviour (SPEC §2.1): a non-finite element resets its m, v; its parameter stays."""
+    """bnb's behaviour (docs/design.md, "8-bit state"): a non-finite element resets its m, v; its parameter stays."""
     param = torch.randn(600, device=device)
     s = make_state(param, True, False)
     h = hyper(device)
@@ -193,7 +193,7 @@ def test_opcheck_all_ops(device):
 
 @pytest.mark.parametrize("device", device_params())
 def test_sign_fix_keeps_small_negative_m_negative(device):
-    """bnb's sign fix (SPEC §2.1): an m far below its block's absmax, whose nearest code is
+    """bnb's sign fix (docs/design.md, "8-bit state"): an m far below its block's absmax, whose nearest code is
     +0, is stored as the smallest negative code instead."""
     param = torch.zeros(512, device=device)
     grad = torch.full((512,), -1e-9, device=device)

@@ -1,4 +1,4 @@
-"""32-bit adamw8 optimizers against torch.optim.AdamW (SPEC §2: same math, fp32 rounding)."""
+"""32-bit adamw8 optimizers against torch.optim.AdamW (docs/design.md, "The update": same math, fp32 rounding)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def run_pair(params_a, params_b, opt_a, opt_b, steps=STEPS, grad_fn=None):
     """Step both optimizers with identical gradients; compare after every step.
 
     ``params_b`` are fp32 (torch.optim.AdamW's reference).  For bf16/fp16
-    ``params_a`` the reference models SPEC §2's "updated in fp32 and rounded
+    ``params_a`` the reference models docs/design.md, "The update"'s "updated in fp32 and rounded
     once": after each fp32 step its params are rounded to the half dtype."""
     for it in range(steps):
         for pa, pb in zip(params_a, params_b):

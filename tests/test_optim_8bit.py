@@ -117,7 +117,7 @@ def test_min_8bit_size_keeps_small_tensors_32bit(device):
 @pytest.mark.parametrize("cls, bits", [(adamw8.AdamW8bit, 8), (adamw8.AdamW32bit, 32), (adamw8.AdamW, 32)],
                          ids=["AdamW8bit", "AdamW32bit", "AdamW"])
 def test_state_bytes_per_param(cls, bits):
-    """SPEC §1.2: 8-bit state costs 2 + 2*4/256 = 2.03125 bytes/param; 32-bit costs 8."""
+    """docs/design.md, "Checkpoints": 8-bit state costs 2 + 2*4/256 = 2.03125 bytes/param; 32-bit costs 8."""
     model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.Linear(1024, 512, bias=False))
     opt = cls(model.parameters())
     model(torch.randn(2, 512)).sum().backward()

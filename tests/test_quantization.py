@@ -1,4 +1,4 @@
-"""The dynamic maps (SPEC §2.2) and the quantize/dequantize ops (SPEC §2.1, §2.3)."""
+"""The dynamic maps (docs/design.md, "Maps") and the quantize/dequantize ops (docs/design.md: "8-bit state", "block_wise=False")."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import device_params
 
 
 def spec_map(signed: bool) -> torch.Tensor:
-    """SPEC §2.2, written out from its text: for i in 0..6 the midpoints of
+    """docs/design.md, "Maps", written out from its text: for i in 0..6 the midpoints of
     linspace(0.1, 1, k+1) in float32, k = 2^i (signed) or 2^(i+1) (unsigned), scaled by
     10^(i-6); the signed map adds their negatives; append 0 and 1.0; sort."""
     parts = []

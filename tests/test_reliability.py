@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import strategies as hs
 
 import adamw8
 from adamw8.ops import reference as R
@@ -247,7 +247,7 @@ def test_a_thousand_steps_stay_finite(cls, fmt):
 
 
 # ----------------------------------------------------------------- property tests
-finite32 = st.floats(min_value=-1.0000000150474662e30, max_value=1.0000000150474662e30, allow_nan=False,
+finite32 = hs.floats(min_value=-1.0000000150474662e30, max_value=1.0000000150474662e30, allow_nan=False,
                      allow_infinity=False, width=32)
 
 
@@ -257,7 +257,7 @@ def brute_force_nearest(x: torch.Tensor, qmap: torch.Tensor) -> torch.Tensor:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(min_value=-1.0, max_value=1.0, allow_nan=False, width=32), min_size=1, max_size=300))
+@given(hs.lists(hs.floats(min_value=-1.0, max_value=1.0, allow_nan=False, width=32), min_size=1, max_size=300))
 def test_nearest_code_rule_is_brute_force_nearest(values):
     """The kernels' code for x/absmax is the nearest map entry (before the sign fix), with
     absmax 1 so the normalised value is the value itself."""
@@ -272,7 +272,7 @@ def test_nearest_code_rule_is_brute_force_nearest(values):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(finite32, min_size=0, max_size=700), st.booleans(), st.booleans())
+@given(hs.lists(finite32, min_size=0, max_size=700), hs.booleans(), hs.booleans())
 def test_quantize_round_trip(values, signed, block_wise):
     """dequantize(quantize(x)) is within half a code step of x (relative to its block's absmax),
     keeps every sign (signed), never turns a positive value into 0 (unsigned), and the kernel

@@ -1,4 +1,4 @@
-"""The rest of the seed API: percentile clipping, GlobalOptimManager, AMP (SPEC §1.1, §2.4)."""
+"""The rest of the seed API: percentile clipping, GlobalOptimManager, AMP (docs/design.md: "Validation", "Percentile clipping")."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import TOL_VS_TORCH, device_params
 
 
 class PlainPercentileClipper:
-    """SPEC §2.4 written out independently: 100 squared norms, first step fills all slots,
+    """docs/design.md, "Percentile clipping" written out independently: 100 squared norms, first step fills all slots,
     slot t % 100 afterwards, clip at sqrt(sorted(history)[percentile])."""
 
     def __init__(self, percentile: int):

@@ -1,4 +1,4 @@
-"""state_dict()/load_state_dict(): exact round trip, bnb layouts, clear errors (SPEC §1.2)."""
+"""state_dict()/load_state_dict(): exact round trip, bnb layouts, clear errors (docs/design.md, "Checkpoints")."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ BAD = [
      r"state1 of the parameter's shape \(5000,\)"),
     ("dtype", lambda sd: sd["state"][0].__setitem__("state2", torch.zeros(5000)), "state2 of dtype torch.uint8"),
     ("blocks", lambda sd: sd["state"][0].__setitem__("absmax1", torch.zeros(19)), "absmax1 of dtype float32 with 20"),
-    ("qmap", lambda sd: sd["state"][0]["qmap1"].mul_(2), "qmap1 is not the signed dynamic map"),
+    ("qmap", lambda sd: sd["state"][0]["qmap1"].mul_(2), "qmap1 is not bitsandbytes' signed dynamic map"),
     ("missing", lambda sd: sd["state"][1].pop("state2"), "expected a tensor for 'state2'"),
     ("step", lambda sd: sd["state"][1].__setitem__("step", -1), "non-negative whole 'step'"),
     ("lr", lambda sd: sd["param_groups"][0].__setitem__("lr", -1.0), "lr: expected a value"),

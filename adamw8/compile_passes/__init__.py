@@ -1,4 +1,4 @@
-"""Inductor/FX passes that make compiled adamw8 steps fast (SPEC §4), one pass per file.
+"""Inductor/FX passes that make compiled adamw8 steps fast (docs/design.md, "Compile"), one pass per file.
 
 ``install()`` puts them into Inductor's post-grad hook for every later
 ``torch.compile``; alternatively pass them per call::

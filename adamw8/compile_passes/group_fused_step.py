@@ -1,7 +1,7 @@
 """Inductor post-grad pass: group single-tensor ``fused_step`` calls into ``fused_step_multi`` calls.
 
 A user who calls ``torch.ops.adamw8.fused_step`` in their own per-parameter
-loop gets one op call (one kernel launch, ~6-10 µs of dispatch, SPEC §9) per
+loop gets one op call (one kernel launch, ~6-10 µs of dispatch, docs/design.md) per
 parameter.  In a compiled graph those calls appear as independent
 ``auto_functionalized_v2(adamw8.fused_step, ...)`` nodes.  This pass finds
 calls that can share one launch — same device, param dtype and state format,

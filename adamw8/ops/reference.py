@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the adamw8 update (SPEC §2, §2.1-§2.4).
+"""Pure-PyTorch reference of the adamw8 update (docs/design.md).
 
 This module is the test oracle and the fallback implementation used when the
 compiled extension is missing.  It is written for clarity and for bit-exactness
@@ -28,7 +28,7 @@ GNORM_HISTORY = 100  # squared gradient norms kept for percentile clipping
 
 
 def create_dynamic_map(signed: bool = True) -> Tensor:
-    """The 256-entry dynamic quantization map (SPEC §2.2), bit-identical to bnb.
+    """The 256-entry dynamic quantization map (docs/design.md, "Maps"), bit-identical to bnb.
 
     For exponent i in 0..6 the map holds the midpoints of
     ``linspace(0.1, 1, k + 1)`` (float32) scaled by 10^(i-6), with k = 2^i for
@@ -117,7 +117,7 @@ def dequantize(codes: Tensor, absmax: Tensor, qmap: Tensor, block_wise: bool) ->
 
 
 def percentile_scale(grad32: Tensor, gnorm_vec: Tensor, t: int, percentile: int) -> Tensor:
-    """SPEC §2.4: update the squared-norm history in place, return gnorm_scale (fp32 0-d)."""
+    """docs/design.md, "Percentile clipping": update the squared-norm history in place, return gnorm_scale (fp32 0-d)."""
     finite = torch.where(torch.isfinite(grad32), grad32, 0.0)  # adamw8_math.h norm_term
     gn2 = (finite.double() ** 2).sum().clamp(max=torch.finfo(torch.float32).max).float()  # history_value
     if t == 1:

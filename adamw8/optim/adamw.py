@@ -1,10 +1,10 @@
-"""The six public optimizers, with the seed's exact signatures (SPEC §1.1).
+"""The six public optimizers, with the seed's exact signatures (docs/design.md, "Validation").
 
 All of them share ``AdamWBase``; the classes only fix ``optim_bits`` and
 ``is_paged`` the way bitsandbytes' classes do.  Unlike bitsandbytes, every
 argument is honoured: ``amsgrad`` works in all variants, ``percentile_clipping``
 and ``block_wise`` are implemented, and weight decay is applied before the Adam
-update (torch.optim.AdamW's order, SPEC §9).
+update (torch.optim.AdamW's order, docs/design.md).
 """
 
 from __future__ import annotations

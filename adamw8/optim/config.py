@@ -1,7 +1,7 @@
 """Constructor arguments: validation, bnb's ``args`` object, per-parameter config.
 
 Every check raises before the optimizer exists, with the argument's name, what
-was expected and what was got (SPEC §1.1).
+was expected and what was got (docs/design.md, "Validation").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""State-dict conversion and validation (SPEC §1.2).
+"""State-dict conversion and validation (docs/design.md, "Checkpoints").
 
 Layout: torch's ``{"state": {index: {...}}, "param_groups": [...]}`` with
 bitsandbytes' per-parameter keys (``step``, ``state1``, ``state2``,
@@ -96,7 +96,8 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
             q = _tensor(where, st, name)
             ours = opt._get_qmaps(dev)[0 if signed else 1]
             if q.dtype != torch.float32 or q.shape != (256,) or not torch.equal(q.detach().to(dev), ours):
-                _fail(where, f"{name} is not the {'signed' if signed else 'unsigned'} dynamic map of SPEC §2.2")
+                _fail(where, f"{name} is not bitsandbytes' {'signed' if signed else 'unsigned'} dynamic map "
+                             "(docs/design.md, Maps)")
             out[name] = ours
         for name in _ABSMAX_KEYS if amsgrad else _ABSMAX_KEYS[:2]:
             a = _tensor(where, st, name)

@@ -26,6 +26,7 @@ struct GroupArgs {
   at::Tensor qmap1, qmap2, hyper, grad_scale, found_inf;
   bool block_wise = true;
   int64_t percentile = 100;
+  at::Tensor steps_flat;  // the flat form's steps buffer (its last element: the CUDA completion counter)
 };
 constexpr int kHyperSize = 5;
 
@@ -235,6 +236,8 @@ inline std::vector<ParamSlot> flat_slots(at::TensorList params, at::TensorList g
     TORCH_CHECK(slot >= 0 && off >= 0 && off % kBlockSize == 0, "adamw8: layout of params[", i,
                 "]: expected a slot >= 0 and an offset >= 0 that is a multiple of 256, got slot ", slot, ", offset ",
                 off);
+    TORCH_CHECK(slot + 2 <= st.numel(), "adamw8: steps: params[", i, "] has slot ", slot, " but the flat buffer has ",
+                st.numel(), " elements (one per slot, then the completion counter)");
     auto view = [&](const at::Tensor& buf, const char* name, int64_t start, int64_t len,
                     at::IntArrayRef shape) -> at::Tensor {
       if (!buf.defined()) return at::Tensor();
@@ -267,11 +270,13 @@ void fused_step_multi_op(at::TensorList params, at::TensorList grads, at::Tensor
                          const at::Tensor& hyper, bool block_wise, int64_t percentile,
                          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                          at::IntArrayRef layout) {
+  GroupArgs g = make_group(qmap1, qmap2, hyper, block_wise, percentile, grad_scale, found_inf);
+  if (!layout.empty() && steps.size() == 1) g.steps_flat = steps[0];
   Run(layout.empty()
           ? make_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs)
           : flat_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs, layout,
                        block_wise),
-      make_group(qmap1, qmap2, hyper, block_wise, percentile, grad_scale, found_inf));
+      g);
 }
 
 }  // namespace adamw8

@@ -77,6 +77,10 @@ struct LaunchArgs {
   float* unit_max;      // [3 * units]      block_wise=False: each unit's new max |m|, v, vh
   float* tensor_scale;  // [ntensors]       percentile: gnorm_scale
   float* tensor_max;    // [3 * ntensors]   block_wise=False: the new absmax1..3
+  // The completion counter of the flat form (the last element of its steps buffer, 0
+  // between calls): the last block of the update kernel to finish does the finish work
+  // (step += 1, block_wise=False's absmax), so no finish kernel is launched.
+  unsigned long long* counter;
 };
 static_assert(sizeof(LaunchArgs) <= 32764, "the launch record must fit CUDA's kernel-argument space");
 

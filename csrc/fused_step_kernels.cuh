@@ -436,6 +436,39 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
   }
 }
 
+// -------------------------------------------------------------- the finish
+// The last work of a step, after every unit has been updated: step += 1 for every tensor,
+// and the new per-tensor absmax of block_wise=False (written only now: every unit read
+// the old one).
+__device__ __forceinline__ void finish_work(const LaunchArgs& a) {
+  for (int i = threadIdx.x; i < a.ntensors; i += blockDim.x) {
+    *a.t[i].step += 1;
+    if (a.tensor_max != nullptr) {
+      a.t[i].absmax1[0] = a.tensor_max[3 * i];
+      a.t[i].absmax2[0] = a.tensor_max[3 * i + 1];
+      if (a.t[i].absmax3 != nullptr) a.t[i].absmax3[0] = a.tensor_max[3 * i + 2];
+    }
+  }
+}
+
+// The update kernel's last block does the finish work (the flat form's counter): each
+// block, once all its warps are done (every read of a step count and of the old absmax
+// is behind it), takes a ticket; the last ticket sees every other block done.  The
+// pattern of CUDA's threadFenceReduction sample.
+__device__ __forceinline__ void finish_if_last(const LaunchArgs& a) {
+  __shared__ bool last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(a.counter, 1ull) == static_cast<unsigned long long>(gridDim.x) - 1ull;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  finish_work(a);
+  if (threadIdx.x == 0) *a.counter = 0ull;  // ready for the next launch on this buffer
+}
+
 // ------------------------------------------------------------------ kernels
 struct NoShared {
   char unused;
@@ -481,6 +514,7 @@ __global__ void __launch_bounds__(kThreads) fused_step_kernel(const __grid_const
       unit_32bit<T, kAms>(a, ta, ts, gscale, unit);
     }
   });
+  if (kPass != 1 && a.counter != nullptr) finish_if_last(a);
 }
 
 // Percentile clipping, pass 1: each unit's sum of squares of the unscaled
@@ -550,19 +584,13 @@ __global__ void __launch_bounds__(kThreads) tensor_reduce_kernel(const __grid_co
   }
 }
 
-// The last kernel of a step: step += 1 for every tensor, and the new per-tensor
-// absmax of block_wise=False (written only now: every unit read the old one).
+// The finish as a kernel of its own: the one-tensor-per-parameter form, which has no
+// completion counter, and calls whose tensors are all empty.
 __global__ void finish_kernel(const __grid_constant__ LaunchArgs a) {
   if (skipped(a)) return;
-  for (int i = threadIdx.x; i < a.ntensors; i += blockDim.x) {
-    *a.t[i].step += 1;
-    if (a.tensor_max != nullptr) {
-      a.t[i].absmax1[0] = a.tensor_max[3 * i];
-      a.t[i].absmax2[0] = a.tensor_max[3 * i + 1];
-      if (a.t[i].absmax3 != nullptr) a.t[i].absmax3[0] = a.tensor_max[3 * i + 2];
-    }
-  }
+  finish_work(a);
 }
+
 
 // ------------------------------------------------------------ the sequence
 using KernelFn = void (*)(const LaunchArgs);
@@ -593,7 +621,7 @@ void run_typed(const LaunchArgs& a, bool eight, bool ams, Launch& launch) {
   } else if (units > 0) {
     launch(main_kernel<T>(eight, ams, 0), units, 0);
   }
-  launch(finish_kernel, 0, 1);
+  if (a.counter == nullptr || units == 0) launch(finish_kernel, 0, 1);  // else the update kernel finishes
 }
 
 // Every kernel of one step, in order, through `launch(kernel, units, blocks)`:

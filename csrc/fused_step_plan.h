@@ -72,8 +72,9 @@ inline float* f32(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>(
 inline void* raw(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 // `max_tensors`: tensors per launch (cuda::kMaxTensorsPerLaunch, less to test the split).
+// `counter`: the flat form's completion counter, or nullptr.
 inline Plan make_plan(const std::vector<ParamSlot>& slots, const GroupArgs& g,
-                      int max_tensors = cuda::kMaxTensorsPerLaunch) {
+                      int max_tensors = cuda::kMaxTensorsPerLaunch, unsigned long long* counter = nullptr) {
   Plan plan;
   if (slots.empty()) return plan;
   plan.eight = slots[0].state1.scalar_type() == at::kByte;
@@ -87,6 +88,7 @@ inline Plan make_plan(const std::vector<ParamSlot>& slots, const GroupArgs& g,
   a.qmap2 = plan.eight ? f32(g.qmap2) : nullptr;
   a.percentile = static_cast<int>(g.percentile);
   a.block_wise = g.block_wise ? 1 : 0;
+  a.counter = counter;
   a.ntensors = 0;
   a.unit_start[0] = 0;
   int nstrided = 0;
@@ -122,12 +124,18 @@ inline Plan make_plan(const std::vector<ParamSlot>& slots, const GroupArgs& g,
   return plan;
 }
 
-// Runs a call: `launch(args)` runs one record's kernels; `scratch(bytes)` gives
-// device memory for the call's scratch (kept alive until the launches are queued).
+// The completion counter of the flat form: the last element of its steps buffer.
+inline unsigned long long* completion_counter(const GroupArgs& g) {
+  if (!g.steps_flat.defined()) return nullptr;
+  return reinterpret_cast<unsigned long long*>(g.steps_flat.data_ptr<int64_t>() + g.steps_flat.numel() - 1);
+}
+
+// Runs a call: `launch(args)` runs one record's kernels (the call's scratch, if any, is
+// kept alive until they are queued).
 template <typename Launch>
 void run_plan(const std::vector<ParamSlot>& slots, const GroupArgs& g, Launch&& launch,
               int max_tensors = cuda::kMaxTensorsPerLaunch) {
-  Plan plan = make_plan(slots, g, max_tensors);
+  Plan plan = make_plan(slots, g, max_tensors, completion_counter(g));
   const auto dev = slots.empty() ? at::Device(at::kCPU) : slots[0].param.device();
   for (cuda::LaunchArgs& a : plan.launches) {
     const int64_t units = a.unit_start[a.ntensors];

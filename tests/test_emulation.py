@@ -249,10 +249,13 @@ def test_emulation_runs_the_built_source():
     assert os.path.exists(ROOT / "csrc" / "emu" / "emu_ops.cpp")
 
 
+@pytest.mark.parametrize("max_tensors", [64, 2], ids=["one-launch", "two-per-launch"])
 @pytest.mark.parametrize("eight, ams, block_wise", FORMATS, ids=FORMAT_IDS)
-def test_flat_layout_in_the_emulated_kernels(emu, eight, ams, block_wise):
+def test_flat_layout_in_the_emulated_kernels(emu, eight, ams, block_wise, max_tensors):
     """The optimizer's form (flat buffers and a layout, ops/schemas.py): the same launch
-    records point into the flat buffers; results equal the CPU kernels'."""
+    records point into the flat buffers, and the update kernel's last block does the
+    finish work through the completion counter (every launch of the call in turn);
+    results equal the CPU kernels'."""
     from test_ops import flat_args
 
     from conftest import hyper, make_state
@@ -267,8 +270,10 @@ def test_flat_layout_in_the_emulated_kernels(emu, eight, ams, block_wise):
         args, lists, _ = flat_args(params, grads, states, hyper("cpu", lr=1e-2), block_wise, 50)
         e_args, e_lists, _ = flat_args(emu_params, grads, states, hyper("cpu", lr=1e-2), block_wise, 50)
         torch.ops.adamw8.fused_step_multi(*args)
-        emu.fused_step_multi(*e_args, 2, 1, 64)
+        emu.fused_step_multi(*e_args, 2, 1, max_tensors)
         assert all(torch.equal(p, q) for p, q in zip(params, emu_params))
+        assert e_lists["steps"][0][-1] == 0  # the completion counter is back to 0 for the next call
+        assert (e_lists["steps"][0][:-1] == 1).all()  # the last block incremented every step
         for k in lists:
             for x, y in zip(lists[k], e_lists[k]):
                 assert torch.equal(bits(x), bits(y)), k

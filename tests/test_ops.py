@@ -235,7 +235,8 @@ def flat_args(params, grads, states, h, block_wise=True, percentile=100):
     lists = {k: flat(k, total, lambda i, p: (offs[i], p.numel())) for k in ("state1", "state2", "state3")}
     lists.update({k: flat(k, absmax_size, lambda i, p: (offs[i] // 256 if block_wise else i, nb(p)))
                   for k in ("absmax1", "absmax2", "absmax3")})
-    lists["steps"] = [torch.stack([s["step"] for s in states])]
+    counter = torch.zeros(1, dtype=torch.int64, device=dev)  # the kernels' completion counter, after the slots
+    lists["steps"] = [torch.cat([torch.stack([s["step"] for s in states]), counter])]
     lists["gnorm_vecs"] = [torch.cat([s["gnorm_vec"] for s in states])] if states[0]["gnorm_vec"] is not None else []
     layout = [v for i in range(len(params)) for v in (i, offs[i])]
     return (params, grads, lists["state1"], lists["state2"], lists["state3"], lists["absmax1"], lists["absmax2"],

@@ -53,7 +53,9 @@ class Arg:
 # six per parameter).  layout = [slot_0, offset_0, slot_1, offset_1, ...]: parameter i's
 # state1/2/3 are buffer[offset_i : offset_i + numel_i] (offset a multiple of 256), its
 # absmax blocks start at offset_i / 256 (block_wise) or are entry slot_i (block_wise=False),
-# its step is steps[slot_i] and its history gnorm_vecs[100 slot_i : 100 slot_i + 100].
+# its step is steps[slot_i] and its history gnorm_vecs[100 slot_i : 100 slot_i + 100].  The
+# steps buffer has one more element after the last slot, 0 between calls: the CUDA
+# kernels' completion counter (their last block increments the steps, no extra launch).
 STEP_ARGS = (
     Arg("params", "param", "mutable", "a"),
     Arg("grads", "grad", "input"),
@@ -366,7 +368,7 @@ def _check_flat(a: StepArgs) -> None:
             _fail(f"layout of params[{i}]: expected a slot >= 0 and an offset >= 0 that is a multiple of 256, "
                   f"got slot {slot}, offset {off}")
         nb = num_blocks(k, a.block_wise)
-        needs = {"state1": off + k, "state2": off + k, "state3": off + k, "steps": slot + 1,
+        needs = {"state1": off + k, "state2": off + k, "state3": off + k, "steps": slot + 2,
                  "gnorm_vecs": GNORM_HISTORY * (slot + 1)}
         for name in ("absmax1", "absmax2", "absmax3"):
             needs[name] = (off // 256 if a.block_wise else slot) + nb

@@ -66,7 +66,7 @@ def pack(params: list, sources: list[dict], *, device, state_dtype, amsgrad: boo
     bufs = {k: zeros(total, state_dtype) for k in (STATE_KEYS if amsgrad else STATE_KEYS[:2])}
     if eight:
         bufs.update({k: zeros(nb_total, torch.float32) for k in (ABSMAX_KEYS if amsgrad else ABSMAX_KEYS[:2])})
-    bufs["step"] = zeros(n, torch.int64)
+    bufs["step"] = zeros(n + 1, torch.int64)  # one count per parameter, then the kernels' counter
     if percentile < 100:
         bufs["gnorm_vec"] = zeros(GNORM_HISTORY * n, torch.float32)
     views = []

@@ -53,7 +53,8 @@ void emu_fused_step_multi(at::TensorList params, at::TensorList grads, at::Tenso
           ? make_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs)
           : flat_slots(params, grads, state1, state2, state3, absmax1, absmax2, absmax3, steps, gnorm_vecs, layout,
                        block_wise);
-  const auto g = make_group(qmap1, qmap2, hyper, block_wise, percentile, grad_scale, found_inf);
+  GroupArgs g = make_group(qmap1, qmap2, hyper, block_wise, percentile, grad_scale, found_inf);
+  if (!layout.empty() && steps.size() == 1) g.steps_flat = steps[0];  // as fused_step_multi_op
   check_call(slots, g);
   if (slots.empty()) return;
   TORCH_CHECK(max_tensors >= 1 && max_tensors <= cuda::kMaxTensorsPerLaunch, "adamw8_emu: max_tensors must be in 1..",

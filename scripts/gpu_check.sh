@@ -15,8 +15,10 @@ export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_
 export ADAMW8_EXPERIMENTAL_CUDA=1  # build the CUDA kernels (not yet validated on a GPU: see README)
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 MODE=${1:-full}
+BUDGET=${GPU_CHECK_BUDGET_S:-450}  # the whole call stays under ~8 minutes: later phases shrink or skip
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
+left() { echo $(( BUDGET - $(date +%s) + T0 )); }
 if [ ! -f "$CUDA_HOME/include/cuda_runtime.h" ] || [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
   echo "CUDA_HOME=$CUDA_HOME is not a CUDA toolkit root (no include/cuda_runtime.h or bin/nvcc)"; exit 2
 fi
@@ -61,20 +63,21 @@ tail -3 "$OUT/kernel_tests.log"; [ -f "$OUT/kernel_tests.xml" ] && failures "$OU
 
 echo "== 3. compute-sanitizer ($(elapsed) s)"
 for tool in memcheck racecheck; do
-  timeout 90 compute-sanitizer --tool "$tool" --error-exitcode 3 python3 scripts/sanitize_case.py \
+  timeout 75 compute-sanitizer --tool "$tool" --error-exitcode 3 python3 scripts/sanitize_case.py \
     > "$OUT/sanitizer_$tool.log" 2>&1
   echo "$tool: exit $? ($(grep -c "=========.*rror" "$OUT/sanitizer_$tool.log") error lines)"; tail -2 "$OUT/sanitizer_$tool.log"
 done
 
 echo "== 4. benchmark ($(elapsed) s)"
-sets="gpt2-160m llama-1.26b"; [ "$MODE" = quick ] && sets="gpt2-160m"
-timeout 150 python3 benchmarks/bench_step.py --sets $sets > "$OUT/bench.md" 2> "$OUT/bench.err"
+sets="gpt2-160m llama-1.26b"; { [ "$MODE" = quick ] || [ "$(left)" -lt 240 ]; } && sets="gpt2-160m"
+timeout $(( $(left) > 150 ? 150 : 60 )) python3 benchmarks/bench_step.py --sets $sets > "$OUT/bench.md" 2> "$OUT/bench.err"
 cat "$OUT/bench.md"
 
-if [ "$MODE" != quick ]; then
+if [ "$MODE" != quick ] && [ "$(left)" -gt 45 ]; then
   echo "== 5. remaining GPU tests ($(elapsed) s)"
-  timeout 120 python3 -m pytest -q -m gpu tests --ignore tests/test_cuda.py \
+  timeout $(( $(left) > 120 ? 120 : $(left) )) python3 -m pytest -q -m gpu tests --ignore tests/test_cuda.py \
     --ignore tests/test_ops.py --ignore tests/test_quantization.py --ignore tests/test_optim_8bit.py \
+    --ignore tests/test_recompiles.py --ignore tests/test_emulation.py \
     --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1
   rc=$(( rc | $? ))
   tail -3 "$OUT/gpu_tests.log"; [ -f "$OUT/gpu_tests.xml" ] && failures "$OUT/gpu_tests.xml"

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..ops import StepArgs
 from . import state_dict as sd_io
-from .buckets import Bucket, pack
+from .buckets import Bucket, is_sharded, local, pack
 from .config import HYPER_KEYS, Options, as_float32_scalar, check_bool, check_hyper, resolve_options
 from .groups import HyperTensors, ParamGroup, hyper_values, normalise
 from .manager import GlobalOptimManager
@@ -215,9 +215,9 @@ class AdamWBase(torch.optim.Optimizer):
             for pi, p in enumerate(group["params"]):
                 conf = self._config(gi, pi, p)
                 key = (p.device, p.dtype, self._state_dtype(p, conf), conf["block_wise"], conf["percentile_clipping"],
-                       conf["hp"])
+                       conf["hp"], is_sharded(p))
                 plan.setdefault(key, []).append((pi, p))
-            for (dev, _, sdtype, block_wise, pct, hp), items in plan.items():
+            for (dev, _, sdtype, block_wise, pct, hp, sharded), items in plan.items():
                 params = [p for _, p in items]
                 qmaps = self._get_qmaps(dev) if sdtype == torch.uint8 else (None, None)
                 buffers, offsets, views = pack(params, [self.state.get(p, {}) for p in params], device=dev,
@@ -229,7 +229,7 @@ class AdamWBase(torch.optim.Optimizer):
                     gindex=gi, params=params, names=[f"param_groups[{gi}]['params'][{pi}]" for pi, _ in items],
                     offsets=offsets, buffers=buffers, qmaps=qmaps,
                     hyper=self._hyper.get((gi, hp, dev), self._hyper_values(gi, hp)),
-                    block_wise=block_wise, percentile=pct,
+                    block_wise=block_wise, percentile=pct, sharded=sharded,
                 ))
         self._buckets = sorted(kept + made, key=lambda b: b.gindex)
 
@@ -271,8 +271,12 @@ class AdamWBase(torch.optim.Optimizer):
             fi = None if found_inf is None else as_float32_scalar(found_inf, dev)
             for c in range(0, len(live), k):
                 idx = live[c : c + k]
+                if b.sharded:  # DTensor parameters (FSDP2): the kernels update each rank's local shard
+                    params, grads = [local(b.params[i]) for i in idx], [local(b.params[i].grad) for i in idx]
+                else:
+                    params, grads = [b.params[i] for i in idx], [b.params[i].grad for i in idx]
                 torch.ops.adamw8.fused_step_multi(*StepArgs(
-                    params=[b.params[i] for i in idx], grads=[b.params[i].grad for i in idx], **b.buffers,
+                    params=params, grads=grads, **b.buffers,
                     qmap1=b.qmaps[0], qmap2=b.qmaps[1], hyper=b.hyper, block_wise=b.block_wise,
                     percentile=b.percentile, grad_scale=gs, found_inf=fi, layout=b.layout(idx),
                 ))

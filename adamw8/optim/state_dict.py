@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..ops import GNORM_HISTORY
-from ..ops.reference import num_blocks
+from .buckets import absmax_shape, history_shape
 from .config import check_bool, check_hyper
 
 BNB_NESTED_KEY = "__bnb_optimizer_quant_state__"
@@ -91,7 +91,8 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
             _fail(where, f"expected {name} of the parameter's shape {tuple(p.shape)}, got {tuple(t.shape)}")
         out[name] = t.detach()  # copied into the optimizer's buffers by _rebuild
     if eight:
-        nb = num_blocks(p.numel(), conf["block_wise"])
+        shape = absmax_shape(p, conf["block_wise"])
+        nb = math.prod(shape)
         for name, signed in (("qmap1", True), ("qmap2", False)):
             q = _tensor(where, st, name)
             ours = opt._get_qmaps(dev)[0 if signed else 1]
@@ -101,11 +102,13 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
             out[name] = ours
         for name in _ABSMAX_KEYS if amsgrad else _ABSMAX_KEYS[:2]:
             a = _tensor(where, st, name)
-            if a.dtype != torch.float32 or a.numel() != nb:
+            if a.dtype != torch.float32 or a.numel() != nb or (len(shape) == 2 and tuple(a.shape) != shape):
                 kind = "256-element blocks" if conf["block_wise"] else "one per tensor (block_wise=False)"
+                if len(shape) == 2:
+                    kind += f", a [{shape[0]}, {shape[1]}] table: one row per shard"
                 _fail(where, f"expected {name} of dtype float32 with {nb} values ({kind}), got {a.dtype} "
-                             f"with {a.numel()}")
-            out[name] = a.detach().reshape(nb)
+                             f"of shape {tuple(a.shape)}")
+            out[name] = a.detach()  # copied, per shard, by the optimizer's buckets
     if conf["percentile_clipping"] < 100:
         gv = st.get("gnorm_vec")
         if gv is None:
@@ -113,9 +116,10 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
             # clip, and real norms replace them one step at a time.
             out["gnorm_vec"] = torch.full((GNORM_HISTORY,), math.inf, dtype=torch.float32, device=dev)
         else:
-            if not isinstance(gv, Tensor) or gv.dtype != torch.float32 or gv.numel() != GNORM_HISTORY:
-                _fail(where, "expected gnorm_vec as a float32 tensor of 100 values")
-            out["gnorm_vec"] = gv.detach().reshape(-1)
+            if not isinstance(gv, Tensor) or gv.dtype != torch.float32 or gv.numel() != math.prod(history_shape(p)):
+                _fail(where, f"expected gnorm_vec as a float32 tensor of {math.prod(history_shape(p))} values "
+                             "(100 per shard)")
+            out["gnorm_vec"] = gv.detach()
     return out
 
 

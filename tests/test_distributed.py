@@ -1,5 +1,5 @@
-"""FSDP2 (``fully_shard``, DTensor parameters) and torch.distributed.checkpoint, with 2 gloo
-processes on the CPU, against single-process runs of the same model and data.
+"""FSDP2 (``fully_shard``, DTensor parameters), torch.distributed.checkpoint and DDP, with 2
+gloo processes on the CPU, against single-process runs of the same model and data.
 
 One spawn runs every scenario (starting processes is the slow part on a 2-core machine);
 each test asserts on one scenario's results."""
@@ -120,6 +120,14 @@ def _worker(rank, port, out_dir):
         return [p.clone() for p in full_params(m)]
 
     record("compiled-AdamW8bit", compiled)
+
+    def ddp():
+        m = torch.nn.parallel.DistributedDataParallel(model(False))
+        opt = make_opt("AdamW8bit", m.parameters())
+        train(m, opt, STEPS)
+        return [p.detach().clone() for p in m.module.parameters()]
+
+    record("ddp-AdamW8bit", ddp)
     if rank == 0:
         torch.save(results, os.path.join(out_dir, "results.pt"))
     dist.barrier()
@@ -237,3 +245,9 @@ def test_dcp_checkpoint_at_another_world_size(run_dir, results, cls):
     for name in ("state1", "state2"):
         for p, q in zip(m.parameters(), ref.parameters()):
             assert torch.equal(opt.state[p][name], ref_opt.state[q][name]), name
+
+
+def test_ddp_equals_single_process(results):
+    """DDP (replicated parameters, averaged gradients): the optimizer is used as is."""
+    for a, b in zip(ok(results["ddp-AdamW8bit"]), single_process("AdamW8bit", False)):
+        assert torch.equal(a, b)

@@ -121,6 +121,21 @@ def _worker(rank, port, out_dir):
 
     record("compiled-AdamW8bit", compiled)
 
+    def gathered(aligned):  # the whole state, gathered, on rank 0: for single-process training
+        m = sharded(aligned)
+        opt = make_opt("AdamW8bit", m.parameters())
+        train(m, opt, 2)
+        sd = opt.state_dict()
+        full = {"param_groups": sd["param_groups"], "state": {
+            k: {n: (v.full_tensor() if hasattr(v, "full_tensor") else v) for n, v in st.items()}
+            for k, st in sd["state"].items()}}
+        if rank == 0:
+            torch.save(full, os.path.join(out_dir, f"gathered-{'aligned' if aligned else 'unaligned'}.pt"))
+        return True
+
+    record("gathered-aligned", lambda: gathered(True))
+    record("gathered-unaligned", lambda: gathered(False))
+
     def ddp():
         m = torch.nn.parallel.DistributedDataParallel(model(False))
         opt = make_opt("AdamW8bit", m.parameters())
@@ -251,3 +266,24 @@ def test_ddp_equals_single_process(results):
     """DDP (replicated parameters, averaged gradients): the optimizer is used as is."""
     for a, b in zip(ok(results["ddp-AdamW8bit"]), single_process("AdamW8bit", False)):
         assert torch.equal(a, b)
+
+
+def test_gathered_state_dict_loads_into_single_process_training(run_dir, results):
+    """An FSDP2 optimizer's state_dict(), gathered (full_tensor) on one rank, loads into a
+    single-process optimizer: bit-identical continuation when the shards were whole blocks,
+    a clear error otherwise (8-bit blocks of other shards cannot be re-blocked)."""
+    ok(results["gathered-aligned"])
+    sd = torch.load(os.path.join(run_dir, "gathered-aligned.pt"), weights_only=True)
+    m, ref = model(True), model(True)
+    opt, ref_opt = make_opt("AdamW8bit", m.parameters()), make_opt("AdamW8bit", ref.parameters())
+    train(ref, ref_opt, 2)
+    m.load_state_dict(ref.state_dict())
+    opt.load_state_dict(sd)
+    train(m, opt, 2, start=2)
+    train(ref, ref_opt, 2, start=2)
+    for a, b in zip(m.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+    bad = torch.load(os.path.join(run_dir, "gathered-unaligned.pt"), weights_only=True)
+    m2 = model(False)
+    with pytest.raises(ValueError, match=r"cannot be\s+re-blocked"):
+        make_opt("AdamW8bit", m2.parameters()).load_state_dict(bad)

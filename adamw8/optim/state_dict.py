@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..ops import GNORM_HISTORY
-from .buckets import absmax_shape, history_shape
+from .buckets import absmax_shape, history_shape, is_sharded
 from .config import check_bool, check_hyper
 
 BNB_NESTED_KEY = "__bnb_optimizer_quant_state__"
@@ -66,6 +66,19 @@ def _step_value(where: str, v) -> int:
     return int(v)
 
 
+def _gathered_table(where: str, name: str, table: Tensor, p: Tensor, block_wise: bool) -> Tensor:
+    """The [shards, n] absmax table of a sharded run, gathered to one tensor, as the [blocks]
+    of an unsharded parameter: exact when every shard was the same whole number of 256-element
+    blocks (the blocks are then the unsharded ones, in order); anything else cannot be
+    re-blocked without dequantizing, and fails."""
+    shards, n = table.shape
+    if block_wise and shards * n * 256 == p.numel():
+        return table.reshape(-1)
+    _fail(where, f"{name} is a [{shards}, {n}] table of a sharded run whose shards are not all the same whole "
+                 f"number of 256-element blocks of this {p.numel()}-element parameter: its 8-bit blocks cannot be "
+                 "re-blocked; load it at the same sharding")
+
+
 def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, where: str) -> dict:
     """Validated, copied state for one parameter, on the parameter's device."""
     if not isinstance(st, dict):
@@ -102,6 +115,8 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
             out[name] = ours
         for name in _ABSMAX_KEYS if amsgrad else _ABSMAX_KEYS[:2]:
             a = _tensor(where, st, name)
+            if len(shape) == 1 and a.dim() == 2 and not is_sharded(a):
+                a = _gathered_table(where, name, a, p, conf["block_wise"])
             if a.dtype != torch.float32 or a.numel() != nb or (len(shape) == 2 and tuple(a.shape) != shape):
                 kind = "256-element blocks" if conf["block_wise"] else "one per tensor (block_wise=False)"
                 if len(shape) == 2:

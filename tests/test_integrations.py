@@ -93,3 +93,31 @@ def test_accelerate_prepares_and_steps(manager):
             o.step()
     for p, q in zip(model.parameters(), ref.parameters()):
         assert torch.equal(p, q)
+
+
+def test_lightning_configure_optimizers(manager, tmp_path):
+    """Lightning: return an adamw8 optimizer from configure_optimizers; the Trainer steps it."""
+    L = pytest.importorskip("lightning")
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(16, 300), torch.nn.Tanh(), torch.nn.Linear(300, 4))
+
+        def training_step(self, batch, _):
+            return self.net(batch[0]).square().mean()
+
+        def configure_optimizers(self):
+            return adamw8.AdamW8bit(self.parameters(), lr=1e-2, min_8bit_size=1000)
+
+    torch.manual_seed(0)
+    module = Module()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(32, 16)), batch_size=8)
+    before = module.net[0].weight.detach().clone()
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, data)
+    opt = trainer.optimizers[0]
+    assert isinstance(opt, adamw8.AdamW8bit)
+    assert int(opt.state[module.net[0].weight]["step"]) == 3 and not torch.equal(module.net[0].weight, before)
+    assert opt.state[module.net[0].weight]["state1"].dtype == torch.uint8

@@ -65,7 +65,7 @@ def _build_cuda() -> bool:
 # PyTorch reference round identically (csrc/adamw8_math.h).  The C++ standard of
 # the host code is torch's choice (BuildExtension passes the one its headers need);
 # the kernels need C++20.  scripts/check_kernels.py compiles with these same flags.
-CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
 NVCC_FLAGS = ["-O3", "--fmad=false", "-lineinfo", "-std=c++20"]
 
 

@@ -59,17 +59,34 @@ float clip_scale(const at::Tensor& grad, const GradPrep& prep, int64_t n, float*
   return adamw8::percentile_scale(hist, history_value(gn2), t, static_cast<int>(percentile));
 }
 
+// The 32-bit update over [b, e): restrict pointers, the AMP branch hoisted and the
+// element update branch-free, so the compiler vectorises the loop (-fno-math-errno lets
+// sqrtf become the correctly rounded vector square root).
+template <typename scalar_t, bool kAms, bool kScale>
+void step_32bit_range(scalar_t* __restrict__ p, const scalar_t* __restrict__ g, float* __restrict__ s1,
+                      float* __restrict__ s2, float* __restrict__ s3, int64_t b, int64_t e, const AdamScalars sc,
+                      const float grad_scale, const float gnorm_scale) {
+  for (int64_t i = b; i < e; ++i) {
+    float gi = static_cast<float>(g[i]);
+    if constexpr (kScale) gi = gi / grad_scale;
+    gi = gi * gnorm_scale;  // GradPrep::apply, unrolled
+    float pi = static_cast<float>(p[i]), m = s1[i], v = s2[i], vh = kAms ? s3[i] : 0.0f;
+    adamw_element<kAms>(sc, gi, pi, m, v, vh);
+    p[i] = static_cast<scalar_t>(pi);
+    s1[i] = m;
+    s2[i] = v;
+    if constexpr (kAms) s3[i] = vh;
+  }
+}
+
 template <typename scalar_t, bool kAms>
 void step_32bit(scalar_t* p, const scalar_t* g, float* s1, float* s2, float* s3, int64_t n,
                 const AdamScalars& sc, const GradPrep& prep) {
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      float pi = static_cast<float>(p[i]), m = s1[i], v = s2[i], vh = kAms ? s3[i] : 0.0f;
-      adamw_element<kAms>(sc, prep.apply(static_cast<float>(g[i])), pi, m, v, vh);
-      p[i] = static_cast<scalar_t>(pi);
-      s1[i] = m;
-      s2[i] = v;
-      if constexpr (kAms) s3[i] = vh;
+    if (prep.has_scale) {
+      step_32bit_range<scalar_t, kAms, true>(p, g, s1, s2, s3, b, e, sc, prep.grad_scale, prep.gnorm_scale);
+    } else {
+      step_32bit_range<scalar_t, kAms, false>(p, g, s1, s2, s3, b, e, sc, 1.0f, prep.gnorm_scale);
     }
   });
 }

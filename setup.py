@@ -14,7 +14,9 @@ forces a CPU-only build.
 
 import glob
 import os
+import platform
 import shutil
+import subprocess
 
 from setuptools import setup
 
@@ -69,8 +71,24 @@ CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"
 NVCC_FLAGS = ["-O3", "--fmad=false", "-lineinfo", "-std=c++20"]
 
 
+def _gcc_on_x86():
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        out = subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "Free Software Foundation" in out.stdout and "clang" not in out.stdout.lower()
+
+
+# GCC's generic tuning never emits gather instructions; the AVX2/AVX-512 CPU kernels
+# (csrc/cpu/kernels.h) need them for the 8-bit map lookups, and this turns on exactly that.
+if _gcc_on_x86():
+    CXX_FLAGS.append("-mtune-ctrl=use_gather")
+
+
 def _extension():
-    cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = CXX_FLAGS
     if _build_cuda():
         cu = sorted(glob.glob(os.path.join("csrc", "*.cu")))

@@ -7,6 +7,7 @@
 """
 
 from . import ops  # noqa: F401  (declares torch.ops.adamw8.* and loads the kernels)
+from . import tuning
 from .optim import (
     AdamW,
     AdamW8bit,
@@ -19,9 +20,11 @@ from .optim import (
 
 __version__ = "0.1.0"
 
+tuning.load_at_import()  # this CPU's launch configs from adamw8/profiles/, if tuned
+
 __all__ = [
     "AdamW", "AdamW8bit", "AdamW32bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit",
-    "GlobalOptimManager", "ops", "compile_passes",
+    "GlobalOptimManager", "ops", "compile_passes", "tuning",
 ]
 
 

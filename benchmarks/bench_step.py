@@ -151,17 +151,29 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--scale", type=float, default=1.0, help="shrink every dimension (smoke tests)")
     ap.add_argument("--no-bnb", action="store_true")
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="CPU: run every set at each of these thread counts (default: torch's)")
+    ap.add_argument("--only", nargs="+", default=None,
+                    help="run only the optimizers whose name contains one of these (torch fused always runs)")
     args = ap.parse_args(argv)
+    if args.threads and (device_type := torch.device(args.device).type) != "cpu":
+        ap.error(f"--threads is for the CPU, got --device {device_type}")
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     bw = copy_bandwidth(device)
     print(f"# device: {name} | torch {torch.__version__} | adamw8 {adamw8.__version__} | "
           f"copy bandwidth {bw / 1e12:.3f} TB/s (read+write) | command: {' '.join(sys.argv)}")
     opts = optimizers(not args.no_bnb)
+    if args.only:
+        opts = {k: v for k, v in opts.items() if k == "torch AdamW fused" or any(o in k for o in args.only)}
     results = {}
-    for s in args.sets:
-        for d in args.dtypes:
-            results[(s, d)] = bench_set(s, d, device, args, bw, opts)
+    for threads in args.threads or [None]:
+        if threads is not None:
+            torch.set_num_threads(threads)
+            print(f"\n## {threads} thread{'s' if threads > 1 else ''}")
+        for s in args.sets:
+            for d in args.dtypes:
+                results[(s, d) if threads is None else (s, d, threads)] = bench_set(s, d, device, args, bw, opts)
     return results
 
 

@@ -8,21 +8,24 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <memory>
+#include <string>
 
 #include "adamw8_math.h"
 #include "fused_step_checks.h"
+#include "cpu/kernel_args.h"
 #include "quant_lut_cpu.h"
 
 namespace adamw8 {
 namespace {
 
-constexpr int64_t kGrain = 4096;  // elements per parallel task (32-bit path)
+constexpr int64_t kGrain = 4096;  // elements per parallel task of the norm pass (percentile clipping)
 
 float read_scalar(const at::Tensor& t) { return t.data_ptr<float>()[0]; }
 
@@ -31,10 +34,6 @@ struct GradPrep {
   bool has_scale;
   float grad_scale;  // AMP's scale: divided out, as in the reference
   float gnorm_scale;
-  float apply(float g) const {
-    if (has_scale) g = g / grad_scale;
-    return g * gnorm_scale;
-  }
 };
 
 // Percentile clipping: the squared norm of the unscaled gradient, summed in
@@ -59,128 +58,57 @@ float clip_scale(const at::Tensor& grad, const GradPrep& prep, int64_t n, float*
   return adamw8::percentile_scale(hist, history_value(gn2), t, static_cast<int>(percentile));
 }
 
-// The 32-bit update over [b, e): restrict pointers, the AMP branch hoisted and the
-// element update branch-free, so the compiler vectorises the loop (-fno-math-errno lets
-// sqrtf become the correctly rounded vector square root).
-template <typename scalar_t, bool kAms, bool kScale>
-void step_32bit_range(scalar_t* __restrict__ p, const scalar_t* __restrict__ g, float* __restrict__ s1,
-                      float* __restrict__ s2, float* __restrict__ s3, int64_t b, int64_t e, const AdamScalars sc,
-                      const float grad_scale, const float gnorm_scale) {
-  for (int64_t i = b; i < e; ++i) {
-    float gi = static_cast<float>(g[i]);
-    if constexpr (kScale) gi = gi / grad_scale;
-    gi = gi * gnorm_scale;  // GradPrep::apply, unrolled
-    float pi = static_cast<float>(p[i]), m = s1[i], v = s2[i], vh = kAms ? s3[i] : 0.0f;
-    adamw_element<kAms>(sc, gi, pi, m, v, vh);
-    p[i] = static_cast<scalar_t>(pi);
-    s1[i] = m;
-    s2[i] = v;
-    if constexpr (kAms) s3[i] = vh;
+cpu::DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cpu::DType::kFloat;
+    case at::kDouble: return cpu::DType::kDouble;
+    case at::kBFloat16: return cpu::DType::kBFloat16;
+    case at::kHalf: return cpu::DType::kHalf;
+    default: TORCH_CHECK(false, "adamw8: unsupported parameter dtype ", t);  // check_call refused it already
   }
 }
 
-template <typename scalar_t, bool kAms>
-void step_32bit(scalar_t* p, const scalar_t* g, float* s1, float* s2, float* s3, int64_t n,
-                const AdamScalars& sc, const GradPrep& prep) {
-  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-    if (prep.has_scale) {
-      step_32bit_range<scalar_t, kAms, true>(p, g, s1, s2, s3, b, e, sc, prep.grad_scale, prep.gnorm_scale);
-    } else {
-      step_32bit_range<scalar_t, kAms, false>(p, g, s1, s2, s3, b, e, sc, 1.0f, prep.gnorm_scale);
-    }
-  });
+// A profiler label naming the launch (the tuning's choice is visible in every trace): built only
+// while a profiler records.
+std::string launch_label(const char* what, const cpu::Launch& l, int64_t n) {
+  const int64_t tasks = n == 0 ? 0 : std::min<int64_t>(at::get_num_threads(), (n + l.grain - 1) / l.grain);
+  return std::string("adamw8::cpu_") + what + "[" + l.kernels->name + " grain=" + std::to_string(l.grain) +
+         " tasks<=" + std::to_string(tasks) + "]";
 }
 
-// One 256-element chunk of the 8-bit update, in stages: gather (dequantize
-// the codes into fp32 buffers), the AdamW arithmetic over the buffers (plain
-// loops the compiler vectorises), and the caller quantizes.  On return
-// m/v/vh hold the new fp32 states; the parameters are written when `write`.
-template <typename scalar_t, bool kAms>
-struct Chunk8 {
-  scalar_t* p;
-  const scalar_t* g;
-  const uint8_t *c1, *c2, *c3;
-  const float *q1, *q2;
-  const AdamScalars& sc;
-  const GradPrep& prep;
+// The loops live in csrc/cpu/kernels.h, one build per instruction set; here the work is split
+// over cores as the tuning table says (csrc/cpu/dispatch.cpp).
+void step_32bit(const cpu::Step32Args& a, int64_t n) {
+  const cpu::Launch l = cpu::launch_for(0, a.dtype, n);
+  RECORD_FUNCTION(launch_label("step32", l, n), std::vector<c10::IValue>());
+  at::parallel_for(0, n, l.grain, [&](int64_t b, int64_t e) { l.kernels->step32(a, b, e); });
+}
 
-  std::array<float, 3> operator()(int64_t off, int64_t len, float a1, float a2, float a3, float* m, float* v,
-                                   float* vh, bool write) const {
-    float gb[kBlockSize], pb[kBlockSize];
-    for (int64_t j = 0; j < len; ++j) {
-      m[j] = dequantize_value(q1, c1[off + j], a1);
-      v[j] = dequantize_value(q2, c2[off + j], a2);
-      if constexpr (kAms) vh[j] = dequantize_value(q2, c3[off + j], a3);
-    }
-    for (int64_t j = 0; j < len; ++j) {
-      gb[j] = prep.apply(static_cast<float>(g[off + j]));
-      pb[j] = static_cast<float>(p[off + j]);
-    }
-    float m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;
-    for (int64_t j = 0; j < len; ++j) {
-      float hj = kAms ? vh[j] : 0.0f;
-      adamw_element<kAms>(sc, gb[j], pb[j], m[j], v[j], hj);
-      vh[j] = hj;
-      m1 = std::max(m1, std::fabs(m[j]));
-      m2 = std::max(m2, v[j]);
-      m3 = std::max(m3, hj);
-    }
-    if (write) {
-      for (int64_t j = 0; j < len; ++j) p[off + j] = static_cast<scalar_t>(pb[j]);
-    }
-    return {m1, m2, m3};
-  }
-};
-
-template <typename scalar_t, bool kAms>
-void step_8bit(scalar_t* p, const scalar_t* g, uint8_t* c1, uint8_t* c2, uint8_t* c3, float* a1, float* a2,
-               float* a3, const float* q1, const float* q2, const NearestCodeLut& lut1, const NearestCodeLut& lut2,
-               int64_t n, bool block_wise, const AdamScalars& sc, const GradPrep& prep) {
-  const Chunk8<scalar_t, kAms> chunk{p, g, c1, c2, c3, q1, q2, sc, prep};
-  const int64_t nchunks = expected_blocks(n, true);
-  const int64_t grain = std::max<int64_t>(1, kGrain / kBlockSize);
-  using Max3 = std::array<float, 3>;
-  auto max3 = [](Max3 x, Max3 y) { return Max3{std::max(x[0], y[0]), std::max(x[1], y[1]), std::max(x[2], y[2])}; };
-  // block_wise=False (docs/design.md, "block_wise=False"): the per-tensor absmax needs a first pass that
-  // reduces the new maxima without writing anything.
-  Max3 global{0.0f, 0.0f, 0.0f};
-  const float ta1 = block_wise ? 0.0f : a1[0], ta2 = block_wise ? 0.0f : a2[0];
-  const float ta3 = (kAms && !block_wise) ? a3[0] : 0.0f;
-  if (!block_wise) {
-    global = at::parallel_reduce(
-        0, nchunks, grain, Max3{0.0f, 0.0f, 0.0f},
+void step_8bit(const cpu::Step8Args& a) {
+  const cpu::Launch l = cpu::launch_for(1, a.dtype, a.n);
+  RECORD_FUNCTION(launch_label("step8", l, a.n), std::vector<c10::IValue>());
+  const cpu::Kernels& k = *l.kernels;
+  const int64_t nchunks = expected_blocks(a.n, true);
+  const int64_t grain = std::max<int64_t>(1, l.grain / kBlockSize);  // in blocks
+  // block_wise=False (docs/design.md, "block_wise=False"): the per-tensor absmax needs a first
+  // pass that reduces the new maxima without writing anything.
+  float global[3] = {0.0f, 0.0f, 0.0f};
+  if (!a.block_wise) {
+    using Max3 = std::array<int32_t, 3>;
+    const Max3 mx = at::parallel_reduce(
+        0, nchunks, grain, Max3{0, 0, 0},
         [&](int64_t cb, int64_t ce, Max3 acc) {
-          float mb[kBlockSize], vb[kBlockSize], hb[kBlockSize];
-          for (int64_t blk = cb; blk < ce; ++blk) {
-            const int64_t off = blk * kBlockSize;
-            acc = max3(acc, chunk(off, std::min(kBlockSize, n - off), ta1, ta2, ta3, mb, vb, hb, false));
-          }
+          k.reduce8(a, cb, ce, acc.data());
           return acc;
         },
-        max3);
+        [](Max3 x, Max3 y) { return Max3{std::max(x[0], y[0]), std::max(x[1], y[1]), std::max(x[2], y[2])}; });
+    for (int i = 0; i < 3; ++i) global[i] = bits_float(static_cast<uint32_t>(mx[i]));
   }
-  at::parallel_for(0, nchunks, grain, [&](int64_t cb, int64_t ce) {
-    float mb[kBlockSize], vb[kBlockSize], hb[kBlockSize];
-    for (int64_t blk = cb; blk < ce; ++blk) {
-      const int64_t off = blk * kBlockSize;
-      const int64_t len = std::min(kBlockSize, n - off);
-      Max3 na = block_wise ? chunk(off, len, a1[blk], a2[blk], kAms ? a3[blk] : 0.0f, mb, vb, hb, true)
-                           : chunk(off, len, ta1, ta2, ta3, mb, vb, hb, true);
-      if (!block_wise) na = global;
-      lut1.quantize(mb, len, na[0], true, c1 + off);
-      lut2.quantize(vb, len, na[1], false, c2 + off);
-      if constexpr (kAms) lut2.quantize(hb, len, na[2], false, c3 + off);
-      if (block_wise) {
-        a1[blk] = na[0];
-        a2[blk] = na[1];
-        if constexpr (kAms) a3[blk] = na[2];
-      }
-    }
-  });
-  if (!block_wise) {
-    a1[0] = global[0];
-    a2[0] = global[1];
-    if constexpr (kAms) a3[0] = global[2];
+  at::parallel_for(0, nchunks, grain, [&](int64_t cb, int64_t ce) { k.step8(a, cb, ce, global); });
+  if (!a.block_wise) {
+    a.a1[0] = global[0];
+    a.a2[0] = global[1];
+    if (a.a3 != nullptr) a.a3[0] = global[2];
   }
 }
 
@@ -198,28 +126,20 @@ void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut
     prep.gnorm_scale = clip_scale(g, prep, n, s.gnorm_vec.data_ptr<float>(), t, ga.percentile);
   }
   const bool ams = s.state3.defined();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "adamw8_fused_step_cpu", [&] {
-    scalar_t* pp = p.data_ptr<scalar_t>();
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    if (s.state1.scalar_type() == at::kFloat) {
-      auto run = [&](auto ams_tag) {
-        constexpr bool kAms = decltype(ams_tag)::value;
-        step_32bit<scalar_t, kAms>(pp, gp, s.state1.data_ptr<float>(), s.state2.data_ptr<float>(),
-                                   kAms ? s.state3.data_ptr<float>() : nullptr, n, sc, prep);
-      };
-      ams ? run(std::true_type{}) : run(std::false_type{});
-    } else {
-      auto run = [&](auto ams_tag) {
-        constexpr bool kAms = decltype(ams_tag)::value;
-        step_8bit<scalar_t, kAms>(pp, gp, s.state1.data_ptr<uint8_t>(), s.state2.data_ptr<uint8_t>(),
-                                  kAms ? s.state3.data_ptr<uint8_t>() : nullptr, s.absmax1.data_ptr<float>(),
-                                  s.absmax2.data_ptr<float>(), kAms ? s.absmax3.data_ptr<float>() : nullptr,
-                                  ga.qmap1.data_ptr<float>(), ga.qmap2.data_ptr<float>(), *lut1, *lut2, n,
-                                  ga.block_wise, sc, prep);
-      };
-      ams ? run(std::true_type{}) : run(std::false_type{});
-    }
-  });
+  const cpu::DType dt = dtype_of(p.scalar_type());
+  if (s.state1.scalar_type() == at::kFloat) {
+    const cpu::Step32Args a{dt, p.data_ptr(), g.data_ptr(), s.state1.data_ptr<float>(), s.state2.data_ptr<float>(),
+                            ams ? s.state3.data_ptr<float>() : nullptr, sc, prep.has_scale, prep.grad_scale,
+                            prep.gnorm_scale};
+    step_32bit(a, n);
+  } else {
+    const cpu::Step8Args a{dt, p.data_ptr(), g.data_ptr(), s.state1.data_ptr<uint8_t>(),
+                           s.state2.data_ptr<uint8_t>(), ams ? s.state3.data_ptr<uint8_t>() : nullptr,
+                           s.absmax1.data_ptr<float>(), s.absmax2.data_ptr<float>(),
+                           ams ? s.absmax3.data_ptr<float>() : nullptr, lut1->table(), lut2->table(), n,
+                           ga.block_wise, sc, prep.has_scale, prep.grad_scale, prep.gnorm_scale};
+    step_8bit(a);
+  }
   if (!p.is_same(s.param)) s.param.copy_(p);
   s.step.fill_(t);
 }

@@ -5,50 +5,115 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <vector>
 
 #include "adamw8_math.h"
 #include "nearest_lut.h"
+#include "cpu/kernel_args.h"
 
 namespace adamw8 {
 
-// nearest_lut.h's table, expanded to one entry per top-16-bit prefix of the
-// float (65,536 bytes): a bucket of the table is one such prefix, or (below
-// 2^-24 and from 1 up) a run of them, so each prefix takes its bucket's entry
-// and the lookup needs no bucket arithmetic.  Same entries, same steps.
+// nearest_lut.h's table for one map, one int32 entry per bucket (24,592 bytes: the vector
+// kernels gather from it, csrc/cpu/kernels.h), with the forward steps the map needs measured
+// once.  Same entries, same steps as the CUDA kernels' table.
+//
+// For a strictly increasing map the vector kernels take a shorter route to the same answer.
+// The nearest code is a step function of x: with ties to the lower code, the rule
+// (x - q[k]) > (q[k+1] - x) is monotone in x (a rounded difference never decreases as x
+// grows), so code(x) is the number of thresholds thr[k] <= x, where thr[k] is the smallest float
+// for which that rule moves past code k.  A bucket's entry is then code(its smallest value), and
+// `span` comparisons with thr[entry], thr[entry + 1] finish it (measured here, 1 or 2 allowed:
+// 1 for both dynamic maps).  The sign fix needs no lookup: the codes with a negative sign bit are
+// [0, neg_count).  Built only when all of that holds; otherwise `thr` is null and the kernels
+// use the forward steps.
 class NearestCodeLut {
  public:
   explicit NearestCodeLut(const float* qmap) {
     std::memcpy(q_, qmap, sizeof q_);
-    uint8_t table[kLutSize];
     for (int b = 0; b < kLutSize; ++b) {
-      table[b] = lut_entry(q_, b);
+      entry_[b] = lut_entry(q_, b);
       steps_ = std::max(steps_, lut_steps(q_, b));
     }
-    for (uint32_t k = 0; k < 65536u; ++k) prefix_[k] = table[lut_bucket(bits_float(k << 16))];
+    build_thresholds();
   }
 
-  int nearest(float x) const {
-    const int i = prefix_[float_bits(x) >> 16];
-    return steps_ == 1 ? lut_finish(q_, i, 1, x) : lut_finish(q_, i, steps_, x);  // 1: the dynamic maps, unrolled
-  }
+  int nearest(float x) const { return lut_finish(q_, entry_[lut_bucket(x)], steps_, x); }
   int steps() const { return steps_; }
+
+  // The threshold route's answer (kernels.h): for the tests, which compare it with the exact rule.
+  int nearest_by_thresholds(float x) const {
+    const int e = code_entry_[lut_bucket(x)];
+    return e + static_cast<int>(x >= thr_[e]) + (span_ == 2 ? static_cast<int>(x >= thr_[e + 1]) : 0);
+  }
+  bool has_thresholds() const { return thresholds_ok_; }
+  int span() const { return span_; }
 
   bool built_for(const float* qmap) const { return std::memcmp(q_, qmap, sizeof q_) == 0; }
 
-  // quantize_value (adamw8_math.h) for `len` values sharing one absmax.
-  void quantize(const float* values, int64_t len, float absmax, bool is_signed, uint8_t* out) const {
-    for (int64_t j = 0; j < len; ++j) {
-      out[j] = static_cast<uint8_t>(finish_code(q_, nearest(normalize(values[j], absmax)), values[j], is_signed));
-    }
+  // What the kernels read (the table lives as long as this object).
+  cpu::QuantTable table() const {
+    return cpu::QuantTable{q_,     entry_, steps_, thresholds_ok_ ? code_entry_ : nullptr, thresholds_ok_ ? thr_ : nullptr,
+                           span_, neg_count_};
   }
 
  private:
+  // Floats in order as unsigned keys (negative ones reversed), for the threshold search.
+  static uint32_t key(float x) {
+    const uint32_t b = float_bits(x);
+    return (b >> 31) ? ~b : (b | 0x80000000u);
+  }
+  static float unkey(uint32_t k) { return bits_float((k >> 31) ? (k & 0x7fffffffu) : ~k); }
+
+  void build_thresholds() {
+    for (int k = 0; k < 255; ++k) {
+      if (!(q_[k] < q_[k + 1])) return;  // not strictly increasing (or NaN): forward steps only
+    }
+    neg_count_ = 0;
+    while (neg_count_ < 256 && signbit(q_[neg_count_])) ++neg_count_;
+    for (int k = neg_count_; k < 256; ++k) {
+      if (signbit(q_[k])) return;  // sign bits not a prefix
+    }
+    for (int k = 0; k < 255; ++k) {
+      // smallest x in (q[k], q[k+1]] with (x - q[k]) > (q[k+1] - x): true at q[k+1], false at q[k]
+      uint32_t lo = key(q_[k]), hi = key(q_[k + 1]);
+      while (hi - lo > 1) {
+        const uint32_t mid = lo + (hi - lo) / 2;
+        const float x = unkey(mid);
+        if ((x - q_[k]) > (q_[k + 1] - x)) hi = mid; else lo = mid;
+      }
+      thr_[k] = unkey(hi);
+    }
+    // the entries past the last threshold compare false (NaN): no code beyond 255
+    thr_[255] = thr_[256] = std::numeric_limits<float>::quiet_NaN();
+    int span = 0;
+    for (int b = 0; b < kLutSize; ++b) {
+      float lo, hi;
+      lut_bucket_range(b, lo, hi);
+      const int c_lo = count_le(lo), c_hi = count_le(hi);
+      code_entry_[b] = c_lo;
+      span = std::max(span, c_hi - c_lo);
+    }
+    span_ = span;
+    thresholds_ok_ = span <= 2;
+  }
+
+  int count_le(float x) const {
+    int c = 0;
+    for (int k = 0; k < 255; ++k) c += static_cast<int>(thr_[k] <= x);
+    return c;
+  }
+
   float q_[256];  // its own copy: the table stays valid whatever happens to the tensor
   int steps_ = 0;
-  uint8_t prefix_[65536];
+  int32_t entry_[kLutSize];
+  bool thresholds_ok_ = false;
+  int span_ = 0;
+  int neg_count_ = 0;
+  int32_t code_entry_[kLutSize];
+  float thr_[257];
 };
 
 inline std::shared_ptr<const NearestCodeLut> lut_for(const float* qmap) {

@@ -26,12 +26,14 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
   uint8_t* cp = c.codes.data_ptr<uint8_t>();
   float* ap = c.absmax.data_ptr<float>();
   const auto lut = lut_for(c.qmap.data_ptr<float>());
+  const cpu::QuantTable table = lut->table();
+  const cpu::Kernels& k = *cpu::launch_for(1, cpu::DType::kFloat, n).kernels;  // the 8-bit fp32 entry's build
   at::parallel_for(0, nb, 1, [&](int64_t bb, int64_t be) {
     for (int64_t blk = bb; blk < be; ++blk) {
       const int64_t off = blk * bs, end = std::min(n, off + bs);
       float a = 0.0f;
       for (int64_t i = off; i < end; ++i) a = max_nan(a, std::fabs(xp[i]));
-      lut->quantize(xp + off, end - off, a, is_signed, cp + off);
+      k.quantize(table, xp + off, end - off, a, is_signed, cp + off);
       ap[blk] = a;
     }
   });

@@ -1,0 +1,107 @@
+// The argument records of the CPU kernels (csrc/cpu/kernels.h), one per loop, and the table of
+// entry points each instruction set's build provides.  No ATen here: the per-instruction-set
+// translation units include only this, adamw8_math.h, nearest_lut.h and the c10 scalar types.
+#pragma once
+
+#include <cstdint>
+
+#include "../adamw8_math.h"
+
+namespace adamw8 {
+namespace cpu {
+
+enum class DType : int { kFloat, kDouble, kBFloat16, kHalf };
+
+// A map and its nearest-code tables (nearest_lut.h, quant_lut_cpu.h), int32 entries so every
+// lookup is a vector gather.  `steps`: the forward steps the map needs (1 for the dynamic maps).
+// `thr` (null when the map does not allow it): the threshold route, code = e + (x >= thr[e]) +
+// (span 2 only: x >= thr[e + 1]), e = code_entry[bucket], and the codes with a negative sign bit
+// are [0, neg_count).
+struct QuantTable {
+  const float* qmap;     // 256 floats
+  const int32_t* entry;  // kLutSize entries
+  int steps;
+  const int32_t* code_entry;  // kLutSize entries
+  const float* thr;           // 257 floats
+  int span;                   // 1 or 2 (1 for the dynamic maps)
+  int neg_count;
+};
+
+struct Step32Args {
+  DType dtype;
+  void* p;
+  const void* g;
+  float *s1, *s2, *s3;  // s3: amsgrad's max(v), or null
+  AdamScalars sc;
+  bool has_scale;
+  float grad_scale, gnorm_scale;
+};
+
+struct Step8Args {
+  DType dtype;
+  void* p;
+  const void* g;
+  uint8_t *c1, *c2, *c3;  // c3: amsgrad's max(v), or null
+  float *a1, *a2, *a3;    // absmax per block (block_wise) or one per tensor
+  QuantTable t1, t2;      // the signed map (m) and the unsigned one (v)
+  int64_t n;
+  bool block_wise;
+  AdamScalars sc;
+  bool has_scale;
+  float grad_scale, gnorm_scale;
+};
+
+// One instruction set's build of kernels.h.
+struct Kernels {
+  const char* name;
+  void (*step32)(const Step32Args&, int64_t begin, int64_t end);
+  // blocks [cb, ce); `global`: the tensor's new absmax (block_wise=False), else unused
+  void (*step8)(const Step8Args&, int64_t cb, int64_t ce, const float* global);
+  // block_wise=False's first pass: folds the new maxima of blocks [cb, ce) into mx (float bits
+  // as int32: non-negative floats order as their bits)
+  void (*reduce8)(const Step8Args&, int64_t cb, int64_t ce, int32_t* mx);
+  void (*quantize)(const QuantTable&, const float* values, int64_t len, float absmax, bool is_signed, uint8_t* out);
+};
+
+// The builds (kernels_<isa>.cpp); the x86 ones exist only on x86.
+namespace base { extern const Kernels kKernels; }
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ADAMW8_CPU_X86 1
+namespace avx2 { extern const Kernels kKernels; }
+namespace avx512 { extern const Kernels kKernels; }
+#endif
+
+// The build chosen for "auto": the best the CPU supports, or ADAMW8_CPU_CAPABILITY's (base,
+// avx2, avx512) when set (dispatch.cpp).
+const Kernels& kernels();
+
+// Capability ids in the tuning table: -1 auto, then these.
+constexpr int kCapAuto = -1;
+constexpr const char* kCapNames[] = {"base", "avx2", "avx512"};
+constexpr int kNumCaps = 3;
+bool cap_supported(int cap);
+const Kernels* cap_kernels(int cap);  // null for an unknown id or one this CPU cannot run
+
+// The CPU kernels' tuning (adamw8/tuning.py, profiles/): for each state format (0: 32-bit,
+// 1: 8-bit), parameter dtype and size bucket, which build runs and how many elements one
+// parallel task takes.  The defaults: auto and 4096.
+constexpr int kFormats = 2, kDTypes = 4, kSizeBuckets = 4;
+constexpr int kTuningEntries = kFormats * kDTypes * kSizeBuckets;
+constexpr int64_t kDefaultGrain = 4096;
+// element counts below 2^14, 2^18, 2^22, and the rest
+inline int size_bucket(int64_t n) { return n < (int64_t{1} << 14) ? 0 : n < (int64_t{1} << 18) ? 1 : n < (int64_t{1} << 22) ? 2 : 3; }
+
+struct Launch {
+  const Kernels* kernels;
+  int cap;  // the id that runs (auto resolved)
+  int64_t grain;
+};
+Launch launch_for(int format, DType dtype, int64_t n);
+
+// The table as 2 ints per entry (capability id, grain), format-major, then dtype, then bucket.
+// set_tuning checks every entry before it changes anything (a bad one throws).
+void get_tuning(int64_t* out);
+void set_tuning(const int64_t* in);
+
+}  // namespace cpu
+}  // namespace adamw8

@@ -1,0 +1,299 @@
+// The CPU kernels' loops, compiled once per instruction set (csrc/cpu/kernels_*.cpp), the way
+// ATen builds its CPU_CAPABILITY kernels: each kernels_<isa>.cpp includes its headers, turns on
+// its instruction set with `#pragma GCC target`, defines ADAMW8_CPU_NS and includes this file,
+// so every function here lands in that translation unit's own namespace and nothing compiled for
+// AVX-512 can be picked by the linker for a machine without it.  dispatch.cpp picks the best set
+// the CPU has at run time (ADAMW8_CPU_CAPABILITY overrides it).
+//
+// The loops are plain, branch-free fp32 loops that the compiler vectorises, gathers included:
+// the map lookups of the 8-bit state are indexed loads from 256-entry (and, for the nearest-code
+// table, 3,074-entry) int/float tables.  The element update is adamw_element (adamw8_math.h), the
+// one every kernel runs; with -ffp-contract=off no multiply-add is fused, and vector division and
+// square root are correctly rounded, so every instruction set gives the reference's bits.
+//
+// Include only after adamw8_math.h, nearest_lut.h, kernel_args.h and the c10 scalar types, with
+// ADAMW8_CPU_NS defined.
+#ifndef ADAMW8_CPU_NS
+#error "define ADAMW8_CPU_NS before including csrc/cpu/kernels.h"
+#endif
+
+namespace adamw8 {
+namespace cpu {
+namespace ADAMW8_CPU_NS {
+
+#ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
+#include "avx512_lookup.h"
+#endif
+
+// The 32-bit update over [b, e): restrict pointers, the AMP branch hoisted, the element update
+// branch-free.
+template <typename T, bool kAms, bool kScale>
+void step32_loop(T* __restrict__ p, const T* __restrict__ g, float* __restrict__ s1, float* __restrict__ s2,
+                 float* __restrict__ s3, int64_t b, int64_t e, const AdamScalars sc, const float grad_scale,
+                 const float gnorm_scale) {
+  for (int64_t i = b; i < e; ++i) {
+    float gi = static_cast<float>(g[i]);
+    if constexpr (kScale) gi = gi / grad_scale;
+    gi = gi * gnorm_scale;
+    float pi = static_cast<float>(p[i]), m = s1[i], v = s2[i], vh = kAms ? s3[i] : 0.0f;
+    adamw_element<kAms>(sc, gi, pi, m, v, vh);
+    p[i] = static_cast<T>(pi);
+    s1[i] = m;
+    s2[i] = v;
+    if constexpr (kAms) s3[i] = vh;
+  }
+}
+
+template <typename T, bool kAms>
+void step32_typed(const Step32Args& a, int64_t b, int64_t e) {
+  T* p = static_cast<T*>(a.p);
+  const T* g = static_cast<const T*>(a.g);
+  if (a.has_scale) {
+    step32_loop<T, kAms, true>(p, g, a.s1, a.s2, a.s3, b, e, a.sc, a.grad_scale, a.gnorm_scale);
+  } else {
+    step32_loop<T, kAms, false>(p, g, a.s1, a.s2, a.s3, b, e, a.sc, 1.0f, a.gnorm_scale);
+  }
+}
+
+// The largest of non-negative finite floats through their bits as int32 (the same order), a max
+// reduction the vectoriser takes without -ffast-math; -0 (a negative int) counts as +0.
+inline int32_t bits_max(int32_t acc, float x) {
+  const int32_t b = static_cast<int32_t>(float_bits(x));
+  return acc > b ? acc : b;
+}
+
+// The threshold route (quant_lut_cpu.h) for `len` values sharing one absmax.
+template <int kSpan>
+inline void quantize_thresholds(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
+                                bool is_signed, uint8_t* __restrict__ out) {
+  const int32_t* __restrict__ ce = t.code_entry;
+  const float* __restrict__ thr = t.thr;
+  const int neg = t.neg_count;
+  if (is_signed) {
+    for (int64_t j = 0; j < len; ++j) {
+      const float value = values[j];
+      const float x = normalize(value, absmax);
+      const int e = ce[lut_bucket(x)];
+      int c = e + static_cast<int>(x >= thr[e]);
+      if constexpr (kSpan == 2) c += static_cast<int>(x >= thr[e + 1]);
+      // sign_fix: a code whose sign differs from a non-NaN value's moves one step toward it
+      const int differs = static_cast<int>((c < neg) != signbit(value)) & static_cast<int>(value == value);
+      out[j] = static_cast<uint8_t>(c + (differs ? (value > 0.0f ? 1 : -1) : 0));
+    }
+  } else {
+    for (int64_t j = 0; j < len; ++j) {
+      const float value = values[j];
+      const float x = normalize(value, absmax);
+      const int e = ce[lut_bucket(x)];
+      int c = e + static_cast<int>(x >= thr[e]);
+      if constexpr (kSpan == 2) c += static_cast<int>(x >= thr[e + 1]);
+      out[j] = static_cast<uint8_t>(positive_floor(c, value));
+    }
+  }
+}
+
+// quantize_value (adamw8_math.h) for `len` values sharing one absmax, through the nearest-code
+// table (nearest_lut.h): bucket, entry, `steps` forward steps, nearest of the two codes, and
+// finish_code.  One forward step (both dynamic maps) is the vectorised loop; a map that needs
+// more takes the scalar one.
+inline void quantize_block(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
+                           bool is_signed, uint8_t* __restrict__ out) {
+  const float* __restrict__ q = t.qmap;
+  const int32_t* __restrict__ entry = t.entry;
+  if (t.thr != nullptr) {
+#ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
+    return t.span == 1 ? lookup512::quantize<1>(t, values, len, absmax, is_signed, out)
+                       : lookup512::quantize<2>(t, values, len, absmax, is_signed, out);
+#else
+    return t.span == 1 ? quantize_thresholds<1>(t, values, len, absmax, is_signed, out)
+                       : quantize_thresholds<2>(t, values, len, absmax, is_signed, out);
+#endif
+  }
+  if (t.steps != 1) {
+    for (int64_t j = 0; j < len; ++j) {
+      const float x = normalize(values[j], absmax);
+      out[j] = static_cast<uint8_t>(
+          finish_code(q, lut_finish(q, entry[lut_bucket(x)], t.steps, x), values[j], is_signed));
+    }
+    return;
+  }
+  if (is_signed) {
+    for (int64_t j = 0; j < len; ++j) {
+      const float value = values[j];
+      const float x = normalize(value, absmax);
+      int i = entry[lut_bucket(x)];
+      i += static_cast<int>(i < 254) & static_cast<int>(q[i + 1] <= x);
+      const int c = nearest_from_floor(q, i, x);
+      // sign_fix, branch-free: a code whose sign differs from a non-NaN value's moves one step
+      // toward it
+      const int differs = static_cast<int>(signbit(q[c]) != signbit(value)) & static_cast<int>(value == value);
+      const int dir = value > 0.0f ? 1 : -1;
+      out[j] = static_cast<uint8_t>(c + (differs ? dir : 0));
+    }
+  } else {
+    for (int64_t j = 0; j < len; ++j) {
+      const float value = values[j];
+      const float x = normalize(value, absmax);
+      int i = entry[lut_bucket(x)];
+      i += static_cast<int>(i < 254) & static_cast<int>(q[i + 1] <= x);
+      const int c = nearest_from_floor(q, i, x);
+      out[j] = static_cast<uint8_t>(positive_floor(c, value));
+    }
+  }
+}
+
+// One block (at most 256 elements) of the 8-bit update: dequantize, AdamW, and, when `write`,
+// the parameters.  Returns the new absmax of m, v and vh as bits.
+template <typename T, bool kAms, bool kScale>
+inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float a2, float a3, float* __restrict__ m,
+                   float* __restrict__ v, float* __restrict__ vh, bool write, int32_t* mx) {
+  T* __restrict__ p = static_cast<T*>(a.p) + off;
+  const T* __restrict__ g = static_cast<const T*>(a.g) + off;
+  const uint8_t* __restrict__ c1 = a.c1 + off;
+  const uint8_t* __restrict__ c2 = a.c2 + off;
+  const float* __restrict__ q1 = a.t1.qmap;
+  const float* __restrict__ q2 = a.t2.qmap;
+  const AdamScalars sc = a.sc;
+  const float grad_scale = a.grad_scale, gnorm_scale = a.gnorm_scale;
+  float pb[kBlockSize];
+#ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
+  // dequantize_value through register tables (avx512_lookup.h), into the state buffers
+  lookup512::dequantize(q1, c1, a1, len, m);
+  lookup512::dequantize(q2, c2, a2, len, v);
+  if constexpr (kAms) lookup512::dequantize(q2, a.c3 + off, a3, len, vh);
+#define ADAMW8_DEQ(buf, q, k, am) buf[j]
+#else
+  // the codes widened first: the compiler gathers only through int32 indices
+  int32_t k1[kBlockSize], k2[kBlockSize], k3[kAms ? kBlockSize : 1];
+  for (int64_t j = 0; j < len; ++j) {
+    k1[j] = c1[j];
+    k2[j] = c2[j];
+    if constexpr (kAms) k3[j] = a.c3[off + j];
+  }
+#define ADAMW8_DEQ(buf, q, k, am) q[k[j]] * am  // dequantize_value
+#endif
+  int32_t m1 = 0, m2 = 0, m3 = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    float gj = static_cast<float>(g[j]);
+    if constexpr (kScale) gj = gj / grad_scale;  // a conditional division would stop the vectoriser
+    gj = gj * gnorm_scale;
+    float mj = ADAMW8_DEQ(m, q1, k1, a1);
+    float vj = ADAMW8_DEQ(v, q2, k2, a2);
+    float hj = 0.0f;
+    if constexpr (kAms) hj = ADAMW8_DEQ(vh, q2, k3, a3);
+    float pj = static_cast<float>(p[j]);
+    adamw_element<kAms>(sc, gj, pj, mj, vj, hj);
+    m[j] = mj;
+    v[j] = vj;
+    if constexpr (kAms) vh[j] = hj;
+    pb[j] = pj;
+    m1 = bits_max(m1, std::fabs(mj));
+    m2 = bits_max(m2, vj);
+    if constexpr (kAms) m3 = bits_max(m3, hj);
+  }
+#undef ADAMW8_DEQ
+  if (write) {
+    for (int64_t j = 0; j < len; ++j) p[j] = static_cast<T>(pb[j]);
+  }
+  mx[0] = m1 > mx[0] ? m1 : mx[0];
+  mx[1] = m2 > mx[1] ? m2 : mx[1];
+  mx[2] = m3 > mx[2] ? m3 : mx[2];
+}
+
+// Blocks [cb, ce) of the 8-bit update, quantized and written.  block_wise: each block's own
+// absmax (read from and written to a.a1/a2/a3); otherwise the tensor's, with the new one in
+// `global` (from reduce8).
+template <typename T, bool kAms, bool kScale>
+void step8_blocks(const Step8Args& a, int64_t cb, int64_t ce, const float* global) {
+  float m[kBlockSize], v[kBlockSize], vh[kBlockSize];
+  for (int64_t blk = cb; blk < ce; ++blk) {
+    const int64_t off = blk * kBlockSize;
+    const int64_t len = std::min<int64_t>(kBlockSize, a.n - off);
+    const int64_t ab = a.block_wise ? blk : 0;
+    int32_t mx[3] = {0, 0, 0};
+    block8<T, kAms, kScale>(a, off, len, a.a1[ab], a.a2[ab], kAms ? a.a3[ab] : 0.0f, m, v, vh, true, mx);
+    float n1, n2, n3;
+    if (!a.block_wise) {
+      n1 = global[0];
+      n2 = global[1];
+      n3 = global[2];
+    } else {
+      n1 = bits_float(static_cast<uint32_t>(mx[0]));
+      n2 = bits_float(static_cast<uint32_t>(mx[1]));
+      n3 = bits_float(static_cast<uint32_t>(mx[2]));
+      a.a1[blk] = n1;
+      a.a2[blk] = n2;
+      if constexpr (kAms) a.a3[blk] = n3;
+    }
+    quantize_block(a.t1, m, len, n1, true, a.c1 + off);
+    quantize_block(a.t2, v, len, n2, false, a.c2 + off);
+    if constexpr (kAms) quantize_block(a.t2, vh, len, n3, false, a.c3 + off);
+  }
+}
+
+template <typename T, bool kAms>
+void step8_typed(const Step8Args& a, int64_t cb, int64_t ce, const float* global) {
+  a.has_scale ? step8_blocks<T, kAms, true>(a, cb, ce, global) : step8_blocks<T, kAms, false>(a, cb, ce, global);
+}
+
+// block_wise=False's first pass over blocks [cb, ce): the new maxima, nothing written.
+template <typename T, bool kAms, bool kScale>
+void reduce8_blocks(const Step8Args& a, int64_t cb, int64_t ce, int32_t* mx) {
+  float m[kBlockSize], v[kBlockSize], vh[kBlockSize];
+  for (int64_t blk = cb; blk < ce; ++blk) {
+    const int64_t off = blk * kBlockSize;
+    block8<T, kAms, kScale>(a, off, std::min<int64_t>(kBlockSize, a.n - off), a.a1[0], a.a2[0],
+                            kAms ? a.a3[0] : 0.0f, m, v, vh, false, mx);
+  }
+}
+
+template <typename T, bool kAms>
+void reduce8_typed(const Step8Args& a, int64_t cb, int64_t ce, int32_t* mx) {
+  a.has_scale ? reduce8_blocks<T, kAms, true>(a, cb, ce, mx) : reduce8_blocks<T, kAms, false>(a, cb, ce, mx);
+}
+
+template <template <typename, bool> class F, typename... Args>
+void dispatch(DType dtype, bool ams, Args&&... args) {
+  switch (dtype) {
+    case DType::kFloat:
+      return ams ? F<float, true>::run(args...) : F<float, false>::run(args...);
+    case DType::kDouble:
+      return ams ? F<double, true>::run(args...) : F<double, false>::run(args...);
+    case DType::kBFloat16:
+      return ams ? F<c10::BFloat16, true>::run(args...) : F<c10::BFloat16, false>::run(args...);
+    case DType::kHalf:
+      return ams ? F<c10::Half, true>::run(args...) : F<c10::Half, false>::run(args...);
+  }
+}
+
+template <typename T, bool kAms>
+struct Step32 {
+  static void run(const Step32Args& a, int64_t b, int64_t e) { step32_typed<T, kAms>(a, b, e); }
+};
+template <typename T, bool kAms>
+struct Step8 {
+  static void run(const Step8Args& a, int64_t cb, int64_t ce, const float* global) {
+    step8_typed<T, kAms>(a, cb, ce, global);
+  }
+};
+template <typename T, bool kAms>
+struct Reduce8 {
+  static void run(const Step8Args& a, int64_t cb, int64_t ce, int32_t* mx) { reduce8_typed<T, kAms>(a, cb, ce, mx); }
+};
+
+void step32(const Step32Args& a, int64_t b, int64_t e) { dispatch<Step32>(a.dtype, a.s3 != nullptr, a, b, e); }
+void step8(const Step8Args& a, int64_t cb, int64_t ce, const float* global) {
+  dispatch<Step8>(a.dtype, a.c3 != nullptr, a, cb, ce, global);
+}
+void reduce8(const Step8Args& a, int64_t cb, int64_t ce, int32_t* mx) {
+  dispatch<Reduce8>(a.dtype, a.c3 != nullptr, a, cb, ce, mx);
+}
+void quantize(const QuantTable& t, const float* values, int64_t len, float absmax, bool is_signed, uint8_t* out) {
+  quantize_block(t, values, len, absmax, is_signed, out);
+}
+
+const Kernels kKernels{ADAMW8_CPU_NAME, &step32, &step8, &reduce8, &quantize};
+
+}  // namespace ADAMW8_CPU_NS
+}  // namespace cpu
+}  // namespace adamw8

@@ -1,0 +1,20 @@
+// The CPU kernels for AVX2 (+F16C, BMI2; no FMA: the arithmetic stays the reference's).  See
+// kernels.h: everything before the pragma is compiled for the baseline.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "../adamw8_math.h"
+#include "../nearest_lut.h"
+#include "kernel_args.h"
+
+#ifdef ADAMW8_CPU_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,f16c,bmi,bmi2")
+#define ADAMW8_CPU_NS avx2
+#define ADAMW8_CPU_NAME "avx2"
+#include "kernels.h"
+#pragma GCC pop_options
+#endif

@@ -1,0 +1,22 @@
+// The CPU kernels for AVX-512 (F, BW, DQ, VL; 512-bit vectors; no FMA: the arithmetic stays the
+// reference's).  See kernels.h: everything before the pragma is compiled for the baseline.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <immintrin.h>
+
+#include "../adamw8_math.h"
+#include "../nearest_lut.h"
+#include "kernel_args.h"
+
+#ifdef ADAMW8_CPU_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,f16c,bmi,bmi2,prefer-vector-width=512")
+#define ADAMW8_CPU_NS avx512
+#define ADAMW8_CPU_NAME "avx512"
+#define ADAMW8_CPU_PERMUTE_LOOKUPS 1
+#include "kernels.h"
+#pragma GCC pop_options
+#endif

@@ -18,7 +18,7 @@ test: $(VENV)/.installed
 	@echo "== the tests (a few minutes; GPU tests are skipped without CUDA)"
 	$(BIN)/python -m pytest -q tests
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu csrc/*.cuh)
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu csrc/*.cuh csrc/cpu/*.cpp csrc/cpu/*.h)
 	@echo "== creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	@echo "== installing $(TORCH) and the build tools"

@@ -3,10 +3,15 @@
     python -m adamw8.tune [--quick] [--out DIR] [--install]
 
 For every state format, parameter dtype and size bucket it times each candidate launch config
-(the CPU build: base/avx2/avx512; the grain: elements per parallel task) with ``torch.profiler``,
-taking the kernel's own time from the trace (the ``adamw8::cpu_step*[build grain=...]`` range
-each launch records), and keeps the fastest when it beats the default by more than the noise
-margin.  It writes, under ``--out`` (default ``adamw8-tune``):
+with ``torch.profiler`` and keeps the fastest when it beats the default by more than the noise
+margin:
+
+* ``--device cpu`` (default): the build (base/avx2/avx512) and the grain (elements per parallel
+  task); the time is the kernel's own, from the ``adamw8::cpu_step*[build grain=...]`` range each
+  launch records.
+* ``--device cuda``: blocks per SM of the persistent grid and tensors per launch; the time is the
+  sum of the device kernels' durations from the profiler's device events, per call (the
+  ``adamw8::cuda_step*[...]`` range names the config).  It writes, under ``--out`` (default ``adamw8-tune``):
 
 * ``traces/``: one profiler trace per table key, for TensorBoard's profiler plugin
   (``pip install "adamw8[profile]"``; ``tensorboard --logdir DIR/traces``);
@@ -16,8 +21,7 @@ margin.  It writes, under ``--out`` (default ``adamw8-tune``):
   ``--install`` also copies into ``adamw8/profiles/`` so the package loads it on this CPU.
 
 ``--quick`` (fp32 only, smaller tensors, fewer candidates) finishes in well under a minute on
-two cores.  On CUDA the launch configs are compile-time constants of this build: the command
-says so and stops.
+two cores.
 """
 
 from __future__ import annotations
@@ -41,7 +45,13 @@ QUICK_GRAINS = (1024, 4096, 65536)
 SIZES = {"lt16k": 8192, "lt256k": 131072, "lt4m": 1 << 21, "ge4m": 1 << 22}
 QUICK_SIZES = {"lt16k": 8192, "lt256k": 65536, "lt4m": 1 << 19, "ge4m": 1 << 22}
 MARGIN = 0.03  # a candidate must beat the default by more than this to replace it
+BLOCKS_PER_SM = (0, 1, 2, 3, 4)  # CUDA: 0 = as many as fit
+TENSORS_PER_LAUNCH = (8, 16, 32, 64)
+QUICK_BLOCKS_PER_SM = (0, 1, 2)
+QUICK_TENSORS_PER_LAUNCH = (16, 64)
+CUDA_TENSORS = 16  # a CUDA case splits its elements over this many tensors (tensors per launch matters)
 _LABEL = re.compile(r"adamw8::cpu_step(?:8|32)\[(\w+) grain=(\d+)")
+_CUDA_LABEL = re.compile(r"blocks_per_sm=(\d+) tensors_per_launch=(\d+)")
 
 
 class Progress:
@@ -72,52 +82,99 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
-def _case(fmt: str, dtype: str, n: int):
-    """Op arguments for one fused_step on ``n`` elements of the given format and dtype."""
+def _case(fmt: str, dtype: str, n: int, device: torch.device, ntensors: int = 1):
+    """fused_step_multi arguments for one call on ``n`` elements of the given format and dtype,
+    split over ``ntensors`` tensors."""
+    from .ops import StepArgs
+
     g = torch.Generator().manual_seed(0)
     dt = tuning.TORCH_DTYPES[dtype]
-    p = torch.randn(n, generator=g).to(dt)
-    grad = torch.randn(n, generator=g).to(dt)
-    hyper = torch.tensor([1e-3, 0.9, 0.999, 1e-8, 0.01])
-    step = torch.zeros((), dtype=torch.int64)
+    sizes = [n // ntensors + (1 if i < n % ntensors else 0) for i in range(ntensors)]
+    sizes = [s for s in sizes if s > 0] or [n]
+    ps = [torch.randn(s, generator=g).to(device=device, dtype=dt) for s in sizes]
+    gs = [torch.randn(s, generator=g).to(device=device, dtype=dt) for s in sizes]
+    hyper = torch.tensor([1e-3, 0.9, 0.999, 1e-8, 0.01], device=device)
+    z = lambda count, dtype: torch.zeros(count, dtype=dtype, device=device)  # noqa: E731
+    steps = [z((), torch.int64) for _ in sizes]
+    common = dict(state3=[], absmax3=[], gnorm_vecs=[], block_wise=True, percentile=100, grad_scale=None,
+                  found_inf=None, layout=[])
     if fmt == "8bit":
-        nb = (n + 255) // 256
-        s1, s2 = torch.zeros(n, dtype=torch.uint8), torch.zeros(n, dtype=torch.uint8)
-        a1, a2 = torch.zeros(nb), torch.zeros(nb)
-        q1, q2 = torch.ops.adamw8.create_dynamic_map(True), torch.ops.adamw8.create_dynamic_map(False)
-        return (p, grad, s1, s2, None, a1, a2, None, q1, q2, step, None, hyper, True, 100)
-    s1, s2 = torch.zeros(n), torch.zeros(n)
-    return (p, grad, s1, s2, None, None, None, None, None, None, step, None, hyper, True, 100)
+        q1 = torch.ops.adamw8.create_dynamic_map(True).to(device)
+        q2 = torch.ops.adamw8.create_dynamic_map(False).to(device)
+        return StepArgs(params=ps, grads=gs, state1=[z(s, torch.uint8) for s in sizes],
+                        state2=[z(s, torch.uint8) for s in sizes], absmax1=[z(-(-s // 256), torch.float32)
+                                                                           for s in sizes],
+                        absmax2=[z(-(-s // 256), torch.float32) for s in sizes], qmap1=q1, qmap2=q2, steps=steps,
+                        hyper=hyper, **common)
+    return StepArgs(params=ps, grads=gs, state1=[z(s, torch.float32) for s in sizes],
+                    state2=[z(s, torch.float32) for s in sizes], absmax1=[], absmax2=[], qmap1=None, qmap2=None,
+                    steps=steps, hyper=hyper, **common)
 
 
 def _run(args) -> None:
-    torch.ops.adamw8.fused_step(*args)
+    torch.ops.adamw8.fused_step_multi(*args)
 
 
-def tune_key(key: str, n: int, candidates, reps: int, trace_dir: Path, progress: Progress) -> dict:
-    """Time every candidate for one table key; returns {(cap, grain): median microseconds}."""
+def _entry(device_type: str, cand) -> dict:
+    if device_type == "cpu":
+        return {"capability": cand[0], "grain": cand[1]}
+    return {"blocks_per_sm": cand[0], "tensors_per_launch": cand[1]}
+
+
+def _label(device_type: str, cand) -> str:
+    return f"{cand[0]} grain={cand[1]}" if device_type == "cpu" else f"blocks_per_sm={cand[0]} " \
+        f"tensors_per_launch={cand[1]}"
+
+
+def tune_key(key: str, n: int, candidates, reps: int, trace_dir: Path, progress: Progress,
+             device: torch.device) -> dict:
+    """Time every candidate for one table key; returns {candidate: median microseconds per call}."""
     fmt, dtype, _ = key.split("/")
-    args = _case(fmt, dtype, n)
-    for cap, grain in candidates:  # warm every build and grain once, outside the trace
-        tuning.set_table({key: {"capability": cap, "grain": grain}}, base="current")
+    dt = device.type
+    args = _case(fmt, dtype, n, device, 1 if dt == "cpu" else CUDA_TENSORS)
+    for cand in candidates:  # warm every config once, outside the trace
+        tuning.set_table({key: _entry(dt, cand)}, base="current", device_type=dt)
         _run(args)
-    handler = torch.profiler.tensorboard_trace_handler(str(trace_dir), worker_name=_slug(key))
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], on_trace_ready=handler) as prof:
-        for cap, grain in candidates:
-            tuning.set_table({key: {"capability": cap, "grain": grain}}, base="current")
-            with torch.profiler.record_function(f"adamw8.tune {key} {cap} grain={grain}"):
+    if dt == "cuda":
+        torch.cuda.synchronize()
+    if dt == "cpu":
+        handler = torch.profiler.tensorboard_trace_handler(str(trace_dir), worker_name=_slug(key))
+        times: dict = {}
+        # the candidates take turns, launch by launch: a burst of load from elsewhere on the machine
+        # slows them all alike instead of one candidate's whole series
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], on_trace_ready=handler) as prof:
+            for r in range(reps):
+                for cand in candidates:
+                    tuning.set_table({key: _entry(dt, cand)}, base="current", device_type=dt)
+                    with torch.profiler.record_function(f"adamw8.tune {key} {_label(dt, cand)}"):
+                        _run(args)
+                    if r == reps - 1:
+                        progress.update(f"{key} {_label(dt, cand)}")
+        for e in prof.events():
+            m = _LABEL.match(e.name)
+            if m:
+                times.setdefault((m.group(1), int(m.group(2))), []).append(e.cpu_time_total)
+        return {c: statistics.median(times[c]) for c in candidates if c in times}
+    # CUDA: one profile per candidate; the device kernels' time in it, per call
+    out = {}
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    for cand in candidates:
+        tuning.set_table({key: _entry(dt, cand)}, base="current", device_type=dt)
+        handler = torch.profiler.tensorboard_trace_handler(
+            str(trace_dir), worker_name=_slug(f"{key} bps{cand[0]} tpl{cand[1]}"))
+        with torch.profiler.profile(activities=acts, on_trace_ready=handler) as prof:
+            with torch.profiler.record_function(f"adamw8.tune {key} {_label(dt, cand)}"):
                 for _ in range(reps):
                     _run(args)
-            progress.update(f"{key} {cap} grain={grain}")
-    times: dict = {}
-    for e in prof.events():
-        m = _LABEL.match(e.name)
-        if m:
-            times.setdefault((m.group(1), int(m.group(2))), []).append(e.cpu_time_total)
-    return {c: statistics.median(times[c]) for c in candidates if c in times}
+            torch.cuda.synchronize()
+        total = sum(e.self_device_time_total for e in prof.key_averages()
+                    if e.device_type == torch.autograd.DeviceType.CUDA)
+        out[cand] = total / reps
+        progress.update(f"{key} {_label(dt, cand)}")
+    return out
 
 
-def _plot(results: dict, path: Path) -> bool:
+def _plot(results: dict, path: Path, device_type: str = "cpu") -> bool:
     try:
         import matplotlib
 
@@ -135,11 +192,12 @@ def _plot(results: dict, path: Path) -> bool:
         for (cap, grain), us in sorted(results[key]["times"].items(), key=lambda kv: kv[0][1]):
             by_cap.setdefault(cap, []).append((grain, us))
         for cap, pts in by_cap.items():
-            ax.plot([g for g, _ in pts], [u for _, u in pts], marker="o", label=cap)
+            ax.plot([g for g, _ in pts], [u for _, u in pts], marker="o",
+                    label=cap if device_type == "cpu" else f"blocks/SM {cap or 'all'}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(key, fontsize=9)
-        ax.set_xlabel("grain (elements per task)", fontsize=8)
+        ax.set_xlabel("grain (elements per task)" if device_type == "cpu" else "tensors per launch", fontsize=8)
         ax.set_ylabel("kernel time (us)", fontsize=8)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(keys):]:
@@ -155,48 +213,56 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fp32 only, smaller tensors, fewer candidates (< 1 min)")
     ap.add_argument("--out", default="adamw8-tune", help="output folder (traces, summary, plot, profile)")
     ap.add_argument("--install", action="store_true", help="also copy the profile into adamw8/profiles/")
-    ap.add_argument("--device", default="cpu", help="cpu (CUDA launch configs are not tunable in this build)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the current GPU)")
     ap.add_argument("--dtypes", nargs="+", default=None, choices=tuning.DTYPES)
     ap.add_argument("--formats", nargs="+", default=list(tuning.FORMATS), choices=tuning.FORMATS)
     ap.add_argument("--reps", type=int, default=None, help="timed launches per candidate")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    if device.type != "cpu":
-        print("adamw8.tune: the CUDA kernels' launch configs (threads per block, elements per lane, units per "
-              "block, tensors per launch) are compile-time constants in this build (csrc/fused_step_kernels.cuh); "
-              "only the CPU kernels can be tuned. Run with --device cpu.", file=sys.stderr)
+    dt = device.type
+    if dt not in tuning.FIELDS:
+        ap.error(f"--device must be cpu or cuda, got {args.device}")
+    if dt == "cuda" and not torch.cuda.is_available():
+        print("adamw8.tune: --device cuda needs a CUDA device; none is available here", file=sys.stderr)
         return 2
-    if not tuning.available():
-        print("adamw8.tune: the compiled CPU kernels are not loaded; build them with "
-              "pip install --no-build-isolation -e .", file=sys.stderr)
+    if not tuning.available(dt):
+        print(f"adamw8.tune: the compiled {dt.upper()} kernels are not loaded; build them with "
+              "pip install --no-build-isolation -e . (README: Install)", file=sys.stderr)
         return 2
     if args.reps is not None and args.reps < 1:
         ap.error("--reps must be >= 1")
 
     dtypes = args.dtypes or (["fp32"] if args.quick else ["fp32", "bf16"])
-    grains = QUICK_GRAINS if args.quick else GRAINS
     sizes = QUICK_SIZES if args.quick else SIZES
     reps = args.reps or (3 if args.quick else 7)
-    caps = tuning.capabilities()
-    candidates = [(c, g) for c in caps for g in grains]
-    default = (tuning.auto_capability(), tuning.DEFAULT_GRAIN)
+    if dt == "cpu":
+        grains = QUICK_GRAINS if args.quick else GRAINS
+        candidates = [(c, g) for c in tuning.capabilities() for g in grains]
+        default = (tuning.auto_capability(), tuning.DEFAULT_GRAIN)
+    else:
+        if "fp64" in dtypes:
+            ap.error("the CUDA kernels take fp32, bf16 and fp16 parameters")
+        bps = QUICK_BLOCKS_PER_SM if args.quick else BLOCKS_PER_SM
+        tpl = QUICK_TENSORS_PER_LAUNCH if args.quick else TENSORS_PER_LAUNCH
+        candidates = [(b, t) for b in bps for t in tpl]
+        default = (tuning.FIELDS["cuda"]["blocks_per_sm"], tuning.FIELDS["cuda"]["tensors_per_launch"])
     if default not in candidates:
         candidates.append(default)
     keys = [f"{f}/{d}/{b}" for f in args.formats for d in dtypes for b in tuning.BUCKETS]
 
     out = Path(args.out)
     (out / "traces").mkdir(parents=True, exist_ok=True)
-    before = tuning.get_table()
-    tuning.reset()  # measure against the defaults, not an installed profile
-    device_name = tuning.cpu_device_name()
+    before = tuning.get_table(dt)
+    tuning.reset(dt)  # measure against the defaults, not an installed profile
+    device_name = tuning.device_name(device)
     print(f"# adamw8.tune on {device_name}, {torch.get_num_threads()} threads, torch {torch.__version__}: "
           f"{len(keys)} keys x {len(candidates)} configs x {reps} launches", file=sys.stderr)
     progress = Progress(len(keys) * len(candidates))
     results: dict = {}
     try:
         for key in keys:
-            times = tune_key(key, sizes[key.split("/")[2]], candidates, reps, out / "traces", progress)
+            times = tune_key(key, sizes[key.split("/")[2]], candidates, reps, out / "traces", progress, device)
             base_us = times[default]
             best = min(times, key=times.get)
             if times[best] > base_us * (1 - MARGIN):
@@ -204,20 +270,19 @@ def main(argv=None) -> int:
             results[key] = {"times": times, "best": best, "default_us": base_us, "us": times[best],
                             "n": sizes[key.split("/")[2]]}
     finally:
-        tuning.set_table(before)
+        tuning.set_table(before, device_type=dt)
 
     profile = {
         "schema": tuning.SCHEMA,
         "device": device_name,
-        "device_type": "cpu",
+        "device_type": dt,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "quick": bool(args.quick),
         "command": "python -m adamw8.tune" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "configs": {
-            key: {"capability": r["best"][0], "grain": r["best"][1], "us": round(r["us"], 2),
-                  "default_us": round(r["default_us"], 2)}
+            key: {**_entry(dt, r["best"]), "us": round(r["us"], 2), "default_us": round(r["default_us"], 2)}
             for key, r in results.items()
         },
     }
@@ -227,14 +292,16 @@ def main(argv=None) -> int:
 
     lines = [f"# adamw8.tune: {device_name}", "",
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {reps} launches per config, kernel time "
-             "from the profiler (median); default = auto build, grain 4096.", "",
+             "from the profiler (" + ("median; default = auto build, grain 4096" if dt == "cpu" else
+                                      f"device kernels per call, {CUDA_TENSORS} tensors; default = blocks_per_sm=0 "
+                                      "tensors_per_launch=64") + ").", "",
              "| key | elements | default (us) | best config | best (us) | gain |", "|---|---|---|---|---|---|"]
     for key, r in results.items():
         gain = r["default_us"] / r["us"]
-        lines.append(f"| {key} | {r['n']} | {r['default_us']:.1f} | {r['best'][0]} grain={r['best'][1]} | "
+        lines.append(f"| {key} | {r['n']} | {r['default_us']:.1f} | {_label(dt, r['best'])} | "
                      f"{r['us']:.1f} | {gain:.2f}x |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    plotted = _plot(results, out / "tune.png")
+    plotted = _plot(results, out / "tune.png", dt)
     print("\n".join(lines))
     print(f"\nwrote {out / name}, {out / 'summary.md'}" + (f", {out / 'tune.png'}" if plotted else "") +
           f" and traces in {out / 'traces'} (tensorboard --logdir {out / 'traces'})")
@@ -242,7 +309,8 @@ def main(argv=None) -> int:
         tuning.PROFILE_DIR.mkdir(exist_ok=True)
         dest = tuning.PROFILE_DIR / name
         dest.write_text(json.dumps(profile, indent=1) + "\n")
-        print(f"installed {dest}: adamw8 loads it at import on this CPU")
+        print(f"installed {dest}: adamw8 loads it on this " + ("CPU at import" if dt == "cpu" else
+                                                                "GPU when an optimizer is made for it"))
     return 0
 
 

@@ -24,7 +24,7 @@ struct DeviceInfo {
 };
 }  // namespace
 
-int max_resident_blocks(int device, const void* kernel) {
+int max_resident_blocks(int device, const void* kernel, int cap_per_sm) {
   static std::mutex mu;
   static std::unordered_map<int, DeviceInfo> info;
   std::lock_guard<std::mutex> lock(mu);
@@ -38,10 +38,11 @@ int max_resident_blocks(int device, const void* kernel) {
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess || n < 1) n = 1;
     it = d.blocks_per_sm.emplace(kernel, n).first;
   }
-  return d.sms * it->second;
+  return d.sms * (cap_per_sm > 0 && cap_per_sm < it->second ? cap_per_sm : it->second);
 }
 
-int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bool amsgrad, void* stream) {
+int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bool amsgrad, void* stream,
+                      int blocks_per_sm) {
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return static_cast<int>(err);
@@ -49,7 +50,9 @@ int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bo
   run_step(args, type, eight_bit, amsgrad, [&](KernelFn kernel, int64_t units, int blocks) {
     if (err != cudaSuccess) return;
     const int64_t grid =
-        units > 0 ? persistent_grid(units, max_resident_blocks(device, reinterpret_cast<const void*>(kernel))) : blocks;
+        units > 0 ? persistent_grid(units, max_resident_blocks(device, reinterpret_cast<const void*>(kernel),
+                                                               blocks_per_sm))
+                  : blocks;
     kernel<<<static_cast<unsigned>(grid), kThreads, 0, s>>>(args);
     err = cudaGetLastError();
   });

@@ -92,8 +92,10 @@ inline int64_t persistent_grid(int64_t units, int64_t max_resident) {
 }
 
 // SMs x resident blocks per SM of `kernel` (a __global__ function) on `device`:
-// the largest grid that runs in one wave (occupancy API, cached).
-int max_resident_blocks(int device, const void* kernel);
+// the largest grid that runs in one wave (occupancy API, cached).  `cap_per_sm` > 0
+// caps the blocks per SM (a launch config, adamw8/tuning.py): a smaller grid, more
+// units per block.
+int max_resident_blocks(int device, const void* kernel, int cap_per_sm = 0);
 
 // Bytes of scratch one launch needs (0 for the common blockwise, unclipped step).
 inline int64_t scratch_bytes(int64_t units, int ntensors, bool clip, bool tensorwise) {
@@ -122,8 +124,10 @@ inline void place_scratch(LaunchArgs& a, void* base, int64_t units, bool clip, b
 }
 
 // Runs one launch record on `stream` (a cudaStream_t): every kernel of the step,
-// asynchronously.  Returns the cudaError_t of the launches (0: success).
-int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bool amsgrad, void* stream);
+// asynchronously, unit kernels on a persistent grid of at most `blocks_per_sm` blocks
+// per SM (0: as many as fit).  Returns the cudaError_t of the launches (0: success).
+int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bool amsgrad, void* stream,
+                      int blocks_per_sm = 0);
 
 }  // namespace cuda
 }  // namespace adamw8

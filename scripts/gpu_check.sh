@@ -4,6 +4,7 @@
 #   2. the kernel tests (tests/test_cuda.py and the ops' tests on CUDA);
 #   3. compute-sanitizer memcheck and racecheck on one small multi-tensor call;
 #   4. a quick benchmark (benchmarks/bench_step.py);
+#   4b. paging: its GPU tests and benchmarks/bench_paging.py;
 #   5. the remaining GPU tests.
 # Logs go under $OUT (the device tool returns them); failures are listed grouped by message.
 #   bash scripts/gpu_check.sh [quick]      # quick: skips step 5 and the 1.26 B benchmark set
@@ -73,11 +74,21 @@ sets="gpt2-160m llama-1.26b"; { [ "$MODE" = quick ] || [ "$(left)" -lt 240 ]; } 
 timeout $(( $(left) > 150 ? 150 : 60 )) python3 benchmarks/bench_step.py --sets $sets > "$OUT/bench.md" 2> "$OUT/bench.err"
 cat "$OUT/bench.md"
 
+if [ "$(left)" -gt 60 ]; then
+  echo "== 4b. paging ($(elapsed) s)"
+  timeout 60 python3 -m pytest -q -m gpu tests/test_paging.py --junitxml="$OUT/paging_tests.xml" \
+    > "$OUT/paging_tests.log" 2>&1
+  rc=$(( rc | $? ))
+  tail -3 "$OUT/paging_tests.log"; [ -f "$OUT/paging_tests.xml" ] && failures "$OUT/paging_tests.xml"
+  timeout 45 python3 benchmarks/bench_paging.py --tensors 8 --steps 10 > "$OUT/bench_paging.md" 2> "$OUT/bench_paging.err"
+  cat "$OUT/bench_paging.md"
+fi
+
 if [ "$MODE" != quick ] && [ "$(left)" -gt 45 ]; then
   echo "== 5. remaining GPU tests ($(elapsed) s)"
   timeout $(( $(left) > 120 ? 120 : $(left) )) python3 -m pytest -q -m gpu tests --ignore tests/test_cuda.py \
     --ignore tests/test_ops.py --ignore tests/test_quantization.py --ignore tests/test_optim_8bit.py \
-    --ignore tests/test_recompiles.py --ignore tests/test_emulation.py \
+    --ignore tests/test_recompiles.py --ignore tests/test_emulation.py --ignore tests/test_paging.py \
     --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1
   rc=$(( rc | $? ))
   tail -3 "$OUT/gpu_tests.log"; [ -f "$OUT/gpu_tests.xml" ] && failures "$OUT/gpu_tests.xml"

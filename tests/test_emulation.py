@@ -151,6 +151,15 @@ def test_more_tensors_than_one_launch_takes(emu):
     run_both(emu.fused_step_multi, torch.float32, [300, 1, 4097, 0, 513, 256, 77], True, True, max_tensors=3)
 
 
+@pytest.mark.parametrize("bps, max_tensors", [(1, 1), (2, 5), (4, 64), (3, 2)])
+def test_cuda_launch_configs_give_the_same_bits(emu, bps, max_tensors):
+    """The CUDA launch table's knobs (adamw8/tuning.py): blocks per SM of the persistent grid
+    (the emulator sizes its grid as the CUDA launch does, sms x min(occupancy, cap)) and
+    tensors per launch: every config equals the CPU kernel bit for bit."""
+    run_both(emu.fused_step_multi, torch.bfloat16, [300, 4097, 1, 70 * 256 + 3, 513], True, True, sms=3, bps=bps,
+             max_tensors=max_tensors, steps=2)
+
+
 def test_many_units_per_warp(emu):
     """A one-block grid on one SM: each warp walks many units across tensor boundaries."""
     run_both(emu.fused_step_multi, torch.float16, [70 * 256 + 3, 5, 9 * 256], True, False, sms=1, bps=1, steps=2)

@@ -208,6 +208,66 @@ def test_tune_quick_end_to_end_with_tensorboard_traces(tmp_path):
     assert any(n.startswith("adamw8::cpu_step") for n in names)
 
 
-def test_tune_refuses_cuda_with_a_reason():
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where there is no GPU")
+def test_tune_on_cuda_without_a_gpu_says_so():
     r = subprocess.run([sys.executable, "-m", "adamw8.tune", "--device", "cuda"], capture_output=True, text=True)
-    assert r.returncode == 2 and "compile-time constants" in r.stderr
+    assert r.returncode == 2 and "needs a CUDA device" in r.stderr
+
+
+CUDA_BAD = {
+    "blocks_per_sm too big": {"8bit/fp32/lt4m": {"blocks_per_sm": 65}},
+    "tensors_per_launch 0": {"8bit/fp32/lt4m": {"tensors_per_launch": 0}},
+    "tensors_per_launch over 64": {"8bit/fp32/lt4m": {"tensors_per_launch": 65}},
+    "a CPU field": {"8bit/fp32/lt4m": {"grain": 4096}},
+}
+
+
+@pytest.mark.parametrize("what", list(CUDA_BAD))
+def test_cuda_profiles_are_checked_like_cpu_ones(what):
+    data = {"schema": tuning.SCHEMA, "device": "cuda:Some GPU", "device_type": "cuda", "configs": CUDA_BAD[what]}
+    with pytest.raises(ValueError, match="tuning entry '8bit/fp32/lt4m'"):
+        tuning.validate_profile(data)
+    ok = {"schema": tuning.SCHEMA, "device": "cuda:Some GPU", "device_type": "cuda",
+          "configs": {"8bit/bf16/ge4m": {"blocks_per_sm": 2, "tensors_per_launch": 32, "us": 1.0}}}
+    assert tuning.validate_profile(ok) is ok
+    with pytest.raises(ValueError, match="device_type"):
+        tuning.validate_profile({**ok, "device_type": "tpu"})
+
+
+# ---------------------------------------------------------------------------------- on a GPU
+@pytest.mark.gpu
+def test_cuda_launch_config_changes_the_launch_and_not_the_bits():
+    before = tuning.get_table("cuda")
+    try:
+        results, labels = [], []
+        for bps, tpl in ((0, 64), (1, 64), (2, 3), (1, 1)):
+            tuning.set_table({k: {"blocks_per_sm": bps, "tensors_per_launch": tpl} for k in tuning.keys()},
+                             device_type="cuda")
+            torch.manual_seed(0)
+            ps = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in ((512, 300), (4099,), (70, 70), (1,))]
+            opt = adamw8.AdamW8bit(ps, lr=1e-2, min_8bit_size=1)
+            for i in range(3):
+                for p in ps:
+                    p.grad = torch.sin(p.detach() * (i + 1))
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    opt.step()
+            labels.append([e.name for e in prof.events() if e.name.startswith("adamw8::cuda_step")])
+            results.append([p.detach().clone() for p in ps])
+        assert labels[1] == ["adamw8::cuda_step8[blocks_per_sm=1 tensors_per_launch=64]"]
+        assert labels[2] == ["adamw8::cuda_step8[blocks_per_sm=2 tensors_per_launch=3]"]
+        for r in results[1:]:
+            for a, b in zip(results[0], r):
+                assert torch.equal(a, b)
+    finally:
+        tuning.set_table(before, device_type="cuda")
+
+
+@pytest.mark.gpu
+def test_tune_quick_on_cuda_end_to_end(tmp_path):
+    out = tmp_path / "tune"
+    r = subprocess.run([sys.executable, "-m", "adamw8.tune", "--device", "cuda", "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    prof = tuning.read_profile(next(out.glob("*.json")))
+    assert prof["device_type"] == "cuda" and prof["device"] == tuning.device_name("cuda")
+    assert all(e["us"] > 0 for e in prof["configs"].values())

@@ -18,6 +18,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from .. import paging, tuning
 from ..ops import StepArgs
 from . import state_dict as sd_io
 from .buckets import Bucket, is_sharded, local, pack
@@ -79,16 +80,15 @@ class AdamWBase(torch.optim.Optimizer):
         # a one-element list: torch.compile replays a list's mutation after the graph, not an
         # attribute store on an optimizer
         self._stepped = [False]
+        self._paged_out = [False]  # page_out() was called and no page-in since (paging.py)
         defaults = dict(lr=normalise("lr", lr), betas=normalise("betas", betas), eps=normalise("eps", eps),
                         weight_decay=normalise("weight_decay", weight_decay), amsgrad=amsgrad)
         super().__init__(params, defaults)
         self.mng._watch(self)
-        if self.options.is_paged and any(p.is_cuda for g in self.param_groups for p in g["params"]):
-            warnings.warn(
-                "adamw8: paged state is not implemented for CUDA yet; the state stays in device memory",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        for dev in {p.device for g in self.param_groups for p in g["params"]}:
+            tuning.load_for_device(dev)  # a GPU's shipped launch configs, once per process
+            if self.options.is_paged:  # where paging is a no-op (the CPU), say so once
+                paging.pager_for(dev)
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict) -> None:
@@ -214,24 +214,50 @@ class AdamWBase(torch.optim.Optimizer):
             plan: dict = {}
             for pi, p in enumerate(group["params"]):
                 conf = self._config(gi, pi, p)
+                paged = (self.options.is_paged and paging.should_page(local(p))
+                         and paging.pager_for(p.device) is not None)
                 key = (p.device, p.dtype, self._state_dtype(p, conf), conf["block_wise"], conf["percentile_clipping"],
-                       conf["hp"], is_sharded(p))
+                       conf["hp"], is_sharded(p), paged)
                 plan.setdefault(key, []).append((pi, p))
-            for (dev, _, sdtype, block_wise, pct, hp, sharded), items in plan.items():
+            for (dev, _, sdtype, block_wise, pct, hp, sharded, paged), items in plan.items():
                 params = [p for _, p in items]
                 qmaps = self._get_qmaps(dev) if sdtype == torch.uint8 else (None, None)
+                pager = paging.pager_for(dev) if paged else None
                 buffers, offsets, views = pack(params, [self.state.get(p, {}) for p in params], device=dev,
                                                state_dtype=sdtype, amsgrad=group["amsgrad"], block_wise=block_wise,
-                                               percentile=pct, qmaps=qmaps)
+                                               percentile=pct, qmaps=qmaps, pager=pager)
                 for p, st in zip(params, views):
                     self.state[p] = st
                 made.append(Bucket(
                     gindex=gi, params=params, names=[f"param_groups[{gi}]['params'][{pi}]" for pi, _ in items],
                     offsets=offsets, buffers=buffers, qmaps=qmaps,
                     hyper=self._hyper.get((gi, hp, dev), self._hyper_values(gi, hp)),
-                    block_wise=block_wise, percentile=pct, sharded=sharded,
+                    block_wise=block_wise, percentile=pct, sharded=sharded, pager=pager,
                 ))
         self._buckets = sorted(kept + made, key=lambda b: b.gindex)
+
+    # ------------------------------------------------------------------ paging
+    def _paged(self) -> list:
+        return [b for b in self._buckets if b.pager is not None]
+
+    def paged_bytes(self) -> int:
+        """Bytes of state in paged memory (0 for an optimizer that pages nothing)."""
+        return sum(t.numel() * t.element_size() for b in self._paged() for t in b.paged_buffers())
+
+    def page_out(self) -> None:
+        """Move the paged state to host memory (a prefetch on the current stream), so its GPU
+        memory can serve activations.  The next eager ``step()`` (or ``page_in()``) brings it
+        back.  A no-op for an optimizer without paged state."""
+        for b in self._paged():
+            b.pager.prefetch(b.paged_buffers(), False)
+        self._paged_out[0] = bool(self._paged())
+
+    def page_in(self) -> None:
+        """Move the paged state to its GPU (a prefetch on the current stream).  Call it before a
+        compiled or CUDA-graph-captured step that follows a ``page_out()``."""
+        for b in self._paged():
+            b.pager.prefetch(b.paged_buffers(), True)
+        self._paged_out[0] = False
 
     # -------------------------------------------------------------------- step
     def _check_grads(self) -> None:
@@ -259,6 +285,9 @@ class AdamWBase(torch.optim.Optimizer):
                 loss = closure()
         if not torch.compiler.is_compiling():  # compiled, Dynamo's guards and the fake kernel check grads
             self._check_grads()
+            # page the state back in after a page_out(); never inside a capture (paging.py)
+            if self._paged_out[0] and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+                self.page_in()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         k = self._tensors_per_call if torch.compiler.is_compiling() else self._tensors_per_call_eager
@@ -303,7 +332,7 @@ class AdamWBase(torch.optim.Optimizer):
     # options, per-parameter configs and override lists travel too, and the groups,
     # device hyperparameters and buckets are rebuilt, so a deepcopy or an unpickled
     # optimizer steps exactly like the original.
-    _EXTRA_STATE = ("options", "args", "_qmaps", "_param_conf", "_hp_overrides", "_stepped")
+    _EXTRA_STATE = ("options", "args", "_qmaps", "_param_conf", "_hp_overrides", "_stepped")  # not _paged_out
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -317,6 +346,7 @@ class AdamWBase(torch.optim.Optimizer):
         self.mng._watch(self)
         self._hyper = HyperTensors()
         self._buckets = []
+        self._paged_out = [False]  # the copy's state is new memory, resident
         self.param_groups = [ParamGroup(g).attach(self) for g in self.param_groups]
         self._rebuild()
 

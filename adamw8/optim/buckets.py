@@ -89,6 +89,13 @@ class Bucket:
     block_wise: bool = True
     percentile: int = 100
     sharded: bool = False  # DTensor parameters: the op gets their local shards
+    pager: object = None  # paging.Pager: state1..3 live in paged (managed) memory
+
+    def paged_buffers(self) -> list[Tensor]:
+        """The paged flat buffers (state1..3), empty for an ordinary bucket."""
+        if self.pager is None:
+            return []
+        return [b for k in STATE_KEYS for b in self.buffers.get(k, [])]
 
     def layout(self, idx: list[int]) -> list[int]:
         """The op's layout for the parameters ``idx`` of this bucket."""
@@ -104,10 +111,11 @@ def _sharded_like(p, view: Tensor, shape: tuple) -> Tensor:
 
 
 def pack(params: list, sources: list[dict], *, device, state_dtype, amsgrad: bool, block_wise: bool,
-         percentile: int, qmaps) -> tuple[dict, list[int], list[dict]]:
+         percentile: int, qmaps, pager=None) -> tuple[dict, list[int], list[dict]]:
     """Flat buffers for one bucket, filled from each parameter's ``sources`` (its current state
-    tensors, any device, DTensors or not, or missing: zeros).  Returns (buffers by op list
-    name, offsets, the per-parameter state dicts of views)."""
+    tensors, any device, DTensors or not, or missing: zeros).  With a ``pager`` (paging.py) the
+    state1..3 buffers are paged memory.  Returns (buffers by op list name, offsets, the
+    per-parameter state dicts of views)."""
     eight = state_dtype == torch.uint8
     n = len(params)
     locs = [local(p) for p in params]
@@ -120,12 +128,13 @@ def pack(params: list, sources: list[dict], *, device, state_dtype, amsgrad: boo
         total += b * BLOCK_SIZE
     nb_total = total // BLOCK_SIZE if block_wise else n
 
-    def zeros(count, dtype):
-        t = torch.zeros(count, dtype=dtype, device=device)
+    def zeros(count, dtype, paged=False):
+        t = pager.empty(count, dtype, torch.device(device)).zero_() if paged else torch.zeros(count, dtype=dtype,
+                                                                                              device=device)
         torch._dynamo.mark_static_address(t)  # CUDA graphs read state in place
         return t
 
-    bufs = {k: zeros(total, state_dtype) for k in (STATE_KEYS if amsgrad else STATE_KEYS[:2])}
+    bufs = {k: zeros(total, state_dtype, pager is not None) for k in (STATE_KEYS if amsgrad else STATE_KEYS[:2])}
     if eight:
         bufs.update({k: zeros(nb_total, torch.float32) for k in (ABSMAX_KEYS if amsgrad else ABSMAX_KEYS[:2])})
     bufs["step"] = zeros(n + 1, torch.int64)  # one count per parameter, then the kernels' counter

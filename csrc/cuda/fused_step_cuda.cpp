@@ -7,11 +7,14 @@
 // of the toolkit than CI machines have.  Nothing here synchronises with the
 // host: a step is capturable in a CUDA graph.
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <string>
 #include <vector>
 
 #include "../fused_step_checks.h"
@@ -21,21 +24,80 @@
 namespace adamw8 {
 namespace {
 
+// The CUDA launch table (adamw8/tuning.py): per state format (0: 32-bit, 1: 8-bit), parameter
+// dtype (fp32, fp64, bf16, fp16: the CPU table's order; fp64 unused) and size bucket of the
+// call's elements (< 2^14, < 2^18, < 2^22, more), the blocks per SM of the persistent grid
+// (0: as many as fit) and the tensors per launch (1..64).
+constexpr int kEntries = 2 * 4 * 4;
+std::atomic<int64_t> g_blocks_per_sm[kEntries];
+std::atomic<int64_t> g_tensors_per_launch[kEntries];
+struct TableInit {
+  TableInit() {
+    for (int i = 0; i < kEntries; ++i) {
+      g_blocks_per_sm[i].store(0);
+      g_tensors_per_launch[i].store(cuda::kMaxTensorsPerLaunch);
+    }
+  }
+} g_table_init;
+
+int table_index(const std::vector<ParamSlot>& slots) {
+  int64_t n = 0;
+  for (const ParamSlot& s : slots) n += s.param.numel();
+  const int bucket = n < (int64_t{1} << 14) ? 0 : n < (int64_t{1} << 18) ? 1 : n < (int64_t{1} << 22) ? 2 : 3;
+  const at::ScalarType t = slots[0].param.scalar_type();
+  const int dtype = t == at::kFloat ? 0 : t == at::kDouble ? 1 : t == at::kBFloat16 ? 2 : 3;
+  const int fmt = slots[0].state1.scalar_type() == at::kByte ? 1 : 0;
+  return (fmt * 4 + dtype) * 4 + bucket;
+}
+
+std::vector<int64_t> cuda_tuning(c10::IntArrayRef table) {
+  TORCH_CHECK(table.empty() || static_cast<int64_t>(table.size()) == 2 * kEntries, "adamw8: the CUDA tuning table has ",
+              2 * kEntries, " ints (", kEntries, " entries of blocks per SM, tensors per launch), got ", table.size());
+  for (size_t i = 0; i < table.size(); i += 2) {
+    TORCH_CHECK_VALUE(table[i] >= 0 && table[i] <= 64, "adamw8: CUDA tuning entry ", i / 2,
+                      ": blocks per SM must be in 0..64 (0: as many as fit), got ", table[i]);
+    TORCH_CHECK_VALUE(table[i + 1] >= 1 && table[i + 1] <= cuda::kMaxTensorsPerLaunch, "adamw8: CUDA tuning entry ",
+                      i / 2, ": tensors per launch must be in 1..", cuda::kMaxTensorsPerLaunch, ", got ", table[i + 1]);
+  }
+  for (size_t i = 0; i < table.size(); i += 2) {
+    g_blocks_per_sm[i / 2].store(table[i]);
+    g_tensors_per_launch[i / 2].store(table[i + 1]);
+  }
+  std::vector<int64_t> out(2 * kEntries);
+  for (int i = 0; i < kEntries; ++i) {
+    out[2 * i] = g_blocks_per_sm[i].load();
+    out[2 * i + 1] = g_tensors_per_launch[i].load();
+  }
+  return out;
+}
+
 void run_cuda(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
   check_call(slots, g);  // everything is checked before anything is written
   if (slots.empty()) return;
   const at::Device dev = slots[0].param.device();
-  c10::cuda::CUDAGuard guard(dev);
+  c10::cuda::CUDAGuard device_guard(dev);  // not `guard`: RECORD_FUNCTION declares one
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev.index()).stream();
-  run_plan(slots, g, [&](const cuda::LaunchArgs& a, cuda::ParamType type, bool eight, bool ams) {
-    const int err = cuda::launch_fused_step(a, type, eight, ams, stream);
-    TORCH_CHECK(err == 0, "adamw8: launching the CUDA kernels failed: ",
-                cudaGetErrorString(static_cast<cudaError_t>(err)));
-  });
+  const int entry = table_index(slots);
+  const int bps = static_cast<int>(g_blocks_per_sm[entry].load(std::memory_order_relaxed));
+  const int tpl = static_cast<int>(g_tensors_per_launch[entry].load(std::memory_order_relaxed));
+  // the launch config in every profiler trace (built only while a profiler records)
+  RECORD_FUNCTION(std::string(slots[0].state1.scalar_type() == at::kByte ? "adamw8::cuda_step8" : "adamw8::cuda_step32") +
+                      "[blocks_per_sm=" + std::to_string(bps) + " tensors_per_launch=" + std::to_string(tpl) + "]",
+                  std::vector<c10::IValue>());
+  run_plan(
+      slots, g,
+      [&](const cuda::LaunchArgs& a, cuda::ParamType type, bool eight, bool ams) {
+        const int err = cuda::launch_fused_step(a, type, eight, ams, stream, bps);
+        TORCH_CHECK(err == 0, "adamw8: launching the CUDA kernels failed: ",
+                    cudaGetErrorString(static_cast<cudaError_t>(err)));
+      },
+      tpl);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(adamw8, CUDA, m) { m.impl("fused_step_multi", &fused_step_multi_op<run_cuda>); }
+
+TORCH_LIBRARY_FRAGMENT(adamw8, m) { m.def("_cuda_tuning(int[] table) -> int[]", &cuda_tuning); }
 
 }  // namespace adamw8

@@ -44,6 +44,9 @@ QUICK_GRAINS = (1024, 4096, 65536)
 # a representative size per bucket (elements)
 SIZES = {"lt16k": 8192, "lt256k": 131072, "lt4m": 1 << 21, "ge4m": 1 << 22}
 QUICK_SIZES = {"lt16k": 8192, "lt256k": 65536, "lt4m": 1 << 19, "ge4m": 1 << 22}
+# a GPU's "ge4m" calls are a whole bucket of a large model (up to 64 tensors, ~10^8 elements)
+CUDA_SIZES = {**SIZES, "ge4m": 1 << 26}
+QUICK_CUDA_SIZES = {**SIZES, "ge4m": 1 << 24}
 MARGIN = 0.03  # a candidate must beat the default by more than this to replace it
 BLOCKS_PER_SM = (0, 1, 2, 3, 4)  # CUDA: 0 = as many as fit
 TENSORS_PER_LAUNCH = (8, 16, 32, 64)
@@ -234,7 +237,10 @@ def main(argv=None) -> int:
         ap.error("--reps must be >= 1")
 
     dtypes = args.dtypes or (["fp32"] if args.quick else ["fp32", "bf16"])
-    sizes = QUICK_SIZES if args.quick else SIZES
+    if dt == "cpu":
+        sizes = QUICK_SIZES if args.quick else SIZES
+    else:
+        sizes = QUICK_CUDA_SIZES if args.quick else CUDA_SIZES
     reps = args.reps or (3 if args.quick else 7)
     if dt == "cpu":
         grains = QUICK_GRAINS if args.quick else GRAINS

@@ -19,22 +19,14 @@ import sys
 import time
 
 import torch
+from bench_step import timed  # benchmarks/ is on sys.path when a script there runs
 
 import adamw8
 
 
 def cuda_time(fn, steps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(steps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(out)
+    """Median seconds per call (CUDA events: bench_step.py's timer)."""
+    return statistics.median(timed(fn, torch.device("cuda"), warmup, steps))
 
 
 def wall(fn) -> float:

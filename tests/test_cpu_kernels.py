@@ -112,3 +112,24 @@ def test_quantize_op_every_build_matches_the_reference(table):
                 assert torch.equal(codes, got[0][0]) and torch.equal(absmax.view(torch.int32), got[0][1].view(torch.int32))
             assert torch.equal(got[0][0], want[0])
             assert torch.equal(got[0][1].view(torch.int32), want[1].view(torch.int32))
+
+
+@pytest.mark.parametrize("kind", ["linear", "repeated values", "dense near 0.5"])
+def test_quantize_with_other_maps_matches_the_reference(table, kind):
+    """Maps the threshold route may not take (repeated values: the scalar forward steps) and
+    ones it takes with other spans, through every build, against the reference's rule."""
+    if kind == "linear":
+        q = torch.linspace(-1, 1, 256)
+    elif kind == "repeated values":
+        q = torch.linspace(-1, 1, 256).mul(40).round().div(40)  # runs of equal values
+    else:
+        q = torch.cat([torch.linspace(-1, 0.49, 128), torch.linspace(0.5, 0.5 + 2**-12, 100),
+                       torch.linspace(0.51, 1, 28)])  # 100 codes inside one table bucket
+    q = q.sort().values.contiguous()
+    torch.manual_seed(3)
+    x = torch.cat([torch.randn(5000), torch.rand(5000) * 2 - 1, 0.5 + torch.rand(2000) * 2**-12, q, -q])
+    want = R.quantize(x, q, True, True)
+    for cap in _caps():
+        _use(cap, 4096)
+        got = torch.ops.adamw8.quantize(x, q, True, True)
+        assert torch.equal(got[0], want[0]), (cap, (got[0] != want[0]).nonzero()[:5].tolist())

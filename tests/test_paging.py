@@ -303,12 +303,17 @@ def test_gpu_paged_state_is_managed_and_exact_through_page_out(cls):
         assert torch.equal(x, y)
 
 
-@gpu
-def test_gpu_paged_step_captures_in_a_cuda_graph_and_replays_exactly():
+def _gpu_twins():
+    """Two paged 8-bit optimizers over equal copies of one 524,288-element CUDA parameter."""
     torch.manual_seed(0)
     a = [torch.nn.Parameter(torch.randn(1024, 512, device="cuda") * 0.1)]
     b = [torch.nn.Parameter(a[0].detach().clone())]
-    opt_a, opt_b = adamw8.PagedAdamW8bit(a, lr=1e-2), adamw8.PagedAdamW8bit(b, lr=1e-2)
+    return a, b, adamw8.PagedAdamW8bit(a, lr=1e-2), adamw8.PagedAdamW8bit(b, lr=1e-2)
+
+
+@gpu
+def test_gpu_paged_step_captures_in_a_cuda_graph_and_replays_exactly():
+    a, b, opt_a, opt_b = _gpu_twins()
     for p in a + b:
         p.grad = torch.randn_like(p)
     s = torch.cuda.Stream()
@@ -337,10 +342,7 @@ def test_gpu_paged_step_captures_in_a_cuda_graph_and_replays_exactly():
 
 @gpu
 def test_gpu_compiled_step_with_paged_state_equals_eager():
-    torch.manual_seed(0)
-    a = [torch.nn.Parameter(torch.randn(1024, 512, device="cuda") * 0.1)]
-    b = [torch.nn.Parameter(a[0].detach().clone())]
-    opt_a, opt_b = adamw8.PagedAdamW8bit(a, lr=1e-2), adamw8.PagedAdamW8bit(b, lr=1e-2)
+    a, b, opt_a, opt_b = _gpu_twins()
     torch._dynamo.reset()
     step = torch.compile(opt_a.step, fullgraph=True)
     for i in range(3):

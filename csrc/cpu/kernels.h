@@ -62,7 +62,17 @@ inline int32_t bits_max(int32_t acc, float x) {
   return acc > b ? acc : b;
 }
 
-// The threshold route (quant_lut_cpu.h) for `len` values sharing one absmax.
+// The nearest code of x (normalised, not NaN) by the threshold route (quant_lut_cpu.h).  No
+// __restrict__ on these pointers: with it GCC stops vectorising the callers' loops.
+template <int kSpan>
+__attribute__((always_inline)) inline int threshold_code(const int32_t* ce, const float* thr, float x) {
+  const int e = ce[lut_bucket(x)];
+  int c = e + static_cast<int>(x >= thr[e]);
+  if constexpr (kSpan == 2) c += static_cast<int>(x >= thr[e + 1]);
+  return c;
+}
+
+// The threshold route for `len` values sharing one absmax, with finish_code's two rules.
 template <int kSpan>
 inline void quantize_thresholds(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
                                 bool is_signed, uint8_t* __restrict__ out) {
@@ -72,10 +82,7 @@ inline void quantize_thresholds(const QuantTable& t, const float* __restrict__ v
   if (is_signed) {
     for (int64_t j = 0; j < len; ++j) {
       const float value = values[j];
-      const float x = normalize(value, absmax);
-      const int e = ce[lut_bucket(x)];
-      int c = e + static_cast<int>(x >= thr[e]);
-      if constexpr (kSpan == 2) c += static_cast<int>(x >= thr[e + 1]);
+      const int c = threshold_code<kSpan>(ce, thr, normalize(value, absmax));
       // sign_fix: a code whose sign differs from a non-NaN value's moves one step toward it
       const int differs = static_cast<int>((c < neg) != signbit(value)) & static_cast<int>(value == value);
       out[j] = static_cast<uint8_t>(c + (differs ? (value > 0.0f ? 1 : -1) : 0));
@@ -83,23 +90,16 @@ inline void quantize_thresholds(const QuantTable& t, const float* __restrict__ v
   } else {
     for (int64_t j = 0; j < len; ++j) {
       const float value = values[j];
-      const float x = normalize(value, absmax);
-      const int e = ce[lut_bucket(x)];
-      int c = e + static_cast<int>(x >= thr[e]);
-      if constexpr (kSpan == 2) c += static_cast<int>(x >= thr[e + 1]);
-      out[j] = static_cast<uint8_t>(positive_floor(c, value));
+      out[j] = static_cast<uint8_t>(positive_floor(threshold_code<kSpan>(ce, thr, normalize(value, absmax)), value));
     }
   }
 }
 
-// quantize_value (adamw8_math.h) for `len` values sharing one absmax, through the nearest-code
-// table (nearest_lut.h): bucket, entry, `steps` forward steps, nearest of the two codes, and
-// finish_code.  One forward step (both dynamic maps) is the vectorised loop; a map that needs
-// more takes the scalar one.
+// quantize_value (adamw8_math.h) for `len` values sharing one absmax: the threshold route where
+// the map allows it (the dynamic maps), else nearest_lut.h's table with the forward steps the
+// map needs and finish_code (a scalar loop: maps with repeated values, or a span over 2).
 inline void quantize_block(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
                            bool is_signed, uint8_t* __restrict__ out) {
-  const float* __restrict__ q = t.qmap;
-  const int32_t* __restrict__ entry = t.entry;
   if (t.thr != nullptr) {
 #ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
     return t.span == 1 ? lookup512::quantize<1>(t, values, len, absmax, is_signed, out)
@@ -109,36 +109,10 @@ inline void quantize_block(const QuantTable& t, const float* __restrict__ values
                        : quantize_thresholds<2>(t, values, len, absmax, is_signed, out);
 #endif
   }
-  if (t.steps != 1) {
-    for (int64_t j = 0; j < len; ++j) {
-      const float x = normalize(values[j], absmax);
-      out[j] = static_cast<uint8_t>(
-          finish_code(q, lut_finish(q, entry[lut_bucket(x)], t.steps, x), values[j], is_signed));
-    }
-    return;
-  }
-  if (is_signed) {
-    for (int64_t j = 0; j < len; ++j) {
-      const float value = values[j];
-      const float x = normalize(value, absmax);
-      int i = entry[lut_bucket(x)];
-      i += static_cast<int>(i < 254) & static_cast<int>(q[i + 1] <= x);
-      const int c = nearest_from_floor(q, i, x);
-      // sign_fix, branch-free: a code whose sign differs from a non-NaN value's moves one step
-      // toward it
-      const int differs = static_cast<int>(signbit(q[c]) != signbit(value)) & static_cast<int>(value == value);
-      const int dir = value > 0.0f ? 1 : -1;
-      out[j] = static_cast<uint8_t>(c + (differs ? dir : 0));
-    }
-  } else {
-    for (int64_t j = 0; j < len; ++j) {
-      const float value = values[j];
-      const float x = normalize(value, absmax);
-      int i = entry[lut_bucket(x)];
-      i += static_cast<int>(i < 254) & static_cast<int>(q[i + 1] <= x);
-      const int c = nearest_from_floor(q, i, x);
-      out[j] = static_cast<uint8_t>(positive_floor(c, value));
-    }
+  for (int64_t j = 0; j < len; ++j) {
+    const float x = normalize(values[j], absmax);
+    out[j] = static_cast<uint8_t>(
+        finish_code(t.qmap, lut_finish(t.qmap, t.entry[lut_bucket(x)], t.steps, x), values[j], is_signed));
   }
 }
 

@@ -267,6 +267,7 @@ def apply_profile(profile: dict | None, source: str | None = None, device_type: 
     if profile is None:
         reset(device_type)
         return
+    validate_profile(profile, source or "profile")  # a malformed one is an error here, not a warning
     device_type = profile.get("device_type", "cpu")
     try:
         set_table(profile["configs"], device_type=device_type)

@@ -93,6 +93,13 @@ def test_malformed_profile_warns_and_keeps_the_defaults(table, tmp_path, monkeyp
     assert found is None and len(problems) == 1 and "bad.json" in problems[0]
 
 
+def test_apply_profile_refuses_a_malformed_profile(table):
+    with pytest.raises(ValueError, match="a profile is a JSON object"):
+        tuning.apply_profile(["not", "a", "profile"])
+    with pytest.raises(ValueError, match="schema"):
+        tuning.apply_profile({"device": "x", "configs": {}})
+
+
 def test_set_table_checks_everything_before_changing_anything(table):
     before = tuning.get_table()
     with pytest.raises(ValueError, match="grain must be"):

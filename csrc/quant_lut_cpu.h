@@ -49,6 +49,9 @@ class NearestCodeLut {
     return e + static_cast<int>(x >= thr_[e]) + (span_ == 2 ? static_cast<int>(x >= thr_[e + 1]) : 0);
   }
   bool has_thresholds() const { return thresholds_ok_; }
+  // The packed route's answer (cpu::packed_code), for the tests.
+  int nearest_packed(float x) const { return cpu::packed_code(packed_, x); }
+  bool has_packed() const { return packed_ok_; }
   int span() const { return span_; }
 
   bool built_for(const float* qmap) const { return std::memcmp(q_, qmap, sizeof q_) == 0; }
@@ -56,7 +59,7 @@ class NearestCodeLut {
   // What the kernels read (the table lives as long as this object).
   cpu::QuantTable table() const {
     return cpu::QuantTable{q_,     entry_, steps_, thresholds_ok_ ? code_entry_ : nullptr, thresholds_ok_ ? thr_ : nullptr,
-                           span_, neg_count_};
+                           span_, neg_count_, packed_ok_ ? packed_ : nullptr};
   }
 
  private:
@@ -98,6 +101,26 @@ class NearestCodeLut {
     }
     span_ = span;
     thresholds_ok_ = span <= 2;
+    build_packed();
+  }
+
+  // The packed route (cpu::packed_code): with one threshold per bucket, a regular bucket holds
+  // the floats of one 16-bit prefix (sign, exponent, 7 mantissa bits), so a threshold inside it
+  // differs from x only in the low 16 bits and x >= thr is a 16-bit integer comparison (reversed
+  // for negative floats).  Entry: code << 17 | inside << 16 | the threshold's low 16 bits.  Not
+  // built when a threshold falls inside one of the two edge buckets, which span many prefixes.
+  void build_packed() {
+    if (!thresholds_ok_ || span_ != 1) return;
+    for (int b = 0; b < kLutSize; ++b) {
+      const int k = b >= kLutHalf ? b - kLutHalf : b;
+      const int e = code_entry_[b];
+      const float t = thr_[e];
+      const bool inside = t == t && lut_bucket(t) == b;
+      if (inside && (k == 0 || k == kLutHalf - 1)) return;
+      packed_[b] = (static_cast<uint32_t>(e) << 17) | (static_cast<uint32_t>(inside) << 16) |
+                   (inside ? (float_bits(t) & 0xffffu) : 0u);
+    }
+    packed_ok_ = true;
   }
 
   int count_le(float x) const {
@@ -114,6 +137,8 @@ class NearestCodeLut {
   int neg_count_ = 0;
   int32_t code_entry_[kLutSize];
   float thr_[257];
+  bool packed_ok_ = false;
+  uint32_t packed_[kLutSize];
 };
 
 inline std::shared_ptr<const NearestCodeLut> lut_for(const float* qmap) {

@@ -220,9 +220,12 @@ def test_quantize_kernels_equal_cpu_kernels(emu, signed, block_wise):
 
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_nearest_code_table_is_exact_for_every_float(emu, signed):
-    """nearest_lut.h's table (the CPU's step count and the CUDA kernels' 254) against the
-    exact nearest rule, for all 2^32 bit patterns but NaN."""
-    assert emu.lut_mismatches(torch.ops.adamw8.create_dynamic_map(signed), 1) == 0
+    """nearest_lut.h's table (the CPU's step count and the CUDA kernels' 254) and the CPU
+    kernels' threshold and packed routes (quant_lut_cpu.h) against the exact nearest rule, for
+    all 2^32 bit patterns but NaN."""
+    q = torch.ops.adamw8.create_dynamic_map(signed)
+    assert list(emu.lut_routes(q)) == [1, 1, 1]  # both routes exist for the dynamic maps, span 1
+    assert emu.lut_mismatches(q, 1) == 0
 
 
 def test_nearest_code_table_is_exact_for_other_maps(emu):
@@ -230,8 +233,12 @@ def test_nearest_code_table_is_exact_for_other_maps(emu):
     far below the table's finest bucket (2^-24), on a sample of floats."""
     linear = torch.linspace(-1, 1, 256)
     tiny = torch.sort(torch.cat([torch.logspace(-40, 0, 128), -torch.logspace(-40, 0, 128)])).values
-    for q in (linear, tiny.float()):
+    repeated = torch.linspace(-1, 1, 256).mul(40).round().div(40)
+    routes = []
+    for q in (linear, tiny.float(), repeated):
         assert emu.lut_mismatches(q.contiguous(), 7919) == 0
+        routes.append(list(emu.lut_routes(q.contiguous())))
+    assert routes[2][0] == 0  # repeated values: no threshold route, the forward steps
 
 
 def test_a_planted_defect_is_caught():

@@ -107,4 +107,54 @@ inline void quantize(const QuantTable& qt, const float* values, int64_t len, flo
   }
 }
 
+// quantize_packed (kernels.h) for `len` values sharing one absmax: one gather of the packed
+// entry, then packed_code's 16-bit comparison and finish_code's rules.
+inline void quantize_packed(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
+                            uint8_t* out) {
+  const __m512 am = _mm512_set1_ps(absmax);
+  const bool pos_absmax = absmax > 0.0f;
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const __m512i low16 = _mm512_set1_epi32(0xffff);
+  const __m512i key_lo = _mm512_set1_epi32(static_cast<int>(kLutKeyLo));
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i last = _mm512_set1_epi32(kLutHalf - 1);
+  const __m512i half = _mm512_set1_epi32(kLutHalf);
+  const __m512i neg = _mm512_set1_epi32(qt.neg_count);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t j = 0; j < len; j += 16) {
+    const __mmask16 m = tail_mask(len - j);
+    const __m512 value = _mm512_maskz_loadu_ps(m, values + j);
+    __m512 x = pos_absmax ? _mm512_div_ps(value, am) : zero;  // normalize()
+    x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), x);
+    const __m512i bits = _mm512_castps_si512(x);
+    const __m512i key = _mm512_srli_epi32(_mm512_and_si512(bits, abs_mask), kLutShift);  // lut_bucket()
+    __m512i b = _mm512_maskz_add_epi32(_mm512_cmpge_epu32_mask(key, key_lo), _mm512_sub_epi32(key, key_lo), one);
+    b = _mm512_min_epi32(b, last);
+    const __mmask16 xneg = _mm512_movepi32_mask(bits);
+    b = _mm512_mask_add_epi32(b, xneg, b, half);
+    const __m512i pk = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, b, qt.packed, 4);
+    // packed_code(): x >= thr as a 16-bit comparison, reversed for negative x, where inside
+    const __m512i xl = _mm512_and_si512(bits, low16), tl = _mm512_and_si512(pk, low16);
+    const __mmask16 ge = (_mm512_cmpge_epu32_mask(xl, tl) & static_cast<__mmask16>(~xneg)) |
+                         (_mm512_cmple_epu32_mask(xl, tl) & xneg);
+    const __mmask16 inside = _mm512_test_epi32_mask(pk, _mm512_set1_epi32(0x10000));
+    __m512i c = _mm512_srli_epi32(pk, 17);
+    c = _mm512_mask_add_epi32(c, ge & inside, c, one);
+    if (is_signed) {
+      const __mmask16 code_neg = _mm512_cmplt_epi32_mask(c, neg);
+      const __mmask16 value_neg = _mm512_movepi32_mask(_mm512_castps_si512(value));
+      const __mmask16 differs = (code_neg ^ value_neg) & _mm512_cmp_ps_mask(value, value, _CMP_ORD_Q);
+      const __mmask16 up = differs & _mm512_cmp_ps_mask(value, zero, _CMP_GT_OQ);
+      const __mmask16 down = differs & static_cast<__mmask16>(~up);
+      c = _mm512_mask_add_epi32(c, up, c, one);
+      c = _mm512_mask_sub_epi32(c, down, c, one);
+    } else {
+      const __mmask16 lift =
+          _mm512_cmpeq_epi32_mask(c, _mm512_setzero_si512()) & _mm512_cmp_ps_mask(value, zero, _CMP_GT_OQ);
+      c = _mm512_mask_mov_epi32(c, lift, one);
+    }
+    _mm_mask_storeu_epi8(out + j, m, _mm512_cvtepi32_epi8(c));
+  }
+}
+
 }  // namespace lookup512

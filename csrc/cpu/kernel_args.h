@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "../adamw8_math.h"
+#include "../nearest_lut.h"
 
 namespace adamw8 {
 namespace cpu {
@@ -25,7 +26,20 @@ struct QuantTable {
   const float* thr;           // 257 floats
   int span;                   // 1 or 2 (1 for the dynamic maps)
   int neg_count;
+  const uint32_t* packed;     // kLutSize entries, or null: the packed route (packed_code)
 };
+
+// The nearest code of x (normalised, not NaN) by the packed route (quant_lut_cpu.h,
+// build_packed): one lookup, then a 16-bit comparison of x's low bits with the bucket's
+// threshold, reversed for negative x.  The same arithmetic in every build.
+ADAMW8_HD int packed_code(const uint32_t* packed, float x) {
+  const uint32_t pk = packed[lut_bucket(x)];
+  const uint32_t xb = float_bits(x);
+  const uint32_t xl = xb & 0xffffu, tl = pk & 0xffffu;
+  const uint32_t s = xb >> 31;  // branch-free: a select here keeps GCC's vectoriser off the loop
+  const uint32_t ge = (static_cast<uint32_t>(xl >= tl) & (s ^ 1u)) | (static_cast<uint32_t>(xl <= tl) & s);
+  return static_cast<int>((pk >> 17) + ((pk >> 16) & ge));
+}
 
 struct Step32Args {
   DType dtype;

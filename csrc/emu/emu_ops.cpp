@@ -12,6 +12,7 @@
 //   adamw8_emu::quantize / dequantize(<adamw8's arguments>, int sms, int blocks_per_sm)
 //       the quantize_kernels.cuh kernels through the CUDA glue's records.
 //   adamw8_emu::lut_mismatches(Tensor qmap, int stride) -> int
+//   adamw8_emu::lut_routes(Tensor qmap) -> int[]   [threshold route, its span, packed route]
 //       floats (every `stride`-th bit pattern; 1: all 2^32) whose nearest code
 //       through nearest_lut.h's table differs from the exact rule; the CPU's
 //       search (its step count) and the CUDA kernels' (until it stops) both.
@@ -20,6 +21,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <vector>
 
 #include "../fused_step_checks.h"
 #include "../fused_step_plan.h"
@@ -88,6 +90,13 @@ at::Tensor emu_dequantize(const at::Tensor& codes, const at::Tensor& absmax, con
   return c.values;
 }
 
+std::vector<int64_t> lut_routes(const at::Tensor& qmap) {
+  TORCH_CHECK(qmap.scalar_type() == at::kFloat && qmap.numel() == 256 && qmap.is_contiguous() && qmap.is_cpu(),
+              "adamw8_emu: qmap must be a contiguous float32 CPU tensor of 256 values");
+  const NearestCodeLut cpu(qmap.data_ptr<float>());
+  return {cpu.has_thresholds() ? 1 : 0, cpu.span(), cpu.has_packed() ? 1 : 0};
+}
+
 int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
   TORCH_CHECK(qmap.scalar_type() == at::kFloat && qmap.numel() == 256 && qmap.is_contiguous() && qmap.is_cpu(),
               "adamw8_emu: qmap must be a contiguous float32 CPU tensor of 256 values");
@@ -116,7 +125,9 @@ int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
       while (f < 254 && q[f + 1] <= x) ++f;
       while (f > 0 && q[f] > x) --f;
       const int want = f + static_cast<int>((x - q[f]) > (q[f + 1] - x));
-      local += (cpu.nearest(x) != want) + (lut_nearest_search(table.data(), q, x) != want);
+      local += (cpu.nearest(x) != want) + (lut_nearest_search(table.data(), q, x) != want) +
+               (cpu.has_thresholds() && cpu.nearest_by_thresholds(x) != want) +
+               (cpu.has_packed() && cpu.nearest_packed(x) != want);
     }
     bad += local;
   });
@@ -140,6 +151,7 @@ TORCH_LIBRARY(ADAMW8_EMU_NS, m) {
   m.def("quantize(Tensor x, Tensor qmap, bool block_wise, bool signed, int sms, int blocks_per_sm) -> (Tensor, Tensor)");
   m.def("dequantize(Tensor codes, Tensor absmax, Tensor qmap, bool block_wise, int sms, int blocks_per_sm) -> Tensor");
   m.def("lut_mismatches(Tensor qmap, int stride) -> int");
+  m.def("lut_routes(Tensor qmap) -> int[]");
 }
 
 TORCH_LIBRARY_IMPL(ADAMW8_EMU_NS, CPU, m) {
@@ -147,6 +159,7 @@ TORCH_LIBRARY_IMPL(ADAMW8_EMU_NS, CPU, m) {
   m.impl("quantize", &emu_quantize);
   m.impl("dequantize", &emu_dequantize);
   m.impl("lut_mismatches", &lut_mismatches);
+  m.impl("lut_routes", &lut_routes);
 }
 
 }  // namespace adamw8

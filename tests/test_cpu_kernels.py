@@ -114,12 +114,19 @@ def test_quantize_op_every_build_matches_the_reference(table):
             assert torch.equal(got[0][1].view(torch.int32), want[1].view(torch.int32))
 
 
-@pytest.mark.parametrize("kind", ["linear", "repeated values", "dense near 0.5"])
+@pytest.mark.parametrize("kind", ["linear", "close triples", "repeated values", "dense near 0.5"])
 def test_quantize_with_other_maps_matches_the_reference(table, kind):
-    """Maps the threshold route may not take (repeated values: the scalar forward steps) and
-    ones it takes with other spans, through every build, against the reference's rule."""
+    """Every route of quantize_block, through every build, against the reference's rule: a
+    linear map (a threshold in the tiny bucket: the threshold route, not the packed one),
+    triples of close codes (two thresholds in a bucket: span 2), repeated values and 100 codes
+    in one bucket (the scalar forward steps).  The dynamic maps (packed route) are the other
+    tests' (tests/test_emulation.py checks which map takes which route)."""
     if kind == "linear":
         q = torch.linspace(-1, 1, 256)
+    elif kind == "close triples":
+        q = torch.linspace(-1, 1, 256)
+        for i in range(140, 250, 9):
+            q[i + 1], q[i + 2] = q[i] + 0.001, q[i] + 0.002
     elif kind == "repeated values":
         q = torch.linspace(-1, 1, 256).mul(40).round().div(40)  # runs of equal values
     else:
@@ -127,7 +134,8 @@ def test_quantize_with_other_maps_matches_the_reference(table, kind):
                        torch.linspace(0.51, 1, 28)])  # 100 codes inside one table bucket
     q = q.sort().values.contiguous()
     torch.manual_seed(3)
-    x = torch.cat([torch.randn(5000), torch.rand(5000) * 2 - 1, 0.5 + torch.rand(2000) * 2**-12, q, -q])
+    x = torch.cat([torch.randn(5000), torch.rand(5000) * 2 - 1, 0.5 + torch.rand(2000) * 2**-12, q, -q,
+                   q[1:] + (q[1:] - q[:-1]) * torch.rand(255) * 0.5])
     want = R.quantize(x, q, True, True)
     for cap in _caps():
         _use(cap, 4096)

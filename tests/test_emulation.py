@@ -238,6 +238,7 @@ def test_nearest_code_table_is_exact_for_other_maps(emu):
     for q in (linear, tiny.float(), repeated):
         assert emu.lut_mismatches(q.contiguous(), 7919) == 0
         routes.append(list(emu.lut_routes(q.contiguous())))
+    assert routes[0] == [1, 1, 0]  # linear: a threshold in the tiny edge bucket, no packed route
     assert routes[2][0] == 0  # repeated values: no threshold route, the forward steps
 
 

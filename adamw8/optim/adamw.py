@@ -30,7 +30,8 @@ _DOC = """{title}
         percentile_clipping (int, default 100): clip each gradient to this percentile of its
             last 100 norms (100 = off), on the device.
         block_wise (bool, default True): one absmax per 256 elements; False: one per tensor.
-        is_paged (bool, default False): paged state (CUDA unified memory; a no-op on CPU).{paged_note}
+        is_paged (bool, default False): paged state: CUDA unified memory for parameters of 100,000 elements
+            or more, moved with ``page_out()`` / ``page_in()`` (adamw8.paging; a no-op on CPU).{paged_note}
 
     8-bit state: a non-finite gradient element resets that element's m and v to 0 and
     leaves its parameter unchanged (bitsandbytes' behaviour); use AMP's GradScaler to

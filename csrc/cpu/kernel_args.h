@@ -77,9 +77,10 @@ struct Kernels {
   void (*quantize)(const QuantTable&, const float* values, int64_t len, float absmax, bool is_signed, uint8_t* out);
 };
 
-// The builds (kernels_<isa>.cpp); the x86 ones exist only on x86.
+// The builds (kernels_<isa>.cpp); the x86 ones exist only on x86 with gcc (they rely on
+// `#pragma GCC target`, which clang does not implement: a clang build runs the base one).
 namespace base { extern const Kernels kKernels; }
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define ADAMW8_CPU_X86 1
 namespace avx2 { extern const Kernels kKernels; }
 namespace avx512 { extern const Kernels kKernels; }

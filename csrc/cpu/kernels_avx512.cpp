@@ -5,13 +5,14 @@
 
 #include <algorithm>
 #include <cmath>
-#include <immintrin.h>
 
 #include "../adamw8_math.h"
 #include "../nearest_lut.h"
 #include "kernel_args.h"
 
 #ifdef ADAMW8_CPU_X86
+#include <immintrin.h>
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,f16c,bmi,bmi2,prefer-vector-width=512")
 #define ADAMW8_CPU_NS avx512

@@ -237,18 +237,16 @@ def main(argv=None) -> int:
         ap.error("--reps must be >= 1")
 
     dtypes = args.dtypes or (["fp32"] if args.quick else ["fp32", "bf16"])
-    if dt == "cpu":
-        sizes = QUICK_SIZES if args.quick else SIZES
-    else:
-        sizes = QUICK_CUDA_SIZES if args.quick else CUDA_SIZES
     reps = args.reps or (3 if args.quick else 7)
     if dt == "cpu":
+        sizes = QUICK_SIZES if args.quick else SIZES
         grains = QUICK_GRAINS if args.quick else GRAINS
         candidates = [(c, g) for c in tuning.capabilities() for g in grains]
         default = (tuning.auto_capability(), tuning.DEFAULT_GRAIN)
     else:
         if "fp64" in dtypes:
             ap.error("the CUDA kernels take fp32, bf16 and fp16 parameters")
+        sizes = QUICK_CUDA_SIZES if args.quick else CUDA_SIZES
         bps = QUICK_BLOCKS_PER_SM if args.quick else BLOCKS_PER_SM
         tpl = QUICK_TENSORS_PER_LAUNCH if args.quick else TENSORS_PER_LAUNCH
         candidates = [(b, t) for b in bps for t in tpl]
@@ -294,7 +292,8 @@ def main(argv=None) -> int:
     }
     tuning.validate_profile(profile, "the new profile")
     name = _slug(device_name) + ".json"
-    (out / name).write_text(json.dumps(profile, indent=1) + "\n")
+    text = json.dumps(profile, indent=1) + "\n"
+    (out / name).write_text(text)
 
     lines = [f"# adamw8.tune: {device_name}", "",
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {reps} launches per config, kernel time "
@@ -314,7 +313,7 @@ def main(argv=None) -> int:
     if args.install:
         tuning.PROFILE_DIR.mkdir(exist_ok=True)
         dest = tuning.PROFILE_DIR / name
-        dest.write_text(json.dumps(profile, indent=1) + "\n")
+        dest.write_text(text)
         print(f"installed {dest}: adamw8 loads it on this " + ("CPU at import" if dt == "cpu" else
                                                                 "GPU when an optimizer is made for it"))
     return 0

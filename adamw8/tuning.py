@@ -40,7 +40,6 @@ FORMATS = ("32bit", "8bit")
 DTYPES = ("fp32", "fp64", "bf16", "fp16")  # the C++ order (csrc/cpu/kernel_args.h)
 TORCH_DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
 BUCKETS = ("lt16k", "lt256k", "lt4m", "ge4m")
-BUCKET_LIMITS = (1 << 14, 1 << 18, 1 << 22, None)  # exclusive upper bounds
 CAPABILITIES = ("base", "avx2", "avx512")
 AUTO = "auto"
 DEFAULT_GRAIN = 4096
@@ -53,27 +52,12 @@ FIELDS = {
 }
 MEASURED = ("us", "default_us")  # informational fields a profile's entries may carry
 
-_state: dict[str, Any] = {"profile": None, "source": None, "cuda_profiles": {}}
+_state: dict[str, Any] = {"profile": None, "cuda_profiles": {}}
 
 
 def keys() -> list[str]:
     """Every table key, in the C++ table's order."""
     return [f"{f}/{d}/{b}" for f in FORMATS for d in DTYPES for b in BUCKETS]
-
-
-def size_bucket(numel: int) -> str:
-    """The size bucket of a tensor of ``numel`` elements (csrc/cpu/kernel_args.h, size_bucket)."""
-    for name, limit in zip(BUCKETS, BUCKET_LIMITS):
-        if limit is None or numel < limit:
-            return name
-    raise AssertionError("unreachable")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    for name, dt in TORCH_DTYPES.items():
-        if dt == dtype:
-            return name
-    raise ValueError(f"adamw8: no tuning key for dtype {dtype}; expected one of {list(TORCH_DTYPES.values())}")
 
 
 def available(device_type: str = "cpu") -> bool:
@@ -182,7 +166,7 @@ def reset(device_type: str = "cpu") -> None:
     """Back to the defaults (no profile)."""
     set_table({}, device_type=device_type)
     if device_type == "cpu":
-        _state.update(profile=None, source=None)
+        _state["profile"] = None
     else:
         _state["cuda_profiles"].clear()
 
@@ -277,7 +261,7 @@ def apply_profile(profile: dict | None, source: str | None = None, device_type: 
         reset(device_type)
         return
     if device_type == "cpu":
-        _state.update(profile=profile, source=source or profile.get("_path"))
+        _state["profile"] = profile
     else:
         _state["cuda_profiles"][profile["device"]] = profile
 

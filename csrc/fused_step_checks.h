@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "adamw8_math.h"
+#include "cpu/kernel_args.h"
 
 namespace adamw8 {
 
@@ -29,6 +30,17 @@ struct GroupArgs {
   at::Tensor steps_flat;  // the flat form's steps buffer (its last element: the CUDA completion counter)
 };
 constexpr int kHyperSize = 5;
+
+// A parameter dtype as the CPU kernels and both launch tables key it (csrc/cpu/kernel_args.h).
+inline cpu::DType cpu_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cpu::DType::kFloat;
+    case at::kDouble: return cpu::DType::kDouble;
+    case at::kBFloat16: return cpu::DType::kBFloat16;
+    case at::kHalf: return cpu::DType::kHalf;
+    default: TORCH_CHECK(false, "adamw8: unsupported parameter dtype ", t);  // check_call refuses it first
+  }
+}
 
 inline int64_t expected_blocks(int64_t numel, bool block_wise) {
   return block_wise ? (numel + kBlockSize - 1) / kBlockSize : 1;

@@ -58,16 +58,6 @@ float clip_scale(const at::Tensor& grad, const GradPrep& prep, int64_t n, float*
   return adamw8::percentile_scale(hist, history_value(gn2), t, static_cast<int>(percentile));
 }
 
-cpu::DType dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cpu::DType::kFloat;
-    case at::kDouble: return cpu::DType::kDouble;
-    case at::kBFloat16: return cpu::DType::kBFloat16;
-    case at::kHalf: return cpu::DType::kHalf;
-    default: TORCH_CHECK(false, "adamw8: unsupported parameter dtype ", t);  // check_call refused it already
-  }
-}
-
 // A profiler label naming the launch (the tuning's choice is visible in every trace): built only
 // while a profiler records.
 std::string launch_label(const char* what, const cpu::Launch& l, int64_t n) {
@@ -126,7 +116,7 @@ void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut
     prep.gnorm_scale = clip_scale(g, prep, n, s.gnorm_vec.data_ptr<float>(), t, ga.percentile);
   }
   const bool ams = s.state3.defined();
-  const cpu::DType dt = dtype_of(p.scalar_type());
+  const cpu::DType dt = cpu_dtype(p.scalar_type());
   if (s.state1.scalar_type() == at::kFloat) {
     const cpu::Step32Args a{dt, p.data_ptr(), g.data_ptr(), s.state1.data_ptr<float>(), s.state2.data_ptr<float>(),
                             ams ? s.state3.data_ptr<float>() : nullptr, sc, prep.has_scale, prep.grad_scale,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import adamw8  # noqa: F401  (loads the ops)
+import adamw8
 from adamw8.ops import reference as R
 
 CUDA = torch.cuda.is_available()
@@ -17,6 +17,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not CUDA:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def manager():
+    """The GlobalOptimManager, cleared before and after the test."""
+    mng = adamw8.GlobalOptimManager.get_instance()
+    mng.initialize()
+    yield mng
+    mng.initialize()
+
+
+def bits(t):
+    """The tensor's bit patterns (NaNs compare equal when their bits are)."""
+    view = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
+    return t.contiguous().view(view) if t.numel() else t
 
 
 def device_params():

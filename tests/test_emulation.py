@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from adamw8.ops import reference as R
-from conftest import DTYPES, dtype_id
+from conftest import DTYPES, bits, dtype_id
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # the extension's floating-point rules (setup.py); hidden symbols keep two builds apart
@@ -81,12 +81,6 @@ def call(op, params, grads, st, eight, block_wise, percentile, lr, gs=None, fi=N
     h = torch.tensor([lr, 0.9, 0.999, 1e-8, 0.05])  # lr, beta1, beta2, eps, weight_decay
     op(params, grads, st["state1"], st["state2"], st["state3"], st["absmax1"], st["absmax2"], st["absmax3"], q1, q2,
        st["steps"], st["gnorm"], h, block_wise, percentile, gs, fi, *extra)
-
-
-def bits(t):
-    """The tensor's bit patterns (NaNs compare equal when their bits are)."""
-    view = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
-    return t.contiguous().view(view) if t.numel() else t
 
 
 def assert_same(a_params, a_st, b_params, b_st, what=""):

@@ -10,14 +10,6 @@ import torch
 import adamw8
 
 
-@pytest.fixture
-def manager():
-    mng = adamw8.GlobalOptimManager.get_instance()
-    mng.initialize()
-    yield mng
-    mng.initialize()
-
-
 def tiny_gpt2():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)

@@ -76,14 +76,6 @@ def test_percentile_clipping_8bit(device):
     assert (p - before).abs().max() < 5e-3
 
 
-@pytest.fixture
-def manager():
-    mng = adamw8.GlobalOptimManager.get_instance()
-    mng.initialize()
-    yield mng
-    mng.initialize()
-
-
 class Net(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -28,25 +28,30 @@ bool supported(const char* name) {
   return false;
 }
 
-const Kernels* by_name(const char* name) {
-  if (std::strcmp(name, "base") == 0) return &base::kKernels;
+// The build of capability id `cap` (kCapNames), null where this machine has none compiled.
+const Kernels* by_id(int cap) {
+  if (cap == 0) return &base::kKernels;
 #ifdef ADAMW8_CPU_X86
-  if (std::strcmp(name, "avx2") == 0) return &avx2::kKernels;
-  if (std::strcmp(name, "avx512") == 0) return &avx512::kKernels;
+  if (cap == 1) return &avx2::kKernels;
+  if (cap == 2) return &avx512::kKernels;
 #endif
   return nullptr;
 }
 
-const Kernels* initial() {
-  const char* env = std::getenv("ADAMW8_CPU_CAPABILITY");
-  if (env != nullptr && *env != '\0') {
-    // a bad value must not kill the import: the best build runs (adamw8.tuning warns)
-    if (by_name(env) != nullptr && supported(env)) return by_name(env);
-  }
-  for (const char* name : {"avx512", "avx2"}) {
-    if (by_name(name) != nullptr && supported(name)) return by_name(name);
-  }
-  return &base::kKernels;
+// The id "auto" stands for, chosen once: ADAMW8_CPU_CAPABILITY's build where this CPU runs it
+// (a bad value must not kill the import: adamw8.tuning warns), else the best one.
+int auto_cap() {
+  static const int cap = [] {
+    const char* env = std::getenv("ADAMW8_CPU_CAPABILITY");
+    for (int c = 0; env != nullptr && c < kNumCaps; ++c) {
+      if (std::strcmp(env, kCapNames[c]) == 0 && cap_supported(c)) return c;
+    }
+    for (int c = kNumCaps - 1; c > 0; --c) {
+      if (cap_supported(c)) return c;
+    }
+    return 0;
+  }();
+  return cap;
 }
 
 std::atomic<int64_t> g_cap[kTuningEntries];
@@ -63,28 +68,16 @@ struct TuningInit {
 
 }  // namespace
 
-const Kernels& kernels() {
-  static const Kernels* const k = initial();
-  return *k;
-}
+const Kernels& kernels() { return *by_id(auto_cap()); }
 
-bool cap_supported(int cap) { return cap >= 0 && cap < kNumCaps && supported(kCapNames[cap]); }
-
-const Kernels* cap_kernels(int cap) { return cap_supported(cap) ? by_name(kCapNames[cap]) : nullptr; }
+bool cap_supported(int cap) { return cap >= 0 && cap < kNumCaps && by_id(cap) != nullptr && supported(kCapNames[cap]); }
 
 Launch launch_for(int format, DType dtype, int64_t n) {
-  const int i = (format * kDTypes + static_cast<int>(dtype)) * kSizeBuckets + size_bucket(n);
-  const int cap = static_cast<int>(g_cap[i].load(std::memory_order_relaxed));
-  const int64_t grain = g_grain[i].load(std::memory_order_relaxed);
-  if (cap == kCapAuto) {
-    const Kernels& k = kernels();
-    int id = 0;
-    for (int c = 0; c < kNumCaps; ++c) {
-      if (std::strcmp(kCapNames[c], k.name) == 0) id = c;
-    }
-    return Launch{&k, id, grain};
-  }
-  return Launch{cap_kernels(cap), cap, grain};  // set_tuning admits only supported ids
+  const int i = tuning_index(format, dtype, n);
+  int cap = static_cast<int>(g_cap[i].load(std::memory_order_relaxed));
+  if (cap == kCapAuto) cap = auto_cap();
+  // set_tuning admits only ids this CPU runs
+  return Launch{by_id(cap), g_grain[i].load(std::memory_order_relaxed)};
 }
 
 void get_tuning(int64_t* out) {

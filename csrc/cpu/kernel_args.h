@@ -94,8 +94,7 @@ const Kernels& kernels();
 constexpr int kCapAuto = -1;
 constexpr const char* kCapNames[] = {"base", "avx2", "avx512"};
 constexpr int kNumCaps = 3;
-bool cap_supported(int cap);
-const Kernels* cap_kernels(int cap);  // null for an unknown id or one this CPU cannot run
+bool cap_supported(int cap);  // compiled here and run by this CPU
 
 // The CPU kernels' tuning (adamw8/tuning.py, profiles/): for each state format (0: 32-bit,
 // 1: 8-bit), parameter dtype and size bucket, which build runs and how many elements one
@@ -105,10 +104,14 @@ constexpr int kTuningEntries = kFormats * kDTypes * kSizeBuckets;
 constexpr int64_t kDefaultGrain = 4096;
 // element counts below 2^14, 2^18, 2^22, and the rest
 inline int size_bucket(int64_t n) { return n < (int64_t{1} << 14) ? 0 : n < (int64_t{1} << 18) ? 1 : n < (int64_t{1} << 22) ? 2 : 3; }
+// The entry of (format, dtype, elements), in the order of both tables (the CPU's here, the CUDA
+// glue's in csrc/cuda/fused_step_cuda.cpp) and of adamw8/tuning.py's keys.
+inline int tuning_index(int format, DType dtype, int64_t n) {
+  return (format * kDTypes + static_cast<int>(dtype)) * kSizeBuckets + size_bucket(n);
+}
 
 struct Launch {
-  const Kernels* kernels;
-  int cap;  // the id that runs (auto resolved)
+  const Kernels* kernels;  // "auto" resolved
   int64_t grain;
 };
 Launch launch_for(int format, DType dtype, int64_t n);

@@ -24,11 +24,10 @@
 namespace adamw8 {
 namespace {
 
-// The CUDA launch table (adamw8/tuning.py): per state format (0: 32-bit, 1: 8-bit), parameter
-// dtype (fp32, fp64, bf16, fp16: the CPU table's order; fp64 unused) and size bucket of the
-// call's elements (< 2^14, < 2^18, < 2^22, more), the blocks per SM of the persistent grid
-// (0: as many as fit) and the tensors per launch (1..64).
-constexpr int kEntries = 2 * 4 * 4;
+// The CUDA launch table (adamw8/tuning.py), entries keyed as the CPU one's (cpu::tuning_index:
+// state format, parameter dtype, size bucket, here of the call's elements): the blocks per SM of
+// the persistent grid (0: as many as fit) and the tensors per launch (1..64).
+constexpr int kEntries = cpu::kTuningEntries;
 std::atomic<int64_t> g_blocks_per_sm[kEntries];
 std::atomic<int64_t> g_tensors_per_launch[kEntries];
 struct TableInit {
@@ -43,11 +42,8 @@ struct TableInit {
 int table_index(const std::vector<ParamSlot>& slots) {
   int64_t n = 0;
   for (const ParamSlot& s : slots) n += s.param.numel();
-  const int bucket = n < (int64_t{1} << 14) ? 0 : n < (int64_t{1} << 18) ? 1 : n < (int64_t{1} << 22) ? 2 : 3;
-  const at::ScalarType t = slots[0].param.scalar_type();
-  const int dtype = t == at::kFloat ? 0 : t == at::kDouble ? 1 : t == at::kBFloat16 ? 2 : 3;
   const int fmt = slots[0].state1.scalar_type() == at::kByte ? 1 : 0;
-  return (fmt * 4 + dtype) * 4 + bucket;
+  return cpu::tuning_index(fmt, cpu_dtype(slots[0].param.scalar_type()), n);
 }
 
 std::vector<int64_t> cuda_tuning(c10::IntArrayRef table) {

@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
-# One call on the device machine, most important first, in <= 8 minutes:
+# One call on the device machine, most important first, inside a time budget:
 #   1. build with the CUDA kernels (the toolkit root checked: include/cuda_runtime.h);
 #   2. the kernel tests (tests/test_cuda.py and the ops' tests on CUDA);
 #   3. compute-sanitizer memcheck and racecheck on one small multi-tensor call;
-#   4. a quick benchmark (benchmarks/bench_step.py);
-#   4b. paging: its GPU tests and benchmarks/bench_paging.py;
-#   5. the remaining GPU tests.
-# Logs go under $OUT (the device tool returns them); failures are listed grouped by message.
-#   bash scripts/gpu_check.sh [quick]      # quick: skips step 5 and the 1.26 B benchmark set
-# bitsandbytes for the benchmark travels as wheels in .whl/ (see the device README).
+#   4. paging: its GPU tests and benchmarks/bench_paging.py;
+#   5. a quick benchmark (benchmarks/bench_step.py; skipped with nobench, where
+#      ../shared/gpu_verify/verify.py measures the steps in the same call);
+#   6. the remaining GPU tests.
+# Each phase gets min(its cap, what is left of GPU_CHECK_BUDGET_S) and is skipped when too
+# little is left. Logs go to $LOG (default $OUT) and are packed after every phase into
+# $OUT/gpu_check_logs.tgz (the device tool returns at most 8 files); failures are listed
+# grouped by their message.
+#   bash scripts/gpu_check.sh [quick] [nobench]   # quick: skips phase 6 and the 1.26 B set
+# bitsandbytes for the benchmark travels as wheels in .whl/ (see the device README); they are
+# installed into /tmp/site, which callers put on PYTHONPATH for later commands.
 set -uo pipefail
 OUT=${OUT:-/tmp/adamw8-gpu-check}
-mkdir -p "$OUT"
+LOG=${LOG:-$OUT}
+mkdir -p "$OUT" "$LOG"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 export ADAMW8_EXPERIMENTAL_CUDA=1  # build the CUDA kernels (not yet validated on a GPU: see README)
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-MODE=${1:-full}
-BUDGET=${GPU_CHECK_BUDGET_S:-450}  # the whole call stays under ~8 minutes: later phases shrink or skip
+QUICK=0; BENCH=1
+for a in "$@"; do case $a in quick) QUICK=1 ;; nobench) BENCH=0 ;; *) echo "unknown option $a"; exit 2 ;; esac; done
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 left() { echo $(( BUDGET - $(date +%s) + T0 )); }
+cap() {  # cap SECONDS MIN: min(SECONDS, left); fails (phase skipped) when fewer than MIN are left
+  local l; l=$(left); [ "$l" -ge "$2" ] || return 1; echo $(( l < $1 ? l : $1 ))
+}
+pack() { if [ "$LOG" != "$OUT" ]; then tar czf "$OUT/gpu_check_logs.tgz" -C "$LOG" . 2>/dev/null; fi; }
 if [ ! -f "$CUDA_HOME/include/cuda_runtime.h" ] || [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
   echo "CUDA_HOME=$CUDA_HOME is not a CUDA toolkit root (no include/cuda_runtime.h or bin/nvcc)"; exit 2
 fi
@@ -29,20 +40,22 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH=/tmp/site
 fi
 { nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
-  > "$OUT/env.txt" 2>&1
+  > "$LOG/env.txt" 2>&1
 
 echo "== 1. build ($(elapsed) s)"
-if ! python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
-  tail -60 "$OUT/build.log"; exit 1
+if ! python3 -m pip install --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1; then
+  tail -60 "$LOG/build.log"; pack; exit 1
 fi
-echo "build done at $(elapsed) s" | tee -a "$OUT/env.txt"
+echo "build done at $(elapsed) s" | tee -a "$LOG/env.txt"
 python3 -c "
-import adamw8
-ops = ('fused_step', 'fused_step_multi', 'quantize', 'dequantize')
+import torch, adamw8
+print('torch', torch.__version__, '|', torch.cuda.get_device_name())
 print('ops without a compiled CUDA kernel (running the reference):', adamw8.ops._missing['cuda'] or 'none')
-" | tee -a "$OUT/env.txt"
+" 2>&1 | tee -a "$LOG/env.txt"
+pack
 
 failures() {  # failed tests of a junit file, grouped by their message
+  [ -f "$1" ] || return 0
   python3 - "$1" <<'PY'
 import collections, sys, xml.etree.ElementTree as ET
 groups = collections.defaultdict(list)
@@ -55,43 +68,52 @@ for msg, names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
 print(f"  {sum(map(len, groups.values()))} failing tests in {len(groups)} groups")
 PY
 }
+rc=0
+tests() {  # tests NAME CAP MIN pytest-args...: one test phase under the budget
+  local name=$1 t; t=$(cap "$2" "$3") || { echo "$name: skipped (budget)"; rc=1; return; }
+  shift 3
+  timeout "$t" python3 -m pytest -q -m gpu -p no:cacheprovider --junitxml="$LOG/$name.xml" "$@" \
+    > "$LOG/$name.log" 2>&1
+  local r=$?; [ $r -eq 124 ] && echo "$name: stopped at its ${t} s limit"
+  rc=$(( rc | r )); tail -3 "$LOG/$name.log"; failures "$LOG/$name.xml"; pack
+}
 
 echo "== 2. kernel tests ($(elapsed) s)"
-timeout 150 python3 -m pytest -q -m gpu tests/test_cuda.py tests/test_ops.py tests/test_quantization.py \
-  tests/test_optim_8bit.py --junitxml="$OUT/kernel_tests.xml" > "$OUT/kernel_tests.log" 2>&1
-rc=$?
-tail -3 "$OUT/kernel_tests.log"; [ -f "$OUT/kernel_tests.xml" ] && failures "$OUT/kernel_tests.xml"
+tests kernel_tests 150 40 tests/test_cuda.py tests/test_ops.py tests/test_quantization.py tests/test_optim_8bit.py
 
 echo "== 3. compute-sanitizer ($(elapsed) s)"
+SAN=$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")
 for tool in memcheck racecheck; do
-  timeout 75 compute-sanitizer --tool "$tool" --error-exitcode 3 python3 scripts/sanitize_case.py \
-    > "$OUT/sanitizer_$tool.log" 2>&1
-  echo "$tool: exit $? ($(grep -c "=========.*rror" "$OUT/sanitizer_$tool.log") error lines)"; tail -2 "$OUT/sanitizer_$tool.log"
+  t=$(cap 75 20) || { echo "$tool: skipped (budget)"; rc=1; continue; }
+  timeout "$t" "$SAN" --tool "$tool" --error-exitcode 3 python3 scripts/sanitize_case.py \
+    > "$LOG/sanitizer_$tool.log" 2>&1
+  r=$?; rc=$(( rc | r ))
+  echo "$tool: exit $r ($(grep -c "=========.*rror" "$LOG/sanitizer_$tool.log") error lines)"; tail -2 "$LOG/sanitizer_$tool.log"
 done
+pack
 
-echo "== 4. benchmark ($(elapsed) s)"
-sets="gpt2-160m llama-1.26b"; { [ "$MODE" = quick ] || [ "$(left)" -lt 240 ]; } && sets="gpt2-160m"
-timeout $(( $(left) > 150 ? 150 : 60 )) python3 benchmarks/bench_step.py --sets $sets > "$OUT/bench.md" 2> "$OUT/bench.err"
-cat "$OUT/bench.md"
-
-if [ "$(left)" -gt 60 ]; then
-  echo "== 4b. paging ($(elapsed) s)"
-  timeout 60 python3 -m pytest -q -m gpu tests/test_paging.py --junitxml="$OUT/paging_tests.xml" \
-    > "$OUT/paging_tests.log" 2>&1
-  rc=$(( rc | $? ))
-  tail -3 "$OUT/paging_tests.log"; [ -f "$OUT/paging_tests.xml" ] && failures "$OUT/paging_tests.xml"
-  timeout 45 python3 benchmarks/bench_paging.py --tensors 8 --steps 10 > "$OUT/bench_paging.md" 2> "$OUT/bench_paging.err"
-  cat "$OUT/bench_paging.md"
+echo "== 4. paging ($(elapsed) s)"
+tests paging_tests 60 20 tests/test_paging.py
+if t=$(cap 45 15); then
+  timeout "$t" python3 benchmarks/bench_paging.py --tensors 8 --steps 10 > "$LOG/bench_paging.md" 2> "$LOG/bench_paging.err"
+  cat "$LOG/bench_paging.md"; tail -3 "$LOG/bench_paging.err"; pack
 fi
 
-if [ "$MODE" != quick ] && [ "$(left)" -gt 45 ]; then
-  echo "== 5. remaining GPU tests ($(elapsed) s)"
-  timeout $(( $(left) > 120 ? 120 : $(left) )) python3 -m pytest -q -m gpu tests --ignore tests/test_cuda.py \
-    --ignore tests/test_ops.py --ignore tests/test_quantization.py --ignore tests/test_optim_8bit.py \
-    --ignore tests/test_recompiles.py --ignore tests/test_emulation.py --ignore tests/test_paging.py \
-    --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1
-  rc=$(( rc | $? ))
-  tail -3 "$OUT/gpu_tests.log"; [ -f "$OUT/gpu_tests.xml" ] && failures "$OUT/gpu_tests.xml"
+if [ $BENCH = 1 ]; then
+  echo "== 5. benchmark ($(elapsed) s)"
+  sets="gpt2-160m llama-1.26b"; { [ $QUICK = 1 ] || [ "$(left)" -lt 240 ]; } && sets="gpt2-160m"
+  if t=$(cap 150 40); then
+    timeout "$t" python3 benchmarks/bench_step.py --sets $sets > "$LOG/bench.md" 2> "$LOG/bench.err"
+    cat "$LOG/bench.md"; pack
+  fi
 fi
-echo "gpu_check done in $(elapsed) s"
+
+if [ $QUICK = 0 ]; then
+  echo "== 6. remaining GPU tests ($(elapsed) s)"
+  tests gpu_tests 120 45 tests --ignore tests/test_cuda.py --ignore tests/test_ops.py \
+    --ignore tests/test_quantization.py --ignore tests/test_optim_8bit.py --ignore tests/test_recompiles.py \
+    --ignore tests/test_emulation.py --ignore tests/test_paging.py
+fi
+echo "gpu_check done in $(elapsed) s (exit $rc)"
+pack
 exit $rc

@@ -87,6 +87,23 @@ if _gcc_on_x86():
     CXX_FLAGS.append("-mtune-ctrl=use_gather")
 
 
+def _libstdcxx_link_args():
+    """Link the C++ runtime as the shared library torch uses.  A toolchain whose libstdc++.so
+    is missing (only libstdc++.a: the device machine's gcc 13) makes the linker take the static
+    archive without a word; the extension then carries its own copy of the locale machinery,
+    which disagrees with the process's (torch's), and formatting a number into an error message
+    crashes (std::num_put reached through the wrong facet id).  -l:libstdc++.so.6 ahead of the
+    compiler's implicit -lstdc++ resolves every runtime symbol from the shared library."""
+    if platform.system() != "Linux":
+        return []
+    try:
+        out = subprocess.run([os.environ.get("CXX", "c++"), "-print-file-name=libstdc++.so"], capture_output=True,
+                             text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [] if os.path.isabs(out) and os.path.exists(out) else ["-l:libstdc++.so.6"]
+
+
 def _extension():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = CXX_FLAGS
@@ -97,11 +114,12 @@ def _extension():
             "adamw8._C",
             cpp + cuda_cpp + cu,
             extra_compile_args={"cxx": cxx, "nvcc": NVCC_FLAGS},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=["-fopenmp", *_libstdcxx_link_args()],
             py_limited_api=True,
         )
     return cpp_extension.CppExtension(
-        "adamw8._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"], py_limited_api=True
+        "adamw8._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp", *_libstdcxx_link_args()],
+        py_limited_api=True
     )
 
 

@@ -15,6 +15,22 @@ import torch
 import adamw8  # noqa: F401
 
 
+def beyond_free(extra: int) -> str:
+    """Allocate (through torch's allocator, i.e. cudaMalloc) `extra` bytes more than reported free."""
+    torch.cuda.empty_cache()
+    f = torch.cuda.mem_get_info()[0]
+    try:
+        x = torch.empty(f + extra, dtype=torch.uint8, device="cuda")
+        x.fill_(0)
+        torch.cuda.synchronize()
+        del x
+        out = f"ok: {(f + extra) / 2**30:.1f} GiB allocated with {f / 2**30:.1f} GiB reported free"
+    except Exception as ex:  # noqa: BLE001
+        out = "refused: " + str(ex).splitlines()[0][:160]
+    torch.cuda.empty_cache()
+    return out
+
+
 def main(gib: int = 4) -> None:
     free = lambda: torch.cuda.mem_get_info()[0]
     sync = torch.cuda.synchronize
@@ -25,19 +41,11 @@ def main(gib: int = 4) -> None:
     t.fill_(1)
     sync()
     rows.append(("touched on the GPU", free()))
+    resident = beyond_free(n // 2)
     torch.ops.adamw8._prefetch([t], False)
     sync()
     rows.append(("prefetched to host", free()))
-    f = free()
-    try:  # more than free, less than free + what page-out should have released
-        x = torch.empty(f + n // 2, dtype=torch.uint8, device="cuda")
-        x.fill_(0)
-        sync()
-        outcome = f"ok: {(f + n // 2) / 2**30:.1f} GiB allocated beyond the reported free {f / 2**30:.1f} GiB"
-        del x
-    except Exception as ex:  # noqa: BLE001
-        outcome = "refused: " + str(ex).splitlines()[0][:160]
-    torch.cuda.empty_cache()
+    outcome = beyond_free(n // 2)
     rows.append(("after the ordinary allocation", free()))
     torch.ops.adamw8._prefetch([t], True)
     sync()
@@ -49,7 +57,8 @@ def main(gib: int = 4) -> None:
     base = rows[0][1]
     for label, fr in rows:
         print(f"{label:32s} free {fr / 2**30:8.2f} GiB  ({(fr - base) / 2**30:+.2f})")
-    print("ordinary allocation beyond reported free after page-out:", outcome)
+    print("ordinary allocation beyond reported free, state resident:", resident)
+    print("ordinary allocation beyond reported free, after page-out:", outcome)
     print("values intact after the round trip:", ok)
 
 

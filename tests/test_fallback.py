@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import adamw8
@@ -46,3 +48,22 @@ def test_reference_fallback_matches_kernels(tmp_path):
     ref = torch.load(out)
     for a, b in zip(run_steps(), ref):
         assert torch.equal(a, b)
+
+
+def _extension_file():
+    return next(iter(sorted(pathlib.Path(adamw8.__file__).parent.glob("_C*.so"))), None)
+
+
+def test_extension_uses_the_process_cxx_runtime():
+    """The extension links the shared libstdc++ and carries no copy of its own: a static copy
+    (what a toolchain without libstdc++.so links silently) keeps separate locale facet ids,
+    and formatting a number into an error message then crashes the process (setup.py,
+    _libstdcxx_link_args)."""
+    so = _extension_file()
+    if sys.platform != "linux" or so is None or not (shutil.which("readelf") and shutil.which("nm")):
+        pytest.skip("needs the compiled extension on Linux, with readelf and nm")
+    needed = subprocess.run(["readelf", "-d", str(so)], capture_output=True, text=True, check=True).stdout
+    assert "libstdc++.so.6" in needed, needed
+    defined = subprocess.run(["nm", "-C", "--defined-only", str(so)], capture_output=True, text=True, check=True).stdout
+    own = [line for line in defined.splitlines() if "std::locale::" in line or "read_utf8_code_point" in line]
+    assert not own, own[:5]

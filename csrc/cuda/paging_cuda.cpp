@@ -11,6 +11,9 @@
 //       be captured).
 //   adamw8::_is_managed(Tensor t) -> bool
 //       whether t's memory is managed (cudaPointerGetAttributes).
+//   adamw8::_prefetch_location(Tensor t) -> int
+//       where t's managed memory was last prefetched: its device's index, -1 for host memory,
+//       -2 for nowhere or several places (cudaMemRangeAttributeLastPrefetchLocation).
 //
 // They take no dispatch (catch-all kernels): the allocation has no tensor input to dispatch
 // on, and they are called from Python outside compiled code.
@@ -82,12 +85,23 @@ bool is_managed(const at::Tensor& t) {
   return attr.type == cudaMemoryTypeManaged;
 }
 
+int64_t prefetch_location(const at::Tensor& t) {
+  TORCH_CHECK(t.is_cuda() && is_managed(t), "adamw8: _prefetch_location takes a tensor in managed memory");
+  if (t.numel() == 0) return -2;
+  int location = cudaInvalidDeviceId;
+  check_cuda(cudaMemRangeGetAttribute(&location, sizeof(location), cudaMemRangeAttributeLastPrefetchLocation,
+                                      t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size()),
+             "cudaMemRangeGetAttribute");
+  return location == cudaCpuDeviceId ? -1 : (location >= 0 ? location : -2);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(adamw8, m) {
   m.def("_managed_empty(int[] size, ScalarType dtype, Device device) -> Tensor", &managed_empty);
   m.def("_prefetch(Tensor[] tensors, bool to_device) -> ()", &prefetch);
   m.def("_is_managed(Tensor t) -> bool", &is_managed);
+  m.def("_prefetch_location(Tensor t) -> int", &prefetch_location);
 }
 
 }  // namespace adamw8

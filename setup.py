@@ -5,11 +5,10 @@ can be compiled is decided from the installed torch (torch.version.cuda) and
 the CUDA toolkit (CUDA_HOME with nvcc), never from the presence of a GPU, so a
 build machine without a GPU still builds the CUDA kernels.
 
-The CUDA kernels have not yet been validated on a GPU (issue: CUDA kernels at
-the bandwidth floor), so for now they are built only on request:
-ADAMW8_EXPERIMENTAL_CUDA=1 (scripts/gpu_check.sh sets it).  Without them, CUDA
-tensors run the PyTorch reference, with a warning.  ADAMW8_NO_CUDA=1 always
-forces a CPU-only build.
+A CUDA build of torch with a CUDA toolkit builds the CUDA kernels (they have
+passed their tests and compute-sanitizer on a GPU: benchmarks/RESULTS.md).
+Without them, CUDA tensors run the PyTorch reference, with a warning.
+ADAMW8_NO_CUDA=1 always forces a CPU-only build.
 """
 
 import glob
@@ -58,8 +57,6 @@ def _build_cuda() -> bool:
 
     if os.environ.get("ADAMW8_NO_CUDA", "0") == "1" or torch.version.cuda is None:
         return False
-    if os.environ.get("ADAMW8_EXPERIMENTAL_CUDA", "0") != "1":
-        return False
     return CUDA_ROOT is not None and bool(glob.glob(os.path.join(HERE, "csrc", "*.cu")))
 
 
@@ -87,23 +84,6 @@ if _gcc_on_x86():
     CXX_FLAGS.append("-mtune-ctrl=use_gather")
 
 
-def _libstdcxx_link_args():
-    """Link the C++ runtime as the shared library torch uses.  A toolchain whose libstdc++.so
-    is missing (only libstdc++.a: the device machine's gcc 13) makes the linker take the static
-    archive without a word; the extension then carries its own copy of the locale machinery,
-    which disagrees with the process's (torch's), and formatting a number into an error message
-    crashes (std::num_put reached through the wrong facet id).  -l:libstdc++.so.6 ahead of the
-    compiler's implicit -lstdc++ resolves every runtime symbol from the shared library."""
-    if platform.system() != "Linux":
-        return []
-    try:
-        out = subprocess.run([os.environ.get("CXX", "c++"), "-print-file-name=libstdc++.so"], capture_output=True,
-                             text=True, timeout=60).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [] if os.path.isabs(out) and os.path.exists(out) else ["-l:libstdc++.so.6"]
-
-
 def _extension():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = CXX_FLAGS
@@ -114,12 +94,11 @@ def _extension():
             "adamw8._C",
             cpp + cuda_cpp + cu,
             extra_compile_args={"cxx": cxx, "nvcc": NVCC_FLAGS},
-            extra_link_args=["-fopenmp", *_libstdcxx_link_args()],
+            extra_link_args=["-fopenmp"],
             py_limited_api=True,
         )
     return cpp_extension.CppExtension(
-        "adamw8._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp", *_libstdcxx_link_args()],
-        py_limited_api=True
+        "adamw8._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"], py_limited_api=True
     )
 
 

@@ -22,7 +22,7 @@ if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$TREE"
 cd "$TREE"
 start=$(date +%s)
-TORCH_CUDA_ARCH_LIST=9.0 ADAMW8_EXPERIMENTAL_CUDA=1 MAX_JOBS=${MAX_JOBS:-2} \
+TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-2} \
   "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e . > build.log 2>&1 \
   || { tail -80 build.log; exit 1; }
 echo "ci_cuda_build: CUDA extension built in $(( $(date +%s) - start )) s"

@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/adamw8-gpu-profile}
 LOG=${LOG:-$OUT}
 mkdir -p "$OUT" "$LOG"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-export ADAMW8_EXPERIMENTAL_CUDA=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 pack() { if [ "$LOG" != "$OUT" ]; then tar czf "$OUT/gpu_profile_logs.tgz" -C "$LOG" . 2>/dev/null; fi; }

@@ -10,7 +10,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/adamw8-gpu-tune}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-export ADAMW8_EXPERIMENTAL_CUDA=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 if ! python3 -c "import adamw8, sys; sys.exit(0 if adamw8.tuning.available('cuda') else 1)" 2>/dev/null; then

@@ -51,7 +51,7 @@ def _note_reference(op: str, device: torch.device) -> None:
         _warned.add(op)
         warnings.warn(
             f"adamw8: this build has no CUDA kernel for {op}; running the PyTorch reference on CUDA "
-            f"(correct, slow). Build the kernels with: ADAMW8_EXPERIMENTAL_CUDA=1 {_REBUILD}",
+            f"(correct, slow). Build the kernels (a CUDA toolkit, CUDA_HOME at its root) with: {_REBUILD}",
             RuntimeWarning,
             stacklevel=3,
         )

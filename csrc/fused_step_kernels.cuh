@@ -297,33 +297,90 @@ __device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs
 }
 
 // -------------------------------------------------------------- 8-bit state
-// Shared memory of the 8-bit kernels: both maps and their nearest-code tables.
+// Shared memory of the 8-bit kernels: both maps and their nearest-code tables
+// (40,988 bytes, under the 48 KB of static shared memory a block may have).
 struct Maps8 {
   float q1[256];
   float q2[256];
-  uint8_t lut1[kLutSize];
-  uint8_t lut2[kLutSize];
+  float thr1[256];  // the thresholds (nearest_lut.h), 255 used: packed route only
+  float thr2[256];
+  uint8_t code1[kLutSize];  // packed route: code of the bucket's smallest value; search route: floor index
+  uint8_t code2[kLutSize];
+  uint16_t low1[kLutSize];  // packed route: the bucket's threshold, 16 bits (nearest_lut.h)
+  uint16_t low2[kLutSize];
+  int packed;               // 1: both maps take the packed route
 };
 
-// Every thread of the block helps; nearest_lut.h's table, with its floor
-// search run per lookup until it stops (exact for any sorted map).
+// Every thread of the block helps.  Strictly increasing maps (the dynamic maps)
+// get the packed route: one table read and one comparison per value.  Any other
+// sorted map, or one whose thresholds the packed tables cannot hold, gets
+// nearest_lut.h's table with its floor search run per lookup until it stops.
+// Both are exact for every float (tests/test_emulation.py).
 __device__ __forceinline__ void load_maps(const LaunchArgs& a, Maps8& s) {
   for (int i = threadIdx.x; i < 256; i += blockDim.x) {
     s.q1[i] = a.qmap1[i];
     s.q2[i] = a.qmap2[i];
   }
   __syncthreads();
-  for (int b = threadIdx.x; b < kLutSize; b += blockDim.x) {
-    s.lut1[b] = lut_entry(s.q1, b);
-    s.lut2[b] = lut_entry(s.q2, b);
+  int bad = 0;
+  for (int k = threadIdx.x; k < 255; k += blockDim.x) bad |= !(s.q1[k] < s.q1[k + 1]) || !(s.q2[k] < s.q2[k + 1]);
+  bool packed = !__syncthreads_or(bad);
+  if (packed) {
+    for (int k = threadIdx.x; k < 255; k += blockDim.x) {
+      s.thr1[k] = nearest_threshold(s.q1, k);
+      s.thr2[k] = nearest_threshold(s.q2, k);
+    }
+    __syncthreads();
+    bad = 0;
+    for (int b = threadIdx.x; b < kLutSize; b += blockDim.x) {
+      const PackedEntry e1 = packed_entry(s.q1, s.thr1, b);
+      const PackedEntry e2 = packed_entry(s.q2, s.thr2, b);
+      s.code1[b] = e1.code;
+      s.low1[b] = e1.low;
+      s.code2[b] = e2.code;
+      s.low2[b] = e2.low;
+      bad |= !e1.ok || !e2.ok;
+    }
+    packed = !__syncthreads_or(bad);
   }
+  if (!packed) {
+    for (int b = threadIdx.x; b < kLutSize; b += blockDim.x) {
+      s.code1[b] = lut_entry(s.q1, b);
+      s.code2[b] = lut_entry(s.q2, b);
+    }
+  }
+  if (threadIdx.x == 0) s.packed = packed ? 1 : 0;
   __syncthreads();
 }
 
-__device__ __forceinline__ uint32_t quantize_lut(const float* q, const uint8_t* lut, float value, float absmax,
-                                                 bool is_signed) {
-  const int nearest = lut_nearest_search(lut, q, normalize(value, absmax));
+// The nearest code of value / absmax in map `which` (1 or 2) by one route, then finish_code.
+template <bool kPacked>
+__device__ __forceinline__ uint32_t quantize_8bit(const Maps8& s, int which, float value, float absmax,
+                                                  bool is_signed) {
+  const float* q = which == 1 ? s.q1 : s.q2;
+  const uint8_t* code = which == 1 ? s.code1 : s.code2;
+  const float x = normalize(value, absmax);
+  int nearest;
+  if constexpr (kPacked) {
+    nearest = packed_nearest(code, which == 1 ? s.low1 : s.low2, x);
+  } else {
+    nearest = lut_nearest_search(code, q, x);
+  }
   return static_cast<uint32_t>(finish_code(q, nearest, value, is_signed));
+}
+
+// A lane's codes of m, v (and vh) with the unit's new absmax, by one route.
+template <bool kPacked, bool kAms>
+__device__ __forceinline__ void quantize_lane(const Maps8& s, const float (&m)[kPerLane], const float (&v)[kPerLane],
+                                              const float (&h)[kPerLane], float na1, float na2, float na3,
+                                              uint32_t (&c1)[kPerLane], uint32_t (&c2)[kPerLane],
+                                              uint32_t (&c3)[kPerLane]) {
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    c1[j] = quantize_8bit<kPacked>(s, 1, m[j], na1, true);
+    c2[j] = quantize_8bit<kPacked>(s, 2, v[j], na2, false);
+    if constexpr (kAms) c3[j] = quantize_8bit<kPacked>(s, 2, h[j], na3, false);
+  }
 }
 
 // Requantizes a unit's new m, v (vh) with the new absmax and writes it back
@@ -339,11 +396,10 @@ __device__ __forceinline__ void write_unit_8bit(const LaunchArgs& a, const Maps8
   uint8_t* __restrict__ c3p = static_cast<uint8_t*>(ta.state3);
   store_p<T>(a, ta, off, full, p);
   uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    c1[j] = quantize_lut(s.q1, s.lut1, m[j], na1, true);
-    c2[j] = quantize_lut(s.q2, s.lut2, v[j], na2, false);
-    if constexpr (kAms) c3[j] = quantize_lut(s.q2, s.lut2, h[j], na3, false);
+  if (s.packed) {  // the same for the whole block
+    quantize_lane<true, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);
+  } else {
+    quantize_lane<false, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);
   }
   if (full) {
     store8_codes(c1p + off, c1);

@@ -118,4 +118,72 @@ ADAMW8_HD int lut_nearest_search(const uint8_t* table, const float* qmap, float 
   return nearest_from_floor(qmap, i, x);
 }
 
+// ------------------------------------------------------------- the thresholds
+// For a strictly increasing map the nearest code is a step function of x: with
+// ties to the lower code, the rule (x - q[k]) > (q[k+1] - x) is monotone in x (a
+// rounded difference never decreases as x grows), so code(x) is the number of
+// thresholds thr[k] <= x, where thr[k] is the smallest float for which the rule
+// moves past code k.  The CPU kernels' threshold and packed routes
+// (quant_lut_cpu.h) and the CUDA kernels' packed route below stand on it.
+
+// Floats in order as unsigned keys (negative ones reversed), for the threshold search.
+ADAMW8_HD uint32_t order_key(float x) {
+  const uint32_t b = float_bits(x);
+  return (b >> 31) ? ~b : (b | 0x80000000u);
+}
+ADAMW8_HD float order_unkey(uint32_t k) { return bits_float((k >> 31) ? (k & 0x7fffffffu) : ~k); }
+
+// thr[k] of a strictly increasing map, k in [0, 254]: the smallest x in (q[k], q[k+1]] with
+// (x - q[k]) > (q[k+1] - x) (true at q[k+1], false at q[k]), by bisection over the keys.
+ADAMW8_HD float nearest_threshold(const float* q, int k) {
+  uint32_t lo = order_key(q[k]), hi = order_key(q[k + 1]);
+  while (hi - lo > 1) {
+    const uint32_t mid = lo + (hi - lo) / 2;
+    const float x = order_unkey(mid);
+    if ((x - q[k]) > (q[k + 1] - x)) hi = mid; else lo = mid;
+  }
+  return order_unkey(hi);
+}
+
+// ------------------------------------------------ the CUDA kernels' packed route
+// One byte and one 16-bit word per bucket, so both maps' tables fit a block's
+// shared memory beside the maps (41 KB): `code` is code(the bucket's smallest
+// value), and `low` the low 16 bits of a threshold inside the bucket, sign-adjusted
+// (x ^ 0xffff for negative floats, so a larger x compares larger), or 0 for none.
+// A regular bucket holds the floats of one 16-bit prefix, so x >= thr is then a
+// 16-bit comparison; a threshold inside is larger than the bucket's smallest
+// value, so its adjusted bits are never 0.  Valid for a bucket that holds at most
+// one threshold, and none when it is one of the two edge buckets (which span many
+// prefixes): packed_entry says so; the kernels take the search route otherwise.
+struct PackedEntry {
+  uint8_t code;
+  uint16_t low;
+  bool ok;
+};
+
+ADAMW8_HD uint32_t packed_low(uint32_t bits) { return (bits ^ (0u - (bits >> 31))) & 0xffffu; }
+
+// Entry of bucket b for a strictly increasing map q with thresholds thr[0..254].
+ADAMW8_HD PackedEntry packed_entry(const float* q, const float* thr, int b) {
+  float lo, hi;
+  lut_bucket_range(b, lo, hi);
+  const int e = quantize_nearest(q, lo);  // = the number of thresholds <= lo
+  const int k = b >= kLutHalf ? b - kLutHalf : b;
+  const bool edge = k == 0 || k == kLutHalf - 1;
+  const bool inside = e < 255 && lut_bucket(thr[e]) == b;
+  const bool second = inside && e + 1 < 255 && lut_bucket(thr[e + 1]) == b;
+  PackedEntry out;
+  out.code = static_cast<uint8_t>(e);
+  out.low = static_cast<uint16_t>(inside ? packed_low(float_bits(thr[e])) : 0u);
+  out.ok = !(second || (inside && edge));
+  return out;
+}
+
+// The nearest code of x (not NaN) from the packed tables.
+ADAMW8_HD int packed_nearest(const uint8_t* code, const uint16_t* low, float x) {
+  const int b = lut_bucket(x);
+  const uint32_t t = low[b];
+  return code[b] + static_cast<int>(t != 0u && packed_low(float_bits(x)) >= t);
+}
+
 }  // namespace adamw8

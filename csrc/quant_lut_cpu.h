@@ -20,11 +20,8 @@ namespace adamw8 {
 // kernels gather from it, csrc/cpu/kernels.h), with the forward steps the map needs measured
 // once.  Same entries, same steps as the CUDA kernels' table.
 //
-// For a strictly increasing map the vector kernels take a shorter route to the same answer.
-// The nearest code is a step function of x: with ties to the lower code, the rule
-// (x - q[k]) > (q[k+1] - x) is monotone in x (a rounded difference never decreases as x
-// grows), so code(x) is the number of thresholds thr[k] <= x, where thr[k] is the smallest float
-// for which that rule moves past code k.  A bucket's entry is then code(its smallest value), and
+// For a strictly increasing map the vector kernels take a shorter route to the same answer:
+// code(x) is the number of thresholds thr[k] <= x (nearest_lut.h).  A bucket's entry is then code(its smallest value), and
 // `span` comparisons with thr[entry], thr[entry + 1] finish it (measured here, 1 or 2 allowed:
 // 1 for both dynamic maps).  The sign fix needs no lookup: the codes with a negative sign bit are
 // [0, neg_count).  Built only when all of that holds; otherwise `thr` is null and the kernels
@@ -63,13 +60,6 @@ class NearestCodeLut {
   }
 
  private:
-  // Floats in order as unsigned keys (negative ones reversed), for the threshold search.
-  static uint32_t key(float x) {
-    const uint32_t b = float_bits(x);
-    return (b >> 31) ? ~b : (b | 0x80000000u);
-  }
-  static float unkey(uint32_t k) { return bits_float((k >> 31) ? (k & 0x7fffffffu) : ~k); }
-
   void build_thresholds() {
     for (int k = 0; k < 255; ++k) {
       if (!(q_[k] < q_[k + 1])) return;  // not strictly increasing (or NaN): forward steps only
@@ -79,16 +69,7 @@ class NearestCodeLut {
     for (int k = neg_count_; k < 256; ++k) {
       if (signbit(q_[k])) return;  // sign bits not a prefix
     }
-    for (int k = 0; k < 255; ++k) {
-      // smallest x in (q[k], q[k+1]] with (x - q[k]) > (q[k+1] - x): true at q[k+1], false at q[k]
-      uint32_t lo = key(q_[k]), hi = key(q_[k + 1]);
-      while (hi - lo > 1) {
-        const uint32_t mid = lo + (hi - lo) / 2;
-        const float x = unkey(mid);
-        if ((x - q_[k]) > (q_[k + 1] - x)) hi = mid; else lo = mid;
-      }
-      thr_[k] = unkey(hi);
-    }
+    for (int k = 0; k < 255; ++k) thr_[k] = nearest_threshold(q_, k);
     // the entries past the last threshold compare false (NaN): no code beyond 255
     thr_[255] = thr_[256] = std::numeric_limits<float>::quiet_NaN();
     int span = 0;

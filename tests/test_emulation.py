@@ -75,9 +75,9 @@ def clone_all(params, st):
     }
 
 
-def call(op, params, grads, st, eight, block_wise, percentile, lr, gs=None, fi=None, extra=()):
-    q1 = torch.ops.adamw8.create_dynamic_map(True) if eight else None
-    q2 = torch.ops.adamw8.create_dynamic_map(False) if eight else None
+def call(op, params, grads, st, eight, block_wise, percentile, lr, gs=None, fi=None, extra=(), maps=None):
+    q1 = (maps[0] if maps else torch.ops.adamw8.create_dynamic_map(True)) if eight else None
+    q2 = (maps[1] if maps else torch.ops.adamw8.create_dynamic_map(False)) if eight else None
     h = torch.tensor([lr, 0.9, 0.999, 1e-8, 0.05])  # lr, beta1, beta2, eps, weight_decay
     op(params, grads, st["state1"], st["state2"], st["state3"], st["absmax1"], st["absmax2"], st["absmax3"], q1, q2,
        st["steps"], st["gnorm"], h, block_wise, percentile, gs, fi, *extra)
@@ -92,7 +92,7 @@ def assert_same(a_params, a_st, b_params, b_st, what=""):
 
 
 def run_both(emu_op, dtype, sizes, eight, ams, block_wise=True, percentile=100, steps=3, sms=2, bps=1,
-             max_tensors=64, amp=False, grad_fn=None):
+             max_tensors=64, amp=False, grad_fn=None, maps=None):
     params = make_params(dtype, sizes)
     st = make_lists(params, eight, ams, block_wise, percentile < 100)
     e_params, e_st = clone_all(params, st)
@@ -104,9 +104,10 @@ def run_both(emu_op, dtype, sizes, eight, ams, block_wise=True, percentile=100, 
         fi = torch.tensor(1.0 if (amp and it == 1) else 0.0) if amp else None
         if amp:
             grads = [(g.float() * gs).to(dtype) for g in grads]
-        call(torch.ops.adamw8.fused_step_multi, params, grads, st, eight, block_wise, percentile, 1e-2, gs, fi)
+        call(torch.ops.adamw8.fused_step_multi, params, grads, st, eight, block_wise, percentile, 1e-2, gs, fi,
+             maps=maps)
         call(emu_op, e_params, grads, e_st, eight, block_wise, percentile, 1e-2, gs, fi,
-             extra=([], sms, bps, max_tensors))
+             extra=([], sms, bps, max_tensors), maps=maps)
         assert_same(params, st, e_params, e_st, what=f"step {it}: ")
     return params, st
 
@@ -124,6 +125,25 @@ def test_kernels_equal_cpu_kernel(emu, dtype, eight, ams, block_wise):
     """Every dtype x format x amsgrad (x block_wise): odd sizes, an empty tensor, a
     transposed (non-contiguous) parameter, an unaligned view."""
     run_both(emu.fused_step_multi, dtype, SIZES, eight, ams, block_wise)
+
+
+OTHER_MAPS = {  # (signed map, unsigned map): none of them takes the CUDA kernels' packed route
+    "linear": (torch.linspace(-1, 1, 256), torch.linspace(0, 1, 256)),
+    "repeated": (torch.linspace(-1, 1, 256).mul(40).round().div(40), torch.linspace(0, 1, 256).mul(40).round().div(40)),
+    "linear-and-dynamic": (torch.linspace(-1, 1, 256), None),
+}
+
+
+@pytest.mark.parametrize("name", OTHER_MAPS)
+@pytest.mark.parametrize("ams", [False, True], ids=["plain", "ams"])
+def test_kernels_with_other_maps_take_the_search_route(emu, name, ams):
+    """A map the packed tables cannot hold sends the whole block down the search route:
+    still equal to the CPU kernel bit for bit (the dynamic maps take the packed route in
+    every other test here)."""
+    q1, q2 = OTHER_MAPS[name]
+    q2 = torch.ops.adamw8.create_dynamic_map(False) if q2 is None else q2
+    assert emu.lut_routes(q1.contiguous())[3] == 0
+    run_both(emu.fused_step_multi, torch.float32, SIZES, True, ams, maps=(q1.contiguous(), q2.contiguous()))
 
 
 @pytest.mark.parametrize("eight, block_wise", [(False, True), (True, True), (True, False)],
@@ -218,7 +238,7 @@ def test_nearest_code_table_is_exact_for_every_float(emu, signed):
     kernels' threshold and packed routes (quant_lut_cpu.h) against the exact nearest rule, for
     all 2^32 bit patterns but NaN."""
     q = torch.ops.adamw8.create_dynamic_map(signed)
-    assert list(emu.lut_routes(q)) == [1, 1, 1]  # both routes exist for the dynamic maps, span 1
+    assert list(emu.lut_routes(q)) == [1, 1, 1, 1]  # every route exists for the dynamic maps, span 1
     assert emu.lut_mismatches(q, 1) == 0
 
 
@@ -232,8 +252,8 @@ def test_nearest_code_table_is_exact_for_other_maps(emu):
     for q in (linear, tiny.float(), repeated):
         assert emu.lut_mismatches(q.contiguous(), 7919) == 0
         routes.append(list(emu.lut_routes(q.contiguous())))
-    assert routes[0] == [1, 1, 0]  # linear: a threshold in the tiny edge bucket, no packed route
-    assert routes[2][0] == 0  # repeated values: no threshold route, the forward steps
+    assert routes[0] == [1, 1, 0, 0]  # linear: a threshold in the tiny edge bucket, no packed route
+    assert routes[2][0] == 0 and routes[2][3] == 0  # repeated values: no thresholds, the search
 
 
 def test_a_planted_defect_is_caught():

@@ -6,7 +6,7 @@
 //     all of a block's threads at once (a block barrier between blocks);
 //   - __shared__: function-level statics, one copy, which is right because one
 //     block runs at a time (and one launch at a time: launches are serialised);
-//   - __syncthreads: a barrier of the block's threads; a thread that returns
+//   - __syncthreads (and __syncthreads_or): a barrier of the block's threads; a thread that returns
 //     from the kernel leaves it (arrive_and_drop), as exited threads do on a GPU;
 //   - warp shuffles: each lane writes its value to its warp's buffer, a warp
 //     barrier, each lane reads its partner's, a second warp barrier;
@@ -94,6 +94,7 @@ struct BlockSync {
   std::barrier<> block;
   std::vector<std::unique_ptr<std::barrier<>>> warps;
   std::vector<uint64_t> exchange;  // one 8-byte slot per thread, for shuffles
+  std::atomic<int> any{0};         // __syncthreads_or
 };
 
 struct ThreadCtx {
@@ -110,6 +111,19 @@ inline thread_local ThreadCtx ctx;
 #define gridDim (adamw8_emu::ctx.grid_dim)
 
 inline void __syncthreads() { adamw8_emu::ctx.sync->block.arrive_and_wait(); }
+
+// A block barrier that returns whether any thread's predicate was non-zero: set, wait,
+// read, wait, the first thread clears, wait (so no thread of a next call sets too early).
+inline int __syncthreads_or(int predicate) {
+  auto& c = adamw8_emu::ctx;
+  if (predicate) c.sync->any.store(1);
+  c.sync->block.arrive_and_wait();
+  const int any = c.sync->any.load();
+  c.sync->block.arrive_and_wait();
+  if (c.thread.x == 0) c.sync->any.store(0);
+  c.sync->block.arrive_and_wait();
+  return any;
+}
 
 template <typename V>
 inline V __shfl_xor_sync(unsigned mask, V value, int lane_mask, int width = 32) {

@@ -12,10 +12,12 @@
 //   adamw8_emu::quantize / dequantize(<adamw8's arguments>, int sms, int blocks_per_sm)
 //       the quantize_kernels.cuh kernels through the CUDA glue's records.
 //   adamw8_emu::lut_mismatches(Tensor qmap, int stride) -> int
-//   adamw8_emu::lut_routes(Tensor qmap) -> int[]   [threshold route, its span, packed route]
 //       floats (every `stride`-th bit pattern; 1: all 2^32) whose nearest code
-//       through nearest_lut.h's table differs from the exact rule; the CPU's
-//       search (its step count) and the CUDA kernels' (until it stops) both.
+//       differs from the exact rule by any route the map takes: nearest_lut.h's
+//       table with the CPU's step count and with the CUDA kernels' search until it
+//       stops, the CPU's threshold and packed routes, the CUDA kernels' packed route.
+//   adamw8_emu::lut_routes(Tensor qmap) -> int[]
+//       [CPU threshold route, its span, CPU packed route, CUDA packed route]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -90,11 +92,34 @@ at::Tensor emu_dequantize(const at::Tensor& codes, const at::Tensor& absmax, con
   return c.values;
 }
 
+// The CUDA kernels' packed tables for one map, built on the host by the functions the
+// kernels' blocks run (nearest_lut.h); `ok`: the map takes the packed route.
+struct CudaPacked {
+  std::vector<uint8_t> code = std::vector<uint8_t>(kLutSize);
+  std::vector<uint16_t> low = std::vector<uint16_t>(kLutSize);
+  bool ok = false;
+  explicit CudaPacked(const float* q) {
+    for (int k = 0; k < 255; ++k) {
+      if (!(q[k] < q[k + 1])) return;
+    }
+    float thr[256] = {};
+    for (int k = 0; k < 255; ++k) thr[k] = nearest_threshold(q, k);
+    ok = true;
+    for (int b = 0; b < kLutSize; ++b) {
+      const PackedEntry e = packed_entry(q, thr, b);
+      code[b] = e.code;
+      low[b] = e.low;
+      ok = ok && e.ok;
+    }
+  }
+};
+
 std::vector<int64_t> lut_routes(const at::Tensor& qmap) {
   TORCH_CHECK(qmap.scalar_type() == at::kFloat && qmap.numel() == 256 && qmap.is_contiguous() && qmap.is_cpu(),
               "adamw8_emu: qmap must be a contiguous float32 CPU tensor of 256 values");
   const NearestCodeLut cpu(qmap.data_ptr<float>());
-  return {cpu.has_thresholds() ? 1 : 0, cpu.span(), cpu.has_packed() ? 1 : 0};
+  const CudaPacked cuda(qmap.data_ptr<float>());
+  return {cpu.has_thresholds() ? 1 : 0, cpu.span(), cpu.has_packed() ? 1 : 0, cuda.ok ? 1 : 0};
 }
 
 int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
@@ -103,6 +128,7 @@ int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
   TORCH_CHECK(stride >= 1, "adamw8_emu: stride must be >= 1, got ", stride);
   const float* q = qmap.data_ptr<float>();
   const NearestCodeLut cpu(q);
+  const CudaPacked cuda(q);
   std::vector<uint8_t> table(kLutSize);
   for (int b = 0; b < kLutSize; ++b) table[b] = lut_entry(q, b);
   std::atomic<int64_t> bad{0};
@@ -127,7 +153,8 @@ int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
       const int want = f + static_cast<int>((x - q[f]) > (q[f + 1] - x));
       local += (cpu.nearest(x) != want) + (lut_nearest_search(table.data(), q, x) != want) +
                (cpu.has_thresholds() && cpu.nearest_by_thresholds(x) != want) +
-               (cpu.has_packed() && cpu.nearest_packed(x) != want);
+               (cpu.has_packed() && cpu.nearest_packed(x) != want) +
+               (cuda.ok && packed_nearest(cuda.code.data(), cuda.low.data(), x) != want);
     }
     bad += local;
   });

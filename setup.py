@@ -68,6 +68,20 @@ CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"
 NVCC_FLAGS = ["-O3", "--fmad=false", "-lineinfo", "-std=c++20"]
 
 
+def _min_blocks_8bit():
+    """ADAMW8_MIN_BLOCKS_8BIT=N (1-8): compile the 8-bit update kernels for at least N resident
+    blocks per SM (csrc/fused_step_cuda.h); unset: no minimum, ptxas's choice."""
+    raw = os.environ.get("ADAMW8_MIN_BLOCKS_8BIT")
+    if raw is None:
+        return []
+    if not raw.isdigit() or not 1 <= int(raw) <= 8:
+        raise RuntimeError(f"adamw8: ADAMW8_MIN_BLOCKS_8BIT must be an integer from 1 to 8, got {raw!r}")
+    return [f"-DADAMW8_MIN_BLOCKS_8BIT={int(raw)}"]
+
+
+NVCC_FLAGS += _min_blocks_8bit()
+
+
 def _gcc_on_x86():
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False

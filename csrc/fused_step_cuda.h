@@ -18,6 +18,15 @@ constexpr int kUnit = 32 * kPerLane;      // elements per warp and unit: one abs
 // Tensors per launch.  The record travels as a kernel argument: about 7.5 KB,
 // over the classic 4 KB but within the 32 KB that CUDA >= 12.1 allows (docs/design.md).
 constexpr int kMaxTensorsPerLaunch = 64;
+// Blocks per SM the 8-bit update kernels are compiled for (__launch_bounds__' second
+// argument).  0, the default, sets none: ptxas takes 80 registers (3 blocks of 256 threads
+// fit an SM; an explicit 1 would let it take 102).  4 caps them at 64: 4 blocks, no spills,
+// about 4.5% more SASS.  A build option, ADAMW8_MIN_BLOCKS_8BIT (setup.py), until a GPU
+// measurement picks one (scripts/gpu_session.sh measures both).
+#ifndef ADAMW8_MIN_BLOCKS_8BIT
+#define ADAMW8_MIN_BLOCKS_8BIT 0
+#endif
+constexpr int kMinBlocks8 = ADAMW8_MIN_BLOCKS_8BIT;
 constexpr int kMaxDims = 4;               // dims of a non-contiguous param/grad, after merging
 constexpr int kMaxStrided = 8;            // non-contiguous tensors per launch
 

@@ -541,7 +541,7 @@ template <bool kEight>
 using SharedOf = typename SharedFor<kEight>::type;
 
 template <typename T, bool kEight, bool kAms, int kPass>
-__global__ void __launch_bounds__(kThreads) fused_step_kernel(const __grid_constant__ LaunchArgs a) {
+__global__ void __launch_bounds__(kThreads, kEight ? kMinBlocks8 : 0) fused_step_kernel(const __grid_constant__ LaunchArgs a) {
   if (skipped(a)) return;
   __shared__ SharedOf<kEight> smem;  // the maps and tables (8-bit only)
   if constexpr (kEight) load_maps(a, smem);

@@ -7,14 +7,17 @@
 #      bitsandbytes from .whl/                                           -> verify.json
 #   3. scripts/gpu_profile.sh: Nsight Compute text and the paging probe -> gpu_profile_logs.tgz
 #   4. scripts/gpu_tune.sh: benchmark, tune, benchmark                   -> gpu_tune_logs.tgz
-# Run from the device tool:  bash scripts/gpu_session.sh   (carry .gpu_verify and .whl; timeout_s 560)
+#   5. the 8-bit kernels built for 4 blocks per SM (ADAMW8_MIN_BLOCKS_8BIT=4, 64 registers)
+#      against the default build, same machine, same profile             -> minblocks_logs.tgz
+#      (the checkout is left with that build: rebuild before any later call)
+# Run from the device tool:  bash scripts/gpu_session.sh   (carry .gpu_verify and .whl; timeout_s 590)
 set -uo pipefail
 OUT=${OUT:-/tmp/adamw8-gpu-session}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
-BUDGET=${GPU_SESSION_BUDGET_S:-520}
+BUDGET=${GPU_SESSION_BUDGET_S:-550}
 left() { echo $(( BUDGET - $(date +%s) + T0 )); }
 
 echo "== 1. gpu_check ($(elapsed) s)"
@@ -39,5 +42,18 @@ if [ "$(left)" -gt 150 ]; then
   mkdir -p /tmp/s4
   OUT=/tmp/s4 timeout $(( $(left) - 10 )) bash scripts/gpu_tune.sh
   tar czf "$OUT/gpu_tune_logs.tgz" -C /tmp/s4 --exclude=traces . 2>/dev/null  # the traces stay behind: size
+fi
+if [ "$(left)" -gt 110 ]; then
+  echo "== 5. 8-bit kernels for 4 blocks per SM ($(elapsed) s)"
+  mkdir -p /tmp/s5
+  B8="python3 benchmarks/bench_step.py --sets llama-1.26b --dtypes fp32 bf16 --steps 10 --warmup 3 --no-bnb --only adamw8"
+  timeout 60 $B8 > /tmp/s5/bench_default_build.md 2> /tmp/s5/bench_default_build.err
+  if ADAMW8_MIN_BLOCKS_8BIT=4 timeout $(( $(left) - 10 )) python3 -m pip install --no-build-isolation --no-deps -e . \
+      > /tmp/s5/build.log 2>&1; then
+    echo "the checkout now holds the ADAMW8_MIN_BLOCKS_8BIT=4 build" > /tmp/s5/NOTE
+    timeout $(( $(left) > 70 ? 60 : $(left) - 5 )) $B8 > /tmp/s5/bench_minblocks4.md 2> /tmp/s5/bench_minblocks4.err
+  fi
+  grep -h "AdamW8bit \|^###" /tmp/s5/bench_*.md
+  tar czf "$OUT/minblocks_logs.tgz" -C /tmp/s5 .
 fi
 echo "gpu_session done in $(elapsed) s"; ls "$OUT"

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define ADAMW8_HD __host__ __device__ __forceinline__
@@ -30,6 +31,27 @@ using std::signbit;
 
 constexpr int64_t kBlockSize = 256;     // elements per absmax block (docs/design.md, "8-bit state")
 constexpr int kGnormHistory = 100;      // percentile clipping window (docs/design.md, "Percentile clipping")
+
+// A float's bits and back (the CUDA intrinsics on the device, memcpy on the host).
+ADAMW8_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+#endif
+}
+
+ADAMW8_HD float bits_float(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  float x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+#endif
+}
 
 // Per-call scalars, computed once per parameter from lr/betas/step (docs/design.md, "The update").
 struct AdamScalars {
@@ -179,7 +201,9 @@ ADAMW8_HD int quantize_nearest(const float* qmap, float x) {
 // absmax, and 0 where the division gives NaN (inf / inf), so no search ever
 // sees a NaN.
 ADAMW8_HD float normalize(float value, float absmax) {
-  const float x = absmax > 0.0f ? value / absmax : 0.0f;
+  const bool positive = absmax > 0.0f;
+  const float q = value / (positive ? absmax : 1.0f);  // divided either way: no branch around it
+  const float x = positive ? q : 0.0f;
   return x == x ? x : 0.0f;
 }
 
@@ -187,7 +211,9 @@ ADAMW8_HD float normalize(float value, float absmax) {
 // NaN is left alone: its sign bit is not a sign (x86 and CUDA make NaNs of
 // different sign), so a fix would make the backends disagree.
 ADAMW8_HD int sign_fix(const float* qmap, int code, float value) {
-  if (value == value && signbit(qmap[code]) != signbit(value)) code += value > 0.0f ? 1 : -1;
+  // the sign bits compared as bits (what signbit reads): an xor and a shift on the GPU
+  const bool differ = ((float_bits(qmap[code]) ^ float_bits(value)) >> 31) != 0u;
+  if (value == value && differ) code += value > 0.0f ? 1 : -1;
   return code;
 }
 

@@ -32,26 +32,6 @@ constexpr uint32_t kLutKeyOne = 127u << kLutMantBits;         // key of 1.0
 constexpr int kLutHalf = static_cast<int>(kLutKeyOne - kLutKeyLo) + 2;  // buckets per sign
 constexpr int kLutSize = 2 * kLutHalf;                        // 6,148
 
-ADAMW8_HD uint32_t float_bits(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  uint32_t b;
-  std::memcpy(&b, &x, sizeof b);
-  return b;
-#endif
-}
-
-ADAMW8_HD float bits_float(uint32_t b) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(b);
-#else
-  float x;
-  std::memcpy(&x, &b, sizeof x);
-  return x;
-#endif
-}
-
 // Bucket of x: [0, kLutHalf) for a clear sign bit, [kLutHalf, kLutSize) for a set one.
 ADAMW8_HD int lut_bucket(float x) {
   const uint32_t bits = float_bits(x);

@@ -128,11 +128,12 @@ ADAMW8_HD float nearest_threshold(const float* q, int k) {
 // ------------------------------------------------ the CUDA kernels' packed route
 // One byte and one 16-bit word per bucket, so both maps' tables fit a block's
 // shared memory beside the maps (41 KB): `code` is code(the bucket's smallest
-// value), and `low` the low 16 bits of a threshold inside the bucket, sign-adjusted
-// (x ^ 0xffff for negative floats, so a larger x compares larger), or 0 for none.
-// A regular bucket holds the floats of one 16-bit prefix, so x >= thr is then a
-// 16-bit comparison; a threshold inside is larger than the bucket's smallest
-// value, so its adjusted bits are never 0.  Valid for a bucket that holds at most
+// value), and `low` is one less than the low 16 bits of a threshold inside the
+// bucket, sign-adjusted (x ^ 0xffff for negative floats, so a larger x compares
+// larger), or 0xffff for none.  A regular bucket holds the floats of one 16-bit
+// prefix, so x >= thr is then the 16-bit comparison x > low; a threshold inside is
+// larger than the bucket's smallest value, so its adjusted bits are at least 1 and
+// `low` at most 0xfffe, and no x compares above 0xffff.  Valid for a bucket that holds at most
 // one threshold, and none when it is one of the two edge buckets (which span many
 // prefixes): packed_entry says so; the kernels take the search route otherwise.
 struct PackedEntry {
@@ -154,7 +155,7 @@ ADAMW8_HD PackedEntry packed_entry(const float* q, const float* thr, int b) {
   const bool second = inside && e + 1 < 255 && lut_bucket(thr[e + 1]) == b;
   PackedEntry out;
   out.code = static_cast<uint8_t>(e);
-  out.low = static_cast<uint16_t>(inside ? packed_low(float_bits(thr[e])) : 0u);
+  out.low = static_cast<uint16_t>(inside ? packed_low(float_bits(thr[e])) - 1u : 0xffffu);
   out.ok = !(second || (inside && edge));
   return out;
 }
@@ -162,8 +163,7 @@ ADAMW8_HD PackedEntry packed_entry(const float* q, const float* thr, int b) {
 // The nearest code of x (not NaN) from the packed tables.
 ADAMW8_HD int packed_nearest(const uint8_t* code, const uint16_t* low, float x) {
   const int b = lut_bucket(x);
-  const uint32_t t = low[b];
-  return code[b] + static_cast<int>(t != 0u && packed_low(float_bits(x)) >= t);
+  return code[b] + static_cast<int>(packed_low(float_bits(x)) > low[b]);
 }
 
 }  // namespace adamw8

@@ -4,7 +4,9 @@
 
 Allocates managed memory, touches it on the GPU, pages it out and in, and reports
 torch.cuda.mem_get_info at each point; then checks whether ordinary allocations
-(cudaMalloc through torch's allocator) can use the memory that page-out gave up."""
+(cudaMalloc through torch's allocator) can use the memory that page-out gave up, and the
+memory of a freed managed tensor (reported free memory did not come back after the free on an
+H200, driver 580: benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -54,11 +56,13 @@ def main(gib: int = 4) -> None:
     del t
     sync()
     rows.append(("managed freed", free()))
+    after_free = beyond_free(n // 2)
     base = rows[0][1]
     for label, fr in rows:
         print(f"{label:32s} free {fr / 2**30:8.2f} GiB  ({(fr - base) / 2**30:+.2f})")
     print("ordinary allocation beyond reported free, state resident:", resident)
     print("ordinary allocation beyond reported free, after page-out:", outcome)
+    print("ordinary allocation beyond reported free, managed memory freed:", after_free)
     print("values intact after the round trip:", ok)
 
 

@@ -18,13 +18,10 @@ set -uo pipefail
 OUT=${OUT:-/tmp/adamw8-gpu-check}
 LOG=${LOG:-$OUT}
 mkdir -p "$OUT" "$LOG"
-export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+. "$(dirname "$0")/gpu_env.sh"
 QUICK=0; BENCH=1
 for a in "$@"; do case $a in quick) QUICK=1 ;; nobench) BENCH=0 ;; *) echo "unknown option $a"; exit 2 ;; esac; done
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
-T0=$(date +%s)
-elapsed() { echo $(( $(date +%s) - T0 )); }
 left() { echo $(( BUDGET - $(date +%s) + T0 )); }
 cap() {  # cap SECONDS MIN: min(SECONDS, left); fails (phase skipped) when fewer than MIN are left
   local l; l=$(left); [ "$l" -ge "$2" ] || return 1; echo $(( l < $1 ? l : $1 ))

@@ -10,10 +10,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/adamw8-gpu-profile}
 LOG=${LOG:-$OUT}
 mkdir -p "$OUT" "$LOG"
-export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-T0=$(date +%s)
-elapsed() { echo $(( $(date +%s) - T0 )); }
+. "$(dirname "$0")/gpu_env.sh"
 pack() { if [ "$LOG" != "$OUT" ]; then tar czf "$OUT/gpu_profile_logs.tgz" -C "$LOG" . 2>/dev/null; fi; }
 if ! python3 -c "import adamw8, sys; sys.exit(0 if not adamw8.ops._missing['cuda'] else 1)" 2>/dev/null; then
   echo "== build ($(elapsed) s)"

@@ -15,10 +15,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/adamw8-gpu-session}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-T0=$(date +%s)
-elapsed() { echo $(( $(date +%s) - T0 )); }
+. "$(dirname "$0")/gpu_env.sh"
 BUDGET=${GPU_SESSION_BUDGET_S:-550}
 left() { echo $(( BUDGET - $(date +%s) + T0 )); }
 

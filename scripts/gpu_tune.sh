@@ -9,10 +9,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/adamw8-gpu-tune}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-T0=$(date +%s)
-elapsed() { echo $(( $(date +%s) - T0 )); }
+. "$(dirname "$0")/gpu_env.sh"
 if ! python3 -c "import adamw8, sys; sys.exit(0 if adamw8.tuning.available('cuda') else 1)" 2>/dev/null; then
   echo "== build ($(elapsed) s)"
   python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }

@@ -59,6 +59,8 @@ struct AdamScalars {
   float beta2, one_minus_beta2;
   float step_size;  // lr / (1 - beta1^t)
   float c2_sqrt;    // sqrt(1 - beta2^t)
+  float c2_rcp;     // 1 / c2_sqrt, rounded: div_rn's reciprocal
+  bool c2_rcp_exact;  // c2_sqrt in [2^-60, 1] (every beta2 in [0, 1)): div_rn by it is exact
   float decay;      // 1 - lr * weight_decay
   float eps;
 };
@@ -76,6 +78,8 @@ ADAMW8_HD AdamScalars make_scalars(float lr, float beta1, float beta2, float eps
   const float c2 = static_cast<float>(1.0 - pow(static_cast<double>(beta2), static_cast<double>(t)));
   s.step_size = lr / c1;
   s.c2_sqrt = sqrtf(c2);
+  s.c2_rcp = 1.0f / s.c2_sqrt;
+  s.c2_rcp_exact = s.c2_sqrt >= 0x1p-60f && s.c2_sqrt <= 1.0f;
   s.decay = 1.0f - lr * weight_decay;
   s.eps = eps;
   return s;
@@ -133,10 +137,27 @@ ADAMW8_HD void update_moments(const AdamScalars& s, float g, float& m, float& v)
   v = c + d;
 }
 
+// a / b rounded to nearest without a division, given rb = 1 / b rounded to nearest: a * rb is
+// within an ulp of the quotient, the residual a - q0 * b is exact in one fused multiply-add, and
+// one more corrects q0 to the correctly rounded quotient (Markstein's theorem: the bits of a / b).
+// It holds while nothing underflows or overflows: b in [2^-64, 2^64] and a / b in [2^-100, 2^100],
+// or a = +0 (a -0 gives +0).  tests/test_emulation.py checks it against the division over every
+// mantissa of a.  Three multiply-adds where a correctly rounded division costs a reciprocal, a
+// Newton step and a slow-path branch on the GPU, and a divider (one per 6 cycles) on the CPU.
+ADAMW8_HD float div_rn(float a, float b, float rb) {
+  const float q0 = a * rb;
+  const float r = fmaf(-q0, b, a);
+  return fmaf(r, rb, q0);
+}
+
 // Decoupled weight decay first (torch.optim.AdamW order), then the Adam step
 // with the new, unquantized m and vh (= v, or max(vmax, v) with amsgrad).
+// kRcp: sqrt(vh) / c2_sqrt through div_rn (the same bits; only where c2_rcp_exact: then
+// sqrt(vh) is +0 or in [2^-75, 2^64] and the quotient in range); otherwise a division.
+template <bool kRcp = false>
 ADAMW8_HD float update_param(const AdamScalars& s, float p, float m, float vh) {
-  const float denom = sqrtf(vh) / s.c2_sqrt + s.eps;
+  const float r = sqrtf(vh);
+  const float denom = (kRcp ? div_rn(r, s.c2_sqrt, s.c2_rcp) : r / s.c2_sqrt) + s.eps;
   const float q = m / denom;
   const float pd = p * s.decay;
   return pd - s.step_size * q;
@@ -158,7 +179,7 @@ ADAMW8_HD bool update_is_finite(float g, float m, float v) {
 // CUDA; the reference mirrors it).  In: `g` (unscaled, clipped), the old `p`,
 // `m`, `v` and, with amsgrad, the old max `vh`.  Out: the new values, with the
 // non-finite rule applied (moments reset, parameter kept).
-template <bool kAms>
+template <bool kAms, bool kRcp = false>
 ADAMW8_HD void adamw_element(const AdamScalars& s, float g, float& p, float& m, float& v, float& vh) {
   update_moments(s, g, m, v);
   const bool ok = update_is_finite(g, m, v);
@@ -169,7 +190,7 @@ ADAMW8_HD void adamw_element(const AdamScalars& s, float g, float& p, float& m, 
   } else {
     vh = v;
   }
-  const float pn = update_param(s, p, m, vh);
+  const float pn = update_param<kRcp>(s, p, m, vh);
   p = ok ? pn : p;
 }
 

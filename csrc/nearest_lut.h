@@ -166,4 +166,16 @@ ADAMW8_HD int packed_nearest(const uint8_t* code, const uint16_t* low, float x) 
   return code[b] + static_cast<int>(packed_low(float_bits(x)) > low[b]);
 }
 
+// The same entry as one word (the CPU kernels' table: a vector gather reads 32 bits a lane):
+// code << 16 plus 0xffff - low, so that adding x's adjusted low bits carries into the code
+// exactly when they exceed `low`, and the nearest code is (word + packed_low(x)) >> 16: an add
+// and a shift.  No carry past the code: the sum is below (code + 2) << 16.
+ADAMW8_HD uint32_t packed_word(const PackedEntry& e) {
+  return (static_cast<uint32_t>(e.code) << 16) + (0xffffu - e.low);
+}
+
+ADAMW8_HD int packed_word_nearest(uint32_t word, float x) {
+  return static_cast<int>((word + packed_low(float_bits(x))) >> 16);
+}
+
 }  // namespace adamw8

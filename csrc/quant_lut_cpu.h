@@ -30,6 +30,11 @@ class NearestCodeLut {
  public:
   explicit NearestCodeLut(const float* qmap) {
     std::memcpy(q_, qmap, sizeof q_);
+    for (int k = 0; k < 256; ++k) {
+      halves_[k] = static_cast<uint16_t>(float_bits(q_[k]) & 0xffffu);
+      halves_[256 + k] = static_cast<uint16_t>(float_bits(q_[k]) >> 16);
+      finite_ = finite_ && is_finite(q_[k]);
+    }
     for (int b = 0; b < kLutSize; ++b) {
       entry_[b] = lut_entry(q_, b);
       steps_ = std::max(steps_, lut_steps(q_, b));
@@ -55,8 +60,8 @@ class NearestCodeLut {
 
   // What the kernels read (the table lives as long as this object).
   cpu::QuantTable table() const {
-    return cpu::QuantTable{q_,     entry_, steps_, thresholds_ok_ ? code_entry_ : nullptr, thresholds_ok_ ? thr_ : nullptr,
-                           span_, neg_count_, packed_ok_ ? packed_ : nullptr};
+    return cpu::QuantTable{q_, halves_, finite_, entry_, steps_, thresholds_ok_ ? code_entry_ : nullptr, thresholds_ok_ ? thr_ : nullptr,
+                           span_, neg_count_, packed_ok_ ? packed_ : nullptr, packed_ok_ && sign_clamp_};
   }
 
  private:
@@ -86,22 +91,18 @@ class NearestCodeLut {
   }
 
   // The packed route (cpu::packed_code): with one threshold per bucket, a regular bucket holds
-  // the floats of one 16-bit prefix (sign, exponent, 7 mantissa bits), so a threshold inside it
-  // differs from x only in the low 16 bits and x >= thr is a 16-bit integer comparison (reversed
-  // for negative floats).  Entry: code << 17 | inside << 16 | the threshold's low 16 bits.  Not
-  // built when a threshold falls inside one of the two edge buckets, which span many prefixes.
+  // the floats of one 16-bit prefix, so the threshold comparison is one on x's low 16 bits
+  // (nearest_lut.h's packed_entry, the CUDA kernels' entry, stored as one word: packed_word).
+  // Not built when an entry is not valid (a threshold inside an edge bucket, or two in one).
   void build_packed() {
     if (!thresholds_ok_ || span_ != 1) return;
     for (int b = 0; b < kLutSize; ++b) {
-      const int k = b >= kLutHalf ? b - kLutHalf : b;
-      const int e = code_entry_[b];
-      const float t = thr_[e];
-      const bool inside = t == t && lut_bucket(t) == b;
-      if (inside && (k == 0 || k == kLutHalf - 1)) return;
-      packed_[b] = (static_cast<uint32_t>(e) << 17) | (static_cast<uint32_t>(inside) << 16) |
-                   (inside ? (float_bits(t) & 0xffffu) : 0u);
+      const PackedEntry e = packed_entry(q_, thr_, b);
+      if (!e.ok) return;
+      packed_[b] = packed_word(e);
     }
     packed_ok_ = true;
+    sign_clamp_ = neg_count_ >= 1 && quantize_nearest(q_, 0.0f) == neg_count_;
   }
 
   int count_le(float x) const {
@@ -111,6 +112,8 @@ class NearestCodeLut {
   }
 
   float q_[256];  // its own copy: the table stays valid whatever happens to the tensor
+  uint16_t halves_[512];
+  bool finite_ = true;
   int steps_ = 0;
   int32_t entry_[kLutSize];
   bool thresholds_ok_ = false;
@@ -119,6 +122,7 @@ class NearestCodeLut {
   int32_t code_entry_[kLutSize];
   float thr_[257];
   bool packed_ok_ = false;
+  bool sign_clamp_ = false;
   uint32_t packed_[kLutSize];
 };
 

@@ -138,3 +138,66 @@ def test_quantize_with_other_maps_matches_the_reference(table, kind):
         _use(cap, 4096)
         got = torch.ops.adamw8.quantize(x, q, True, True)
         assert torch.equal(got[0], want[0]), (cap, (got[0] != want[0]).nonzero()[:5].tolist())
+
+
+# Per-block absmax scales around the bounded quantizer's range [2^-64, 2^64] (csrc/cpu/kernels.h,
+# quantize_state) and the division-free quotient's (adamw8_math.h, div_rn): inside, at the ends,
+# just outside, and zero / inf / NaN, which take the dividing route.
+EDGE_SCALES = [2.0**-80, 2.0**-64, 2.0**-63.5, 1e-30, 1e-3, 1.0, 2.0**63.5, 2.0**64, 2.0**64.5, 2.0**90, 0.0,
+               float("inf"), float("nan")]
+
+
+@pytest.mark.parametrize("cap", _caps())
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adamw", "amsgrad"])
+@pytest.mark.parametrize("block_wise", [True, False], ids=["blockwise", "tensorwise"])
+def test_8bit_step_at_the_quantizer_edges_matches_the_reference(table, cap, amsgrad, block_wise):
+    """States and gradients built to reach every corner of the 8-bit step's fast route: block
+    absmax from 2^-80 to 2^90 (and 0, inf, NaN), gradients that are tiny against the state (their
+    quotients underflow), exact zeros of both signs, and the largest finite gradients."""
+    _use(cap, 256)
+    torch.manual_seed(5)
+    nb = len(EDGE_SCALES)
+    n = nb * 256 - 9  # a short last block
+    p = torch.randn(n)
+    s = make_state(p, True, amsgrad, block_wise)
+    gen = torch.Generator().manual_seed(6)
+    for key in ("state1", "state2", "state3"):
+        if s[key] is not None:
+            s[key].copy_(torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8))
+    scales = torch.tensor(EDGE_SCALES)
+    for key in ("absmax1", "absmax2", "absmax3"):
+        if s[key] is not None:
+            s[key].copy_(scales if block_wise else scales[4:5])
+    g = torch.randn(n) * scales.repeat_interleave(256)[:n].nan_to_num(0.0, 1e30, 1e30).clamp(max=1e30)
+    g[0:300:7] = 1e-40  # subnormal gradients
+    g[1:300:7] = -0.0
+    g[2:300:7] = 0.0
+    g[3000:3010] = 3.0e38
+    g[260:270] *= 1e-30  # tiny against the block's state
+    h = hyper("cpu", lr=1e-2, wd=0.1)
+    for it in range(3):
+        ref_p, ref_s = p.clone(), clone_state(s)
+        R.fused_step_reference(*op_args(ref_p, g, ref_s, h, block_wise))
+        torch.ops.adamw8.fused_step(*op_args(p, g, s, h, block_wise))
+        assert _mismatches(ref_p, ref_s, p, s) == [], (cap, it)
+        g = g.roll(97) * (1e-20 if it == 0 else 1e20)
+
+
+@pytest.mark.parametrize("cap", _caps())
+def test_8bit_step_negative_zero_moments_match_the_reference(table, cap):
+    """A block whose m is all -0 and +0 with one tiny value (the sign fix as a clamp, and code 0
+    turned to 1 for a positive v whose quotient underflows)."""
+    _use(cap, 256)
+    n = 512
+    p = torch.randn(n)
+    s = make_state(p, True, False, True)
+    g = torch.zeros(n)
+    g[::2] = -0.0
+    g[5], g[300] = -1e-38, 1e-38
+    g[6], g[301] = 1e-3, -1e-3  # the blocks' absmax: the tiny values' quotients underflow
+    h = hyper("cpu", lr=1e-2, wd=0.0)
+    for _ in range(3):
+        ref_p, ref_s = p.clone(), clone_state(s)
+        R.fused_step_reference(*op_args(ref_p, g, ref_s, h, True))
+        torch.ops.adamw8.fused_step(*op_args(p, g, s, h, True))
+        assert _mismatches(ref_p, ref_s, p, s) == [], cap

@@ -256,6 +256,20 @@ def test_nearest_code_table_is_exact_for_other_maps(emu):
     assert routes[2][0] == 0 and routes[2][3] == 0  # repeated values: no thresholds, the search
 
 
+def test_division_free_quotient_equals_the_division(emu):
+    """adamw8_math.h's div_rn (a * 1/b corrected by two fused multiply-adds) gives the
+    division's bits for every mantissa of a, for divisors across the range the kernels use it in
+    (a block's absmax in [2^-64, 2^64]; c2_sqrt in [2^-12, 1]) and quotients from 2^-40 to 2: the
+    8-bit step's normalisation and its sqrt(vh) / c2_sqrt.  Below that range the residual
+    underflows and the check finds the rounding errors the kernels' range guard keeps out."""
+    gen = torch.Generator().manual_seed(11)
+    mantissas = [1.0, 1.9999999, 1.0000001, 1.5, 4.0 / 3.0] + (1 + torch.rand(3, generator=gen)).tolist()
+    divisors = [m * 2.0**e for m, e in zip(mantissas, [-64, 64, -12, 0, -30, 30, -64, 63])] + [0.03162277, 1.0]
+    for b in divisors:
+        assert emu.div_rn_mismatches(b, -40, 1) == 0, b
+    assert emu.div_rn_mismatches(1.2345 * 2.0**-100, -24, 0) > 0  # outside the range it can fail
+
+
 def test_a_planted_defect_is_caught():
     """The emulation can fail: a warp max over 16 lanes instead of 32 (a classic shuffle
     bug) built from a modified copy of the kernel source gives different 8-bit state."""

@@ -1,11 +1,12 @@
-// AVX-512 versions of the 8-bit state's two map lookups (dequantize and the threshold route of
-// the nearest-code search, quant_lut_cpu.h), for the avx512 build of csrc/cpu/kernels.h.
+// AVX-512 versions of the 8-bit state's map lookups (dequantize, and the threshold and packed
+// routes of the nearest-code search, quant_lut_cpu.h), for the avx512 build of csrc/cpu/kernels.h.
 //
-// A 256-entry float table lives in 16 zmm registers and is read with vpermt2ps (32 entries per
-// instruction) and a blend tree on the index's top three bits: on the machines measured a
-// 16-lane lookup this way costs about a quarter of a vgatherdps (benchmarks/RESULTS.md).  Only
-// the bucket table (3,074 entries a sign) is still gathered.  Same operations, same order as
-// the portable loops in kernels.h, so the same bits.
+// Dequantize reads a 256-entry float table from registers: the high and the low 16 bits of its
+// entries as two 256-word tables (8 zmm each), each read with four vpermt2w (64 words apiece)
+// and a blend tree on the code's top two bits, 32 codes at a time, then interleaved back into
+// floats.  The threshold route still reads its thresholds as floats (Table256: 32 entries per
+// vpermt2ps); only the bucket tables (3,074 entries a sign) are gathered.  Same operations, same
+// order as the portable loops in kernels.h, so the same bits.
 //
 // Included by kernels.h inside the avx512 namespace, under its target pragma.
 #pragma once
@@ -40,16 +41,57 @@ struct Table256 {
   }
 };
 
-inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
+// A 256-entry float table as two word tables (its entries' high and low halves), read 32 codes
+// at a time.
+struct Table256W {
+  __m512i hi[8], lo[8];
+  explicit Table256W(const uint16_t* halves) {  // QuantTable::halves: 256 low halves, then 256 high
+    for (int k = 0; k < 8; ++k) {
+      lo[k] = _mm512_loadu_si512(halves + 32 * k);
+      hi[k] = _mm512_loadu_si512(halves + 256 + 32 * k);
+    }
+  }
+  // r[idx & 255] for 32 word lanes, given idx's bit-6 and bit-7 masks
+  static __m512i pick(const __m512i* r, __m512i idx, __mmask32 b6, __mmask32 b7) {
+    const __m512i a0 = _mm512_permutex2var_epi16(r[0], idx, r[1]);
+    const __m512i a1 = _mm512_permutex2var_epi16(r[2], idx, r[3]);
+    const __m512i a2 = _mm512_permutex2var_epi16(r[4], idx, r[5]);
+    const __m512i a3 = _mm512_permutex2var_epi16(r[6], idx, r[7]);
+    const __m512i c0 = _mm512_mask_blend_epi16(b6, a0, a1);
+    const __m512i c1 = _mm512_mask_blend_epi16(b6, a2, a3);
+    return _mm512_mask_blend_epi16(b7, c0, c1);
+  }
+  // The entries of 32 codes (word lanes, in the order `order` makes): codes 0-15 to f0, 16-31 to f1.
+  void operator()(__m512i idx, __m512i& f0, __m512i& f1) const {
+    const __mmask32 b6 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64));
+    const __mmask32 b7 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(128));
+    const __m512i h = pick(hi, idx, b6, b7), l = pick(lo, idx, b6, b7);
+    f0 = _mm512_unpacklo_epi16(l, h);
+    f1 = _mm512_unpackhi_epi16(l, h);
+  }
+  // The word order the interleave wants: unpacklo/unpackhi join words 8L + 0..3 / 8L + 4..7 of each
+  // 128-bit lane L, so word 8L + i must hold code 4L + i and word 8L + 4 + i code 16 + 4L + i.
+  static __m512i order() {
+    alignas(64) static constexpr int16_t kOrder[32] = {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23, 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+    return _mm512_load_si512(kOrder);
+  }
+};
 
-// out[j] = q[codes[j]] * absmax (dequantize_value) for j < len
-inline void dequantize(const float* q, const uint8_t* codes, float absmax, int64_t len, float* out) {
-  const Table256 t(q);
+inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
+inline __mmask32 tail_mask32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u); }
+
+// out[j] = q[codes[j]] * absmax (dequantize_value) for j < len, q given as its halves
+inline void dequantize(const uint16_t* halves, const uint8_t* codes, float absmax, int64_t len, float* out) {
+  const Table256W t(halves);
+  const __m512i order = Table256W::order();
   const __m512 a = _mm512_set1_ps(absmax);
-  for (int64_t j = 0; j < len; j += 16) {
-    const __mmask16 m = tail_mask(len - j);
-    const __m512i idx = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, codes + j));
-    _mm512_mask_storeu_ps(out + j, m, _mm512_mul_ps(t(idx), a));
+  for (int64_t j = 0; j < len; j += 32) {
+    const __m512i idx =
+        _mm512_permutexvar_epi16(order, _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(tail_mask32(len - j), codes + j)));
+    __m512i f0, f1;
+    t(idx, f0, f1);
+    _mm512_mask_storeu_ps(out + j, tail_mask(len - j), _mm512_mul_ps(_mm512_castsi512_ps(f0), a));
+    if (len - j > 16) _mm512_mask_storeu_ps(out + j + 16, tail_mask(len - j - 16), _mm512_mul_ps(_mm512_castsi512_ps(f1), a));
   }
 }
 
@@ -121,21 +163,49 @@ inline void quantize(const QuantTable& qt, const float* values, int64_t len, flo
   });
 }
 
-// packed_code (kernel_args.h): one gather of the packed entry, then the 16-bit comparison of x's
-// low bits with the bucket's threshold, reversed for negative x, where one is inside.
+// packed_code (kernel_args.h): one gather of the packed word, an add of x's adjusted low bits
+// and a shift.
 inline void quantize_packed(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
                             uint8_t* out) {
   const __m512i low16 = _mm512_set1_epi32(0xffff);
   quantize16(values, len, absmax, is_signed, qt.neg_count, out, [&](__m512, __m512i bits, __m512i b, __mmask16 m) {
     const __m512i pk = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, b, qt.packed, 4);
-    const __mmask16 xneg = _mm512_movepi32_mask(bits);
-    const __m512i xl = _mm512_and_si512(bits, low16), tl = _mm512_and_si512(pk, low16);
-    const __mmask16 ge = (_mm512_cmpge_epu32_mask(xl, tl) & static_cast<__mmask16>(~xneg)) |
-                         (_mm512_cmple_epu32_mask(xl, tl) & xneg);
-    const __mmask16 inside = _mm512_test_epi32_mask(pk, _mm512_set1_epi32(0x10000));
-    const __m512i c = _mm512_srli_epi32(pk, 17);
-    return _mm512_mask_add_epi32(c, ge & inside, c, _mm512_set1_epi32(1));
+    const __m512i low = _mm512_and_si512(_mm512_xor_si512(bits, _mm512_srai_epi32(bits, 31)), low16);  // packed_low
+    return _mm512_srli_epi32(_mm512_add_epi32(pk, low), 16);
   });
+}
+
+// The fused step's quantizer (kernels.h, quantize_state): the packed route for `len` finite
+// values with |value| <= absmax, absmax in [2^-64, 2^64], and, for the signed map, a table whose
+// sign fix is a clamp (QuantTable::sign_clamp).  Per 16 values:
+// - |x| = |value| / absmax by div_rn (adamw8_math.h: the division's bits; below 2^-100, where it
+//   may not be, every value falls in bucket 0 and gets that bucket's code), its sign the value's;
+// - the bucket from |x| <= 1 (no upper clamp) and the sign; the packed word; its add and shift;
+// - finish_code without a NaN to mind: a value with its sign bit set takes min(code,
+//   neg_count - 1) (sign_fix), and code 0 becomes 1 where the value's bits are a positive int
+//   (positive_floor: value > 0).
+inline void quantize_bounded(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
+                             uint8_t* out) {
+  const __m512 A = _mm512_set1_ps(absmax), R = _mm512_set1_ps(1.0f / absmax);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), low16 = _mm512_set1_epi32(0xffff);
+  const __m512i key_base = _mm512_set1_epi32(static_cast<int>(kLutKeyLo) - 1), half = _mm512_set1_epi32(kLutHalf);
+  const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+  const __m512i neg_last = _mm512_set1_epi32(qt.neg_count - 1);
+  for (int64_t j = 0; j < len; j += 16) {
+    const __mmask16 m = tail_mask(len - j);
+    const __m512i vb = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, values + j));
+    const __m512i s = _mm512_srai_epi32(vb, 31);
+    const __m512 av = _mm512_castsi512_ps(_mm512_and_si512(vb, abs_mask));
+    const __m512 q0 = _mm512_mul_ps(av, R);
+    const __m512i xb = _mm512_castps_si512(_mm512_fmadd_ps(_mm512_fnmadd_ps(q0, A, av), R, q0));  // div_rn
+    __m512i b = _mm512_max_epi32(_mm512_sub_epi32(_mm512_srli_epi32(xb, kLutShift), key_base), zero);
+    b = _mm512_add_epi32(b, _mm512_and_si512(s, half));
+    const __m512i pk = _mm512_mask_i32gather_epi32(zero, m, b, qt.packed, 4);
+    __m512i c = _mm512_srli_epi32(_mm512_add_epi32(pk, _mm512_and_si512(_mm512_xor_si512(xb, s), low16)), 16);
+    c = is_signed ? _mm512_mask_min_epi32(c, _mm512_movepi32_mask(vb), c, neg_last)
+                  : _mm512_max_epi32(c, _mm512_min_epi32(vb, one));
+    _mm512_mask_cvtepi32_storeu_epi8(out + j, m, c);
+  }
 }
 
 }  // namespace lookup512

@@ -20,6 +20,8 @@ enum class DType : int { kFloat, kDouble, kBFloat16, kHalf };
 // are [0, neg_count).
 struct QuantTable {
   const float* qmap;     // 256 floats
+  const uint16_t* halves;  // 512 words: the low 16 bits of each qmap entry, then the high (dequantize)
+  bool finite;             // every qmap entry finite
   const int32_t* entry;  // kLutSize entries
   int steps;
   const int32_t* code_entry;  // kLutSize entries
@@ -27,19 +29,15 @@ struct QuantTable {
   int span;                   // 1 or 2 (1 for the dynamic maps)
   int neg_count;
   const uint32_t* packed;     // kLutSize entries, or null: the packed route (packed_code)
+  // The signed map's sign fix as a clamp (the fused step's fast route, kernels.h): the code
+  // nearest 0 is neg_count, so a value with its sign bit set takes min(code, neg_count - 1) and
+  // any other keeps its code.
+  bool sign_clamp;
 };
 
-// The nearest code of x (normalised, not NaN) by the packed route (quant_lut_cpu.h,
-// build_packed): one lookup, then a 16-bit comparison of x's low bits with the bucket's
-// threshold, reversed for negative x.  The same arithmetic in every build.
-ADAMW8_HD int packed_code(const uint32_t* packed, float x) {
-  const uint32_t pk = packed[lut_bucket(x)];
-  const uint32_t xb = float_bits(x);
-  const uint32_t xl = xb & 0xffffu, tl = pk & 0xffffu;
-  const uint32_t s = xb >> 31;  // branch-free: a select here keeps GCC's vectoriser off the loop
-  const uint32_t ge = (static_cast<uint32_t>(xl >= tl) & (s ^ 1u)) | (static_cast<uint32_t>(xl <= tl) & s);
-  return static_cast<int>((pk >> 17) + ((pk >> 16) & ge));
-}
+// The nearest code of x (normalised, not NaN) by the packed route (nearest_lut.h's packed_word,
+// one per bucket): one lookup, an add and a shift.  The same arithmetic in every build.
+ADAMW8_HD int packed_code(const uint32_t* packed, float x) { return packed_word_nearest(packed[lut_bucket(x)], x); }
 
 struct Step32Args {
   DType dtype;

@@ -121,25 +121,40 @@ inline void quantize_block(const QuantTable& t, const float* __restrict__ values
   }
 }
 
+// quantize_block for the fused step's states: `len` finite values with |value| <= absmax (the
+// block's own absmax, or the tensor's).  Where the block's absmax is in [2^-64, 2^64] and the
+// map allows it, the AVX-512 build takes its bounded route (no division, the sign fix a clamp);
+// elsewhere, and in the other builds, quantize_block.
+inline void quantize_state(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
+                           bool is_signed, uint8_t* __restrict__ out) {
+#ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
+  if (t.packed != nullptr && (!is_signed || t.sign_clamp) && absmax >= 0x1p-64f && absmax <= 0x1p64f) {
+    return lookup512::quantize_bounded(t, values, len, absmax, is_signed, out);
+  }
+#endif
+  quantize_block(t, values, len, absmax, is_signed, out);
+}
+
 // One block (at most 256 elements) of the 8-bit update: dequantize, AdamW, and, when `write`,
-// the parameters.  Returns the new absmax of m, v and vh as bits.
-template <typename T, bool kAms, bool kScale>
+// the parameters.  Returns the new absmax of m, v and vh as bits.  kRcp: adamw_element's
+// division by c2_sqrt through div_rn (rcp_ok says where it is exact).
+template <typename T, bool kAms, bool kScale, bool kRcp>
 inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float a2, float a3, float* __restrict__ m,
                    float* __restrict__ v, float* __restrict__ vh, bool write, int32_t* mx) {
   T* __restrict__ p = static_cast<T*>(a.p) + off;
   const T* __restrict__ g = static_cast<const T*>(a.g) + off;
   const uint8_t* __restrict__ c1 = a.c1 + off;
   const uint8_t* __restrict__ c2 = a.c2 + off;
-  const float* __restrict__ q1 = a.t1.qmap;
-  const float* __restrict__ q2 = a.t2.qmap;
+  [[maybe_unused]] const float* __restrict__ q1 = a.t1.qmap;
+  [[maybe_unused]] const float* __restrict__ q2 = a.t2.qmap;
   const AdamScalars sc = a.sc;
   const float grad_scale = a.grad_scale, gnorm_scale = a.gnorm_scale;
   float pb[kBlockSize];
 #ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
   // dequantize_value through register tables (avx512_lookup.h), into the state buffers
-  lookup512::dequantize(q1, c1, a1, len, m);
-  lookup512::dequantize(q2, c2, a2, len, v);
-  if constexpr (kAms) lookup512::dequantize(q2, a.c3 + off, a3, len, vh);
+  lookup512::dequantize(a.t1.halves, c1, a1, len, m);
+  lookup512::dequantize(a.t2.halves, c2, a2, len, v);
+  if constexpr (kAms) lookup512::dequantize(a.t2.halves, a.c3 + off, a3, len, vh);
 #define ADAMW8_DEQ(buf, q, k, am) buf[j]
 #else
   // the codes widened first: the compiler gathers only through int32 indices
@@ -161,7 +176,7 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
     float hj = 0.0f;
     if constexpr (kAms) hj = ADAMW8_DEQ(vh, q2, k3, a3);
     float pj = static_cast<float>(p[j]);
-    adamw_element<kAms>(sc, gj, pj, mj, vj, hj);
+    adamw_element<kAms, kRcp>(sc, gj, pj, mj, vj, hj);
     m[j] = mj;
     v[j] = vj;
     if constexpr (kAms) vh[j] = hj;
@@ -179,6 +194,24 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
   mx[2] = m3 > mx[2] ? m3 : mx[2];
 }
 
+// Whether a block's update may divide by c2_sqrt through div_rn (only where the FMA is an
+// instruction): always exact for beta2 in [0, 1) and a finite sqrt(vh), which amsgrad's old max
+// (its map times the block's absmax) may not be.
+template <bool kAms>
+inline bool rcp_ok(const Step8Args& a, float a3) {
+  return ADAMW8_CPU_FMA && a.sc.c2_rcp_exact && (!kAms || (a.t2.finite && is_finite(a3)));
+}
+
+template <typename T, bool kAms, bool kScale>
+inline void block8_any(const Step8Args& a, int64_t off, int64_t len, float a1, float a2, float a3, float* m, float* v,
+                       float* vh, bool write, int32_t* mx) {
+  if (rcp_ok<kAms>(a, a3)) {
+    block8<T, kAms, kScale, true>(a, off, len, a1, a2, a3, m, v, vh, write, mx);
+  } else {
+    block8<T, kAms, kScale, false>(a, off, len, a1, a2, a3, m, v, vh, write, mx);
+  }
+}
+
 // Blocks [cb, ce) of the 8-bit update, quantized and written.  block_wise: each block's own
 // absmax (read from and written to a.a1/a2/a3); otherwise the tensor's, with the new one in
 // `global` (from reduce8).
@@ -190,7 +223,7 @@ void step8_blocks(const Step8Args& a, int64_t cb, int64_t ce, const float* globa
     const int64_t len = std::min<int64_t>(kBlockSize, a.n - off);
     const int64_t ab = a.block_wise ? blk : 0;
     int32_t mx[3] = {0, 0, 0};
-    block8<T, kAms, kScale>(a, off, len, a.a1[ab], a.a2[ab], kAms ? a.a3[ab] : 0.0f, m, v, vh, true, mx);
+    block8_any<T, kAms, kScale>(a, off, len, a.a1[ab], a.a2[ab], kAms ? a.a3[ab] : 0.0f, m, v, vh, true, mx);
     float n1, n2, n3;
     if (!a.block_wise) {
       n1 = global[0];
@@ -204,9 +237,9 @@ void step8_blocks(const Step8Args& a, int64_t cb, int64_t ce, const float* globa
       a.a2[blk] = n2;
       if constexpr (kAms) a.a3[blk] = n3;
     }
-    quantize_block(a.t1, m, len, n1, true, a.c1 + off);
-    quantize_block(a.t2, v, len, n2, false, a.c2 + off);
-    if constexpr (kAms) quantize_block(a.t2, vh, len, n3, false, a.c3 + off);
+    quantize_state(a.t1, m, len, n1, true, a.c1 + off);
+    quantize_state(a.t2, v, len, n2, false, a.c2 + off);
+    if constexpr (kAms) quantize_state(a.t2, vh, len, n3, false, a.c3 + off);
   }
 }
 
@@ -221,8 +254,8 @@ void reduce8_blocks(const Step8Args& a, int64_t cb, int64_t ce, int32_t* mx) {
   float m[kBlockSize], v[kBlockSize], vh[kBlockSize];
   for (int64_t blk = cb; blk < ce; ++blk) {
     const int64_t off = blk * kBlockSize;
-    block8<T, kAms, kScale>(a, off, std::min<int64_t>(kBlockSize, a.n - off), a.a1[0], a.a2[0],
-                            kAms ? a.a3[0] : 0.0f, m, v, vh, false, mx);
+    block8_any<T, kAms, kScale>(a, off, std::min<int64_t>(kBlockSize, a.n - off), a.a1[0], a.a2[0],
+                                kAms ? a.a3[0] : 0.0f, m, v, vh, false, mx);
   }
 }
 

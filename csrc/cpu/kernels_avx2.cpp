@@ -1,5 +1,6 @@
-// The CPU kernels for AVX2 (+F16C, BMI2; no FMA: the arithmetic stays the reference's).  See
-// kernels.h: everything before the pragma is compiled for the baseline.
+// The CPU kernels for AVX2 (+F16C, BMI2, FMA: only where written out, as div_rn's; -ffp-contract=off
+// fuses nothing else, so the arithmetic stays the reference's).  See kernels.h: everything
+// before the pragma is compiled for the baseline.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -12,8 +13,9 @@
 
 #ifdef ADAMW8_CPU_X86
 #pragma GCC push_options
-#pragma GCC target("avx2,f16c,bmi,bmi2")
+#pragma GCC target("avx2,f16c,bmi,bmi2,fma")
 #define ADAMW8_CPU_NS avx2
+#define ADAMW8_CPU_FMA 1
 #define ADAMW8_CPU_NAME "avx2"
 #include "kernels.h"
 #pragma GCC pop_options

@@ -1,5 +1,6 @@
-// The CPU kernels for AVX-512 (F, BW, DQ, VL; 512-bit vectors; no FMA: the arithmetic stays the
-// reference's).  See kernels.h: everything before the pragma is compiled for the baseline.
+// The CPU kernels for AVX-512 (F, BW, DQ, VL; 512-bit vectors; FMA only where written out, as
+// div_rn's and the bounded quantizer's: -ffp-contract=off fuses nothing else, so the arithmetic stays
+// the reference's).  See kernels.h: everything before the pragma is compiled for the baseline.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -14,8 +15,9 @@
 #include <immintrin.h>
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,f16c,bmi,bmi2,prefer-vector-width=512")
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,f16c,bmi,bmi2,fma,prefer-vector-width=512")
 #define ADAMW8_CPU_NS avx512
+#define ADAMW8_CPU_FMA 1
 #define ADAMW8_CPU_NAME "avx512"
 #define ADAMW8_CPU_PERMUTE_LOOKUPS 1
 #include "kernels.h"

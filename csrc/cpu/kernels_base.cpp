@@ -11,5 +11,11 @@
 #include "kernel_args.h"
 
 #define ADAMW8_CPU_NS base
+// div_rn only where the baseline has the FMA instruction (not x86-64's)
+#if defined(__FMA__) || defined(__aarch64__)
+#define ADAMW8_CPU_FMA 1
+#else
+#define ADAMW8_CPU_FMA 0
+#endif
 #define ADAMW8_CPU_NAME "base"
 #include "kernels.h"

@@ -18,6 +18,10 @@
 //       stops, the CPU's threshold and packed routes, the CUDA kernels' packed route.
 //   adamw8_emu::lut_routes(Tensor qmap) -> int[]
 //       [CPU threshold route, its span, CPU packed route, CUDA packed route]
+//   adamw8_emu::div_rn_mismatches(float b, int lo, int hi) -> int
+//       dividends a = m * 2^(e + ilogb(b)), every mantissa m in [1, 2), e in [lo, hi] (so a / b
+//       is within a factor 2 of 2^e), where adamw8_math.h's div_rn(a, b, 1 / b) and a / b
+//       differ in any bit
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -161,6 +165,25 @@ int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
   return bad.load();
 }
 
+int64_t div_rn_mismatches(double b_in, int64_t lo, int64_t hi) {
+  const float b = static_cast<float>(b_in);
+  TORCH_CHECK(b > 0.0f && std::isfinite(b) && lo <= hi, "adamw8_emu: div_rn_mismatches needs b > 0 finite, lo <= hi");
+  const float rb = 1.0f / b;
+  const int eb = std::ilogb(b);
+  std::atomic<int64_t> bad{0};
+  const int64_t per_exp = int64_t{1} << 23;
+  at::parallel_for(0, (hi - lo + 1) * per_exp, 1 << 18, [&](int64_t begin, int64_t end) {
+    int64_t local = 0;
+    for (int64_t k = begin; k < end; ++k) {
+      const int e = static_cast<int>(lo + k / per_exp) + eb;
+      const float a = std::ldexp(bits_float(0x3f800000u | static_cast<uint32_t>(k & 0x7fffff)), e);
+      local += float_bits(div_rn(a, b, rb)) != float_bits(a / b);
+    }
+    bad += local;
+  });
+  return bad.load();
+}
+
 }  // namespace
 
 // The namespace is a macro so a test can build a second, deliberately broken copy beside it.
@@ -179,6 +202,7 @@ TORCH_LIBRARY(ADAMW8_EMU_NS, m) {
   m.def("dequantize(Tensor codes, Tensor absmax, Tensor qmap, bool block_wise, int sms, int blocks_per_sm) -> Tensor");
   m.def("lut_mismatches(Tensor qmap, int stride) -> int");
   m.def("lut_routes(Tensor qmap) -> int[]");
+  m.def("div_rn_mismatches(float b, int lo, int hi) -> int", &div_rn_mismatches);  // no tensors: a catch-all kernel
 }
 
 TORCH_LIBRARY_IMPL(ADAMW8_EMU_NS, CPU, m) {

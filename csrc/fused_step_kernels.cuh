@@ -354,12 +354,19 @@ __device__ __forceinline__ void load_maps(const LaunchArgs& a, Maps8& s) {
 }
 
 // The nearest code of value / absmax in map `which` (1 or 2) by one route, then finish_code.
-template <bool kPacked>
-__device__ __forceinline__ uint32_t quantize_8bit(const Maps8& s, int which, float value, float absmax,
+// kBounded (the packed route only): value / absmax by div_rn with rcp = 1 / absmax, for a
+// finite value with |value| <= absmax in [2^-64, 2^64].  div_rn gives the division's bits down
+// to quotients of 2^-36 and stays within 2^-86 of it below, so a smaller quotient lands in
+// bucket 0 either way, which holds no threshold on the packed route; the sign of a zero
+// quotient does not matter (the nearest code of -0 is that of +0, and finish_code reads the
+// value's sign).
+template <bool kPacked, bool kBounded>
+__device__ __forceinline__ uint32_t quantize_8bit(const Maps8& s, int which, float value, float absmax, float rcp,
                                                   bool is_signed) {
+  static_assert(kPacked || !kBounded, "the bounded quotient needs the packed route");
   const float* q = which == 1 ? s.q1 : s.q2;
   const uint8_t* code = which == 1 ? s.code1 : s.code2;
-  const float x = normalize(value, absmax);
+  const float x = kBounded ? div_rn(value, absmax, rcp) : normalize(value, absmax);
   int nearest;
   if constexpr (kPacked) {
     nearest = packed_nearest(code, which == 1 ? s.low1 : s.low2, x);
@@ -369,17 +376,24 @@ __device__ __forceinline__ uint32_t quantize_8bit(const Maps8& s, int which, flo
   return static_cast<uint32_t>(finish_code(q, nearest, value, is_signed));
 }
 
+// An absmax the bounded quotient takes (quantize_8bit): [2^-64, 2^64], so its reciprocal and
+// the residuals of div_rn stay normal.
+__device__ __forceinline__ bool bounded_absmax(float absmax) { return absmax >= 0x1p-64f && absmax <= 0x1p64f; }
+
 // A lane's codes of m, v (and vh) with the unit's new absmax, by one route.
-template <bool kPacked, bool kAms>
+template <bool kPacked, bool kBounded, bool kAms>
 __device__ __forceinline__ void quantize_lane(const Maps8& s, const float (&m)[kPerLane], const float (&v)[kPerLane],
                                               const float (&h)[kPerLane], float na1, float na2, float na3,
                                               uint32_t (&c1)[kPerLane], uint32_t (&c2)[kPerLane],
                                               uint32_t (&c3)[kPerLane]) {
+  const float r1 = kBounded ? 1.0f / na1 : 0.0f;  // once per unit and lane
+  const float r2 = kBounded ? 1.0f / na2 : 0.0f;
+  const float r3 = kBounded && kAms ? 1.0f / na3 : 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
-    c1[j] = quantize_8bit<kPacked>(s, 1, m[j], na1, true);
-    c2[j] = quantize_8bit<kPacked>(s, 2, v[j], na2, false);
-    if constexpr (kAms) c3[j] = quantize_8bit<kPacked>(s, 2, h[j], na3, false);
+    c1[j] = quantize_8bit<kPacked, kBounded>(s, 1, m[j], na1, r1, true);
+    c2[j] = quantize_8bit<kPacked, kBounded>(s, 2, v[j], na2, r2, false);
+    if constexpr (kAms) c3[j] = quantize_8bit<kPacked, kBounded>(s, 2, h[j], na3, r3, false);
   }
 }
 
@@ -396,10 +410,14 @@ __device__ __forceinline__ void write_unit_8bit(const LaunchArgs& a, const Maps8
   uint8_t* __restrict__ c3p = static_cast<uint8_t*>(ta.state3);
   store_p<T>(a, ta, off, full, p);
   uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
-  if (s.packed) {  // the same for the whole block
-    quantize_lane<true, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);
+  // m, v and vh are finite (the non-finite rule; an infinite old vh makes na3 infinite) and
+  // bounded by their absmax (the unit's or the tensor's maximum)
+  if (s.packed && bounded_absmax(na1) && bounded_absmax(na2) && (!kAms || bounded_absmax(na3))) {
+    quantize_lane<true, true, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);  // the same for the whole warp
+  } else if (s.packed) {  // the same for the whole block
+    quantize_lane<true, false, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);
   } else {
-    quantize_lane<false, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);
+    quantize_lane<false, false, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);
   }
   if (full) {
     store8_codes(c1p + off, c1);
@@ -420,6 +438,31 @@ __device__ __forceinline__ void write_unit_8bit(const LaunchArgs& a, const Maps8
     ta.absmax1[blk] = na1;
     ta.absmax2[blk] = na2;
     if constexpr (kAms) ta.absmax3[blk] = na3;
+  }
+}
+
+// A lane's dequantize, element update and running maxima (unit_8bit).
+template <bool kAms, bool kRcp>
+__device__ __forceinline__ void update_lane_8bit(const LaunchArgs& a, const Maps8& s, const TensorScalars& ts,
+                                                 float gscale, float oa1, float oa2, float oa3,
+                                                 const uint32_t (&c1)[kPerLane], const uint32_t (&c2)[kPerLane],
+                                                 const uint32_t (&c3)[kPerLane], float (&p)[kPerLane],
+                                                 const float (&g)[kPerLane], float (&m)[kPerLane],
+                                                 float (&v)[kPerLane], float (&h)[kPerLane], float& na1, float& na2,
+                                                 float& na3) {
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    float mj = dequantize_value(s.q1, static_cast<uint8_t>(c1[j]), oa1);
+    float vj = dequantize_value(s.q2, static_cast<uint8_t>(c2[j]), oa2);
+    float hj = kAms ? dequantize_value(s.q2, static_cast<uint8_t>(c3[j]), oa3) : 0.0f;
+    adamw_element<kAms, kRcp>(ts.sc, prep_grad(a, gscale, ts.gnorm_scale, g[j]), p[j], mj, vj, hj);
+    m[j] = mj;
+    v[j] = vj;
+    h[j] = hj;
+    const float am = fabsf(mj);
+    na1 = am > na1 ? am : na1;
+    na2 = vj > na2 ? vj : na2;
+    na3 = hj > na3 ? hj : na3;
   }
 }
 
@@ -458,19 +501,12 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
   }
   float m[kPerLane], v[kPerLane], h[kPerLane];
   float na1 = 0.0f, na2 = 0.0f, na3 = 0.0f;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    float mj = dequantize_value(s.q1, static_cast<uint8_t>(c1[j]), oa1);
-    float vj = dequantize_value(s.q2, static_cast<uint8_t>(c2[j]), oa2);
-    float hj = kAms ? dequantize_value(s.q2, static_cast<uint8_t>(c3[j]), oa3) : 0.0f;
-    adamw_element<kAms>(ts.sc, prep_grad(a, gscale, ts.gnorm_scale, g[j]), p[j], mj, vj, hj);
-    m[j] = mj;
-    v[j] = vj;
-    h[j] = hj;
-    const float am = fabsf(mj);
-    na1 = am > na1 ? am : na1;
-    na2 = vj > na2 ? vj : na2;
-    na3 = hj > na3 ? hj : na3;
+  // adamw_element's division by c2_sqrt through div_rn where it is exact (every beta2 in
+  // [0, 1)); not with amsgrad, whose old max may be infinite
+  if (!kAms && ts.sc.c2_rcp_exact) {  // the same for the whole warp
+    update_lane_8bit<kAms, true>(a, s, ts, gscale, oa1, oa2, oa3, c1, c2, c3, p, g, m, v, h, na1, na2, na3);
+  } else {
+    update_lane_8bit<kAms, false>(a, s, ts, gscale, oa1, oa2, oa3, c1, c2, c3, p, g, m, v, h, na1, na2, na3);
   }
   na1 = warp_max(na1);
   na2 = warp_max(na2);

@@ -179,6 +179,41 @@ def test_many_units_per_warp(emu):
     run_both(emu.fused_step_multi, torch.float16, [70 * 256 + 3, 5, 9 * 256], True, False, sms=1, bps=1, steps=2)
 
 
+# Block absmax around the bounded quotient's range [2^-64, 2^64] (quantize_8bit) and beyond.
+EDGE_SCALES = [2.0**-80, 2.0**-64, 2.0**-63.5, 1e-30, 1e-3, 1.0, 2.0**63.5, 2.0**64, 2.0**64.5, 2.0**90, 0.0,
+               float("inf"), float("nan")]
+
+
+@pytest.mark.parametrize("ams, block_wise", [(False, True), (True, True), (False, False), (True, False)],
+                         ids=["8bit", "8bit-ams", "8bit-tensorwise", "8bit-ams-tensorwise"])
+def test_kernels_at_the_quantizer_edges(emu, ams, block_wise):
+    """Old states with block absmax from 2^-80 to 2^90 (and 0, inf, NaN), gradients tiny and
+    huge against them and exact zeros of both signs: the bounded quotient where it applies,
+    the division elsewhere, the same bits as the CPU kernel (itself checked against the
+    reference in tests/test_cpu_kernels.py)."""
+    n = len(EDGE_SCALES) * 256 - 9
+    params = [torch.randn(n)]
+    st = make_lists(params, True, ams, block_wise)
+    gen = torch.Generator().manual_seed(6)
+    scales = torch.tensor(EDGE_SCALES)
+    for k in ("state1", "state2", "state3"):
+        for t in st[k]:
+            t.copy_(torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8))
+    for k in ("absmax1", "absmax2", "absmax3"):
+        for t in st[k]:
+            t.copy_(scales if block_wise else scales[4:5])
+    g = torch.randn(n, generator=gen) * scales.repeat_interleave(256)[:n].nan_to_num(0.0, 1e30, 1e30).clamp(max=1e30)
+    g[0:300:7], g[1:300:7], g[2:300:7] = 1e-40, -0.0, 0.0
+    g[3000:3010] = 3.0e38
+    g[260:270] *= 1e-30
+    e_params, e_st = clone_all(params, st)
+    for it in range(3):
+        call(torch.ops.adamw8.fused_step_multi, params, [g], st, True, block_wise, 100, 1e-2)
+        call(emu.fused_step_multi, e_params, [g], e_st, True, block_wise, 100, 1e-2, extra=([], 2, 1, 64))
+        assert_same(params, st, e_params, e_st, what=f"step {it}: ")
+        g = g.roll(97) * (1e-20 if it == 0 else 1e20)
+
+
 def test_nonfinite_gradients(emu):
     """NaN, +-inf and |g| > 1.8e19 (g*g overflows): the element is reset, in both formats."""
     def poison(it, g):

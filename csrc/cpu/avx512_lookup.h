@@ -180,7 +180,8 @@ inline void quantize_packed(const QuantTable& qt, const float* values, int64_t l
 // sign fix is a clamp (QuantTable::sign_clamp).  Per 16 values:
 // - |x| = |value| / absmax by div_rn (adamw8_math.h: the division's bits; below 2^-100, where it
 //   may not be, every value falls in bucket 0 and gets that bucket's code), its sign the value's;
-// - the bucket from |x| <= 1 (no upper clamp) and the sign; the packed word; its add and shift;
+// - the bucket from |x| <= 1 (no upper clamp: at most kLutHalf - 1), the key's floor at 0 a
+//   saturating 16-bit subtraction, and the sign; the packed word; its add and shift;
 // - finish_code without a NaN to mind: a value with its sign bit set takes min(code,
 //   neg_count - 1) (sign_fix), and code 0 becomes 1 where the value's bits are a positive int
 //   (positive_floor: value > 0).
@@ -198,7 +199,7 @@ inline void quantize_bounded(const QuantTable& qt, const float* values, int64_t 
     const __m512 av = _mm512_castsi512_ps(_mm512_and_si512(vb, abs_mask));
     const __m512 q0 = _mm512_mul_ps(av, R);
     const __m512i xb = _mm512_castps_si512(_mm512_fmadd_ps(_mm512_fnmadd_ps(q0, A, av), R, q0));  // div_rn
-    __m512i b = _mm512_max_epi32(_mm512_sub_epi32(_mm512_srli_epi32(xb, kLutShift), key_base), zero);
+    __m512i b = _mm512_subs_epu16(_mm512_srli_epi32(xb, kLutShift), key_base);  // max(key - base, 0) in the low words
     b = _mm512_add_epi32(b, _mm512_and_si512(s, half));
     const __m512i pk = _mm512_mask_i32gather_epi32(zero, m, b, qt.packed, 4);
     __m512i c = _mm512_srli_epi32(_mm512_add_epi32(pk, _mm512_and_si512(_mm512_xor_si512(xb, s), low16)), 16);

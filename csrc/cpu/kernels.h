@@ -121,17 +121,47 @@ inline void quantize_block(const QuantTable& t, const float* __restrict__ values
   }
 }
 
+#if !defined(ADAMW8_CPU_PERMUTE_LOOKUPS) && ADAMW8_CPU_FMA
+// The bounded route (lookup512::quantize_bounded) as a plain loop the vectoriser takes, gathers
+// included: the builds with FMA but without the AVX-512 lookups (avx2).
+template <bool kSigned>
+inline void quantize_bounded_loop(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
+                                  uint8_t* __restrict__ out) {
+  const float rcp = 1.0f / absmax;
+  const uint32_t* pk = t.packed;
+  const int neg_last = t.neg_count - 1;
+  for (int64_t j = 0; j < len; ++j) {
+    const uint32_t vb = float_bits(values[j]);
+    const uint32_t s = static_cast<uint32_t>(static_cast<int32_t>(vb) >> 31);
+    const uint32_t xb = float_bits(div_rn(bits_float(vb & 0x7fffffffu), absmax, rcp));
+    const uint32_t key = xb >> kLutShift;
+    const uint32_t b = (key > kLutKeyLo - 1u ? key - (kLutKeyLo - 1u) : 0u) + (s & static_cast<uint32_t>(kLutHalf));
+    int c = static_cast<int>((pk[b] + ((xb ^ s) & 0xffffu)) >> 16);
+    if constexpr (kSigned) {
+      c = s != 0u && c > neg_last ? neg_last : c;
+    } else {
+      const int pos = static_cast<int32_t>(vb) > 0 ? 1 : 0;
+      c = c > pos ? c : pos;
+    }
+    out[j] = static_cast<uint8_t>(c);
+  }
+}
+#endif
+
 // quantize_block for the fused step's states: `len` finite values with |value| <= absmax (the
 // block's own absmax, or the tensor's).  Where the block's absmax is in [2^-64, 2^64] and the
-// map allows it, the AVX-512 build takes its bounded route (no division, the sign fix a clamp);
-// elsewhere, and in the other builds, quantize_block.
+// map allows it, the bounded route (no division, the sign fix a clamp): AVX-512's, or the
+// plain loop in a build with FMA; elsewhere, and in the base x86 build, quantize_block.
 inline void quantize_state(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
                            bool is_signed, uint8_t* __restrict__ out) {
-#ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
   if (t.packed != nullptr && (!is_signed || t.sign_clamp) && absmax >= 0x1p-64f && absmax <= 0x1p64f) {
+#ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
     return lookup512::quantize_bounded(t, values, len, absmax, is_signed, out);
-  }
+#elif ADAMW8_CPU_FMA
+    return is_signed ? quantize_bounded_loop<true>(t, values, len, absmax, out)
+                     : quantize_bounded_loop<false>(t, values, len, absmax, out);
 #endif
+  }
   quantize_block(t, values, len, absmax, is_signed, out);
 }
 

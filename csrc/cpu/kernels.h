@@ -229,17 +229,16 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
 // (its map times the block's absmax) may not be.
 template <bool kAms>
 inline bool rcp_ok(const Step8Args& a, float a3) {
-  return ADAMW8_CPU_FMA && a.sc.c2_rcp_exact && (!kAms || (a.t2.finite && is_finite(a3)));
+  return a.sc.c2_rcp_exact && (!kAms || (a.t2.finite && is_finite(a3)));
 }
 
 template <typename T, bool kAms, bool kScale>
 inline void block8_any(const Step8Args& a, int64_t off, int64_t len, float a1, float a2, float a3, float* m, float* v,
                        float* vh, bool write, int32_t* mx) {
-  if (rcp_ok<kAms>(a, a3)) {
-    block8<T, kAms, kScale, true>(a, off, len, a1, a2, a3, m, v, vh, write, mx);
-  } else {
-    block8<T, kAms, kScale, false>(a, off, len, a1, a2, a3, m, v, vh, write, mx);
+  if constexpr (ADAMW8_CPU_FMA) {
+    if (rcp_ok<kAms>(a, a3)) return block8<T, kAms, kScale, true>(a, off, len, a1, a2, a3, m, v, vh, write, mx);
   }
+  block8<T, kAms, kScale, false>(a, off, len, a1, a2, a3, m, v, vh, write, mx);
 }
 
 // Blocks [cb, ce) of the 8-bit update, quantized and written.  block_wise: each block's own

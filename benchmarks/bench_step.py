@@ -3,6 +3,7 @@
     python benchmarks/bench_step.py                         # both sets, fp32 and bf16, on the GPU
     python benchmarks/bench_step.py --sets gpt2-160m --dtypes bf16 --steps 10
     python benchmarks/bench_step.py --device cpu --scale 0.001 --steps 3   # smoke test (CI)
+    python benchmarks/bench_step.py --device cpu --interleave ...          # optimizers take turns
 
 For every optimizer it prints the median step time over ``--steps`` timed steps after
 ``--warmup`` (CUDA events on the GPU), the ratio to torch.optim.AdamW(fused=True) from the same
@@ -99,6 +100,29 @@ def optimizers(include_bnb: bool):
     return opts
 
 
+def interleaved(opts: dict, params, device, warmup: int, steps: int) -> dict:
+    """Every optimizer's step times with the optimizers taking turns step by step (all built
+    first, on the same parameters), so a burst of load from elsewhere on a shared machine hits
+    them alike.  An optimizer that fails to build or step gets its exception instead."""
+    built, out = {}, {}
+    for name, make in opts.items():
+        try:
+            built[name] = make(params)
+        except Exception as e:  # a competitor that cannot run here is reported, not fatal
+            out[name] = e
+    for i in range(warmup + steps):
+        for name, opt in list(built.items()):
+            try:
+                t = timed(opt.step, device, 0, 1)[0]
+            except Exception as e:
+                out[name] = e
+                del built[name]
+                continue
+            if i >= warmup:
+                out.setdefault(name, []).append(t)
+    return out
+
+
 def bench_set(set_name, dtype_name, device, args, bw, opts):
     cfg = SETS[set_name]
     shp = shp_scaled(cfg, args.scale)
@@ -109,10 +133,16 @@ def bench_set(set_name, dtype_name, device, args, bw, opts):
     n = sum(p.numel() for p in params)
     pbytes = torch.empty((), dtype=dtype).element_size()
     rows = []
+    times = interleaved(opts, params, device, args.warmup, args.steps) if args.interleave else {}
     for name, make in opts.items():
         try:
-            opt = make(params)
-            ts = timed(opt.step, device, args.warmup, args.steps)
+            if args.interleave:
+                if isinstance(times[name], Exception):
+                    raise times[name]
+                ts = times[name]
+            else:
+                opt = make(params)
+                ts = timed(opt.step, device, args.warmup, args.steps)
         except Exception as e:  # a competitor that cannot run here is reported, not fatal
             rows.append((name, None, f"failed: {type(e).__name__}: {str(e)[:80]}"))
             continue
@@ -153,6 +183,8 @@ def main(argv=None):
     ap.add_argument("--no-bnb", action="store_true")
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="CPU: run every set at each of these thread counts (default: torch's)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="the optimizers take turns step by step (shared machines: load bursts hit all alike)")
     ap.add_argument("--only", nargs="+", default=None,
                     help="run only the optimizers whose name contains one of these (torch fused always runs)")
     args = ap.parse_args(argv)

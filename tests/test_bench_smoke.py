@@ -35,3 +35,24 @@ def test_bench_runs_on_cpu(capsys):
     assert {r[0] for r in rows} >= {"torch AdamW fused", "adamw8 AdamW8bit", "adamw8 AdamW32bit"}
     assert all(r[1] is not None and r[1] > 0 for r in rows)
     assert "| adamw8 AdamW8bit |" in capsys.readouterr().out
+
+
+def test_bench_interleaved_takes_turns(monkeypatch):
+    """--interleave: every optimizer built first, then one step each per round; each gets
+    warmup + steps steps, in turn."""
+    b = load()
+    calls = []
+    real = b.timed
+
+    def timed(fn, *a, **k):
+        if hasattr(fn, "__self__"):  # an optimizer's step (not the copy-bandwidth probe)
+            calls.append(type(fn.__self__).__name__)
+        return real(fn, *a, **k)
+
+    monkeypatch.setattr(b, "timed", timed)
+    results = b.main(["--device", "cpu", "--scale", "0.01", "--steps", "3", "--warmup", "1", "--no-bnb", "--interleave",
+                      "--sets", "gpt2-160m", "--dtypes", "fp32", "--only", "adamw8 AdamW8bit"])
+    rows = results[("gpt2-160m", "fp32")]
+    assert [r[0] for r in rows] == ["torch AdamW fused", "adamw8 AdamW8bit"]
+    assert all(r[1] is not None and r[1] > 0 for r in rows)
+    assert calls == ["AdamW", "AdamW8bit"] * 4  # in turns, warmup included

@@ -257,6 +257,16 @@ ADAMW8_HD int finish_code(const float* qmap, int nearest, float value, bool is_s
   return is_signed ? sign_fix(qmap, nearest, value) : positive_floor(nearest, value);
 }
 
+// sign_fix as a clamp, for the fused step's bounded quantizers (CPU and CUDA), whose values are
+// never NaN: with z the code nearest 0, if q[z - 1] has its sign bit set and q[z] has not (a
+// sorted map: the codes below z are then all sign-set and those from z all clear), a value
+// with its sign bit set has a nearest code c <= z and sign_fix gives min(c, z - 1), and any
+// other value keeps its code.  Returns z - 1, or -1 where the map is not like that.
+ADAMW8_HD int sign_clamp_code(const float* qmap) {
+  const int z = quantize_nearest(qmap, 0.0f);
+  return (z >= 1 && signbit(qmap[z - 1]) && !signbit(qmap[z])) ? z - 1 : -1;
+}
+
 ADAMW8_HD uint8_t quantize_value(const float* qmap, float value, float absmax, bool is_signed) {
   return static_cast<uint8_t>(finish_code(qmap, quantize_nearest(qmap, normalize(value, absmax)), value, is_signed));
 }

@@ -309,6 +309,7 @@ struct Maps8 {
   uint16_t low1[kLutSize];  // packed route: the bucket's threshold, 16 bits (nearest_lut.h)
   uint16_t low2[kLutSize];
   int packed;               // 1: both maps take the packed route
+  int clamp1;               // sign_clamp_code(q1): the bounded route's sign fix, or -1
 };
 
 // Every thread of the block helps.  Strictly increasing maps (the dynamic maps)
@@ -349,13 +350,17 @@ __device__ __forceinline__ void load_maps(const LaunchArgs& a, Maps8& s) {
       s.code2[b] = lut_entry(s.q2, b);
     }
   }
-  if (threadIdx.x == 0) s.packed = packed ? 1 : 0;
+  if (threadIdx.x == 0) {
+    s.packed = packed ? 1 : 0;
+    s.clamp1 = sign_clamp_code(s.q1);
+  }
   __syncthreads();
 }
 
 // The nearest code of value / absmax in map `which` (1 or 2) by one route, then finish_code.
 // kBounded (the packed route only): value / absmax by div_rn with rcp = 1 / absmax, for a
-// finite value with |value| <= absmax in [2^-64, 2^64].  div_rn gives the division's bits down
+// finite value with |value| <= absmax in [2^-64, 2^64], and the sign fix as a clamp
+// (s.clamp1 >= 0: sign_clamp_code).  div_rn gives the division's bits down
 // to quotients of 2^-36 and stays within 2^-86 of it below, so a smaller quotient lands in
 // bucket 0 either way, which holds no threshold on the packed route; the sign of a zero
 // quotient does not matter (the nearest code of -0 is that of +0, and finish_code reads the
@@ -372,6 +377,10 @@ __device__ __forceinline__ uint32_t quantize_8bit(const Maps8& s, int which, flo
     nearest = packed_nearest(code, which == 1 ? s.low1 : s.low2, x);
   } else {
     nearest = lut_nearest_search(code, q, x);
+  }
+  if constexpr (kBounded) {  // finish_code for a value that is not NaN, without reading the map
+    if (is_signed) return static_cast<uint32_t>((float_bits(value) >> 31) && nearest > s.clamp1 ? s.clamp1 : nearest);
+    return static_cast<uint32_t>(positive_floor(nearest, value));
   }
   return static_cast<uint32_t>(finish_code(q, nearest, value, is_signed));
 }
@@ -412,7 +421,7 @@ __device__ __forceinline__ void write_unit_8bit(const LaunchArgs& a, const Maps8
   uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
   // m, v and vh are finite (the non-finite rule; an infinite old vh makes na3 infinite) and
   // bounded by their absmax (the unit's or the tensor's maximum)
-  if (s.packed && bounded_absmax(na1) && bounded_absmax(na2) && (!kAms || bounded_absmax(na3))) {
+  if (s.packed && s.clamp1 >= 0 && bounded_absmax(na1) && bounded_absmax(na2) && (!kAms || bounded_absmax(na3))) {
     quantize_lane<true, true, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);  // the same for the whole warp
   } else if (s.packed) {  // the same for the whole block
     quantize_lane<true, false, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);

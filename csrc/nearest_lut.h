@@ -35,8 +35,9 @@ constexpr int kLutSize = 2 * kLutHalf;                        // 6,148
 // Bucket of x: [0, kLutHalf) for a clear sign bit, [kLutHalf, kLutSize) for a set one.
 ADAMW8_HD int lut_bucket(float x) {
   const uint32_t bits = float_bits(x);
-  const uint32_t key = (bits & 0x7fffffffu) >> kLutShift;
-  int b = key < kLutKeyLo ? 0 : static_cast<int>(key - kLutKeyLo) + 1;
+  const int key = static_cast<int>((bits & 0x7fffffffu) >> kLutShift);
+  int b = key - static_cast<int>(kLutKeyLo) + 1;  // below 2^-24: 0 or less
+  b = b > 0 ? b : 0;
   b = b < kLutHalf - 1 ? b : kLutHalf - 1;
   return (bits >> 31) ? b + kLutHalf : b;
 }

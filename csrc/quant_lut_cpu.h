@@ -61,7 +61,7 @@ class NearestCodeLut {
   // What the kernels read (the table lives as long as this object).
   cpu::QuantTable table() const {
     return cpu::QuantTable{q_, halves_, finite_, entry_, steps_, thresholds_ok_ ? code_entry_ : nullptr, thresholds_ok_ ? thr_ : nullptr,
-                           span_, neg_count_, packed_ok_ ? packed_ : nullptr, packed_ok_ && sign_clamp_};
+                           span_, neg_count_, packed_ok_ ? packed_ : nullptr, packed_ok_ ? sign_clamp_code(q_) : -1};
   }
 
  private:
@@ -102,7 +102,6 @@ class NearestCodeLut {
       packed_[b] = packed_word(e);
     }
     packed_ok_ = true;
-    sign_clamp_ = neg_count_ >= 1 && quantize_nearest(q_, 0.0f) == neg_count_;
   }
 
   int count_le(float x) const {
@@ -122,7 +121,6 @@ class NearestCodeLut {
   int32_t code_entry_[kLutSize];
   float thr_[257];
   bool packed_ok_ = false;
-  bool sign_clamp_ = false;
   uint32_t packed_[kLutSize];
 };
 

@@ -177,13 +177,14 @@ inline void quantize_packed(const QuantTable& qt, const float* values, int64_t l
 
 // The fused step's quantizer (kernels.h, quantize_state): the packed route for `len` finite
 // values with |value| <= absmax, absmax in [2^-64, 2^64], and, for the signed map, a table whose
-// sign fix is a clamp (QuantTable::sign_clamp).  Per 16 values:
-// - |x| = |value| / absmax by div_rn (adamw8_math.h: the division's bits; below 2^-100, where it
-//   may not be, every value falls in bucket 0 and gets that bucket's code), its sign the value's;
+// sign fix is a clamp (QuantTable::clamp_code).  Per 16 values:
+// - |x| = |value| / absmax by div_rn (adamw8_math.h: the division's bits down to 2^-36; below,
+//   within 2^-86 of them, every value falls in bucket 0 and gets that bucket's code), its sign
+//   the value's;
 // - the bucket from |x| <= 1 (no upper clamp: at most kLutHalf - 1), the key's floor at 0 a
 //   saturating 16-bit subtraction, and the sign; the packed word; its add and shift;
 // - finish_code without a NaN to mind: a value with its sign bit set takes min(code,
-//   neg_count - 1) (sign_fix), and code 0 becomes 1 where the value's bits are a positive int
+//   clamp_code) (sign_fix), and code 0 becomes 1 where the value's bits are a positive int
 //   (positive_floor: value > 0).
 inline void quantize_bounded(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
                              uint8_t* out) {
@@ -191,7 +192,7 @@ inline void quantize_bounded(const QuantTable& qt, const float* values, int64_t 
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), low16 = _mm512_set1_epi32(0xffff);
   const __m512i key_base = _mm512_set1_epi32(static_cast<int>(kLutKeyLo) - 1), half = _mm512_set1_epi32(kLutHalf);
   const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
-  const __m512i neg_last = _mm512_set1_epi32(qt.neg_count - 1);
+  const __m512i neg_last = _mm512_set1_epi32(qt.clamp_code);
   for (int64_t j = 0; j < len; j += 16) {
     const __mmask16 m = tail_mask(len - j);
     const __m512i vb = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, values + j));

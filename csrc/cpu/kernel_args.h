@@ -29,10 +29,10 @@ struct QuantTable {
   int span;                   // 1 or 2 (1 for the dynamic maps)
   int neg_count;
   const uint32_t* packed;     // kLutSize entries, or null: the packed route (packed_code)
-  // The signed map's sign fix as a clamp (the fused step's fast route, kernels.h): the code
-  // nearest 0 is neg_count, so a value with its sign bit set takes min(code, neg_count - 1) and
-  // any other keeps its code.
-  bool sign_clamp;
+  // The signed map's sign fix as a clamp (the fused step's bounded route, kernels.h): a value
+  // with its sign bit set takes min(code, clamp_code); -1 where the map does not allow it
+  // (adamw8_math.h, sign_clamp_code).
+  int clamp_code;
 };
 
 // The nearest code of x (normalised, not NaN) by the packed route (nearest_lut.h's packed_word,

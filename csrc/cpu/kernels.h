@@ -129,7 +129,7 @@ inline void quantize_bounded_loop(const QuantTable& t, const float* __restrict__
                                   uint8_t* __restrict__ out) {
   const float rcp = 1.0f / absmax;
   const uint32_t* pk = t.packed;
-  const int neg_last = t.neg_count - 1;
+  const int neg_last = t.clamp_code;
   for (int64_t j = 0; j < len; ++j) {
     const uint32_t vb = float_bits(values[j]);
     const uint32_t s = static_cast<uint32_t>(static_cast<int32_t>(vb) >> 31);
@@ -154,7 +154,7 @@ inline void quantize_bounded_loop(const QuantTable& t, const float* __restrict__
 // plain loop in a build with FMA; elsewhere, and in the base x86 build, quantize_block.
 inline void quantize_state(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
                            bool is_signed, uint8_t* __restrict__ out) {
-  if (t.packed != nullptr && (!is_signed || t.sign_clamp) && absmax >= 0x1p-64f && absmax <= 0x1p64f) {
+  if (t.packed != nullptr && (!is_signed || t.clamp_code >= 0) && absmax >= 0x1p-64f && absmax <= 0x1p64f) {
 #ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
     return lookup512::quantize_bounded(t, values, len, absmax, is_signed, out);
 #elif ADAMW8_CPU_FMA

@@ -6,7 +6,7 @@ For every state format, parameter dtype and size bucket it times each candidate 
 with ``torch.profiler`` and keeps the fastest when it beats the default by more than the noise
 margin:
 
-* ``--device cpu`` (default): the build (base/avx2/avx512) and the grain (elements per parallel
+* ``--device cpu`` (default): the build (base/avx2/avx512/avx512vbmi) and the grain (elements per parallel
   task); the time is the kernel's own, from the ``adamw8::cpu_step*[build grain=...]`` range each
   launch records.
 * ``--device cuda``: blocks per SM of the persistent grid and tensors per launch; the time is the

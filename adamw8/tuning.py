@@ -4,7 +4,7 @@ Both tables are keyed by state format (``32bit``, ``8bit``), parameter dtype (``
 ``bf16``, ``fp16``) and size bucket (fewer than 2^14, 2^18, 2^22 elements, or more).
 
 * CPU (``csrc/cpu``): the kernels are built once per instruction set (``base``, ``avx2``,
-  ``avx512``) and split a tensor's elements over threads in tasks of ``grain`` elements; an entry
+  ``avx512``, ``avx512vbmi``) and split a tensor's elements over threads in tasks of ``grain`` elements; an entry
   is ``{"capability", "grain"}`` (defaults: the best build this CPU has, 4096).  The size is the
   tensor's.
 * CUDA (``csrc/cuda/fused_step_cuda.cpp``): the unit kernels run on a persistent grid of at most
@@ -18,11 +18,12 @@ JSON file keyed by device name (and ``device_type``) whose ``configs`` map
 import for the running CPU, and for a GPU when the first optimizer with parameters on it is
 made (importing adamw8 does not initialise CUDA); ``ADAMW8_PROFILE=<file>`` reads that file
 (for the CPU) instead and ``ADAMW8_PROFILE=none`` reads none.  An unknown device gets the defaults; a malformed profile is
-reported with a warning and the defaults are used.  ``ADAMW8_CPU_CAPABILITY=base|avx2|avx512``
+reported with a warning and the defaults are used.  ``ADAMW8_CPU_CAPABILITY=base|avx2|avx512|avx512vbmi``
 picks the build "auto" means, as ATen's ``ATEN_CPU_CAPABILITY`` does.
 
-Every config gives the same bits (the builds run the same element update in the same order,
-without fused multiply-adds); only the time changes.
+Every config gives the same bits (the builds run the same element update in the same order;
+their only fused multiply-adds are div_rn's, which give the division's bits); only the time
+changes.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ FORMATS = ("32bit", "8bit")
 DTYPES = ("fp32", "fp64", "bf16", "fp16")  # the C++ order (csrc/cpu/kernel_args.h)
 TORCH_DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
 BUCKETS = ("lt16k", "lt256k", "lt4m", "ge4m")
-CAPABILITIES = ("base", "avx2", "avx512")
+CAPABILITIES = ("base", "avx2", "avx512", "avx512vbmi")
 AUTO = "auto"
 DEFAULT_GRAIN = 4096
 SCHEMA = "adamw8.profile/1"

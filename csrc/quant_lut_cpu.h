@@ -34,6 +34,7 @@ class NearestCodeLut {
       halves_[k] = static_cast<uint16_t>(float_bits(q_[k]) & 0xffffu);
       halves_[256 + k] = static_cast<uint16_t>(float_bits(q_[k]) >> 16);
       finite_ = finite_ && is_finite(q_[k]);
+      for (int b = 0; b < 4; ++b) planes_[256 * b + k] = static_cast<uint8_t>(float_bits(q_[k]) >> (8 * b));
     }
     for (int b = 0; b < kLutSize; ++b) {
       entry_[b] = lut_entry(q_, b);
@@ -60,7 +61,7 @@ class NearestCodeLut {
 
   // What the kernels read (the table lives as long as this object).
   cpu::QuantTable table() const {
-    return cpu::QuantTable{q_, halves_, finite_, entry_, steps_, thresholds_ok_ ? code_entry_ : nullptr, thresholds_ok_ ? thr_ : nullptr,
+    return cpu::QuantTable{q_, halves_, finite_, planes_, entry_, steps_, thresholds_ok_ ? code_entry_ : nullptr, thresholds_ok_ ? thr_ : nullptr,
                            span_, neg_count_, packed_ok_ ? packed_ : nullptr, packed_ok_ ? sign_clamp_code(q_) : -1};
   }
 
@@ -112,6 +113,7 @@ class NearestCodeLut {
 
   float q_[256];  // its own copy: the table stays valid whatever happens to the tensor
   uint16_t halves_[512];
+  alignas(64) uint8_t planes_[1024];
   bool finite_ = true;
   int steps_ = 0;
   int32_t entry_[kLutSize];

@@ -1,4 +1,4 @@
-"""The CPU kernels' builds (csrc/cpu: base, avx2, avx512, chosen at run time) and launch configs,
+"""The CPU kernels' builds (csrc/cpu: base, avx2, avx512, avx512vbmi, chosen at run time) and launch configs,
 each bit for bit against the PyTorch reference (adamw8/ops/reference.py): parameters, states and
 absmax, every format, three parameter dtypes, vector tails, odd grains, non-finite gradients."""
 

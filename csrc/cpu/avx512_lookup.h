@@ -4,7 +4,7 @@
 // Dequantize reads a 256-entry float table from registers: the high and the low 16 bits of its
 // entries as two 256-word tables (8 zmm each), each read with four vpermt2w (64 words apiece)
 // and a blend tree on the code's top two bits, 32 codes at a time, then interleaved back into
-// floats.  The threshold route still reads its thresholds as floats (Table256: 32 entries per
+// floats; the avx512vbmi build reads four byte planes with vpermi2b, 64 codes at a time.  The threshold route still reads its thresholds as floats (Table256: 32 entries per
 // vpermt2ps); only the bucket tables (3,074 entries a sign) are gathered.  Same operations, same
 // order as the portable loops in kernels.h, so the same bits.
 //
@@ -94,6 +94,41 @@ inline void dequantize(const uint16_t* halves, const uint8_t* codes, float absma
     if (len - j > 16) _mm512_mask_storeu_ps(out + j + 16, tail_mask(len - j - 16), _mm512_mul_ps(_mm512_castsi512_ps(f1), a));
   }
 }
+
+#ifdef ADAMW8_CPU_VBMI
+// dequantize for the avx512vbmi build: the map as four byte planes (QuantTable::planes, 4 zmm
+// each), 64 codes at a time: per plane two vpermi2b (128 entries apiece) and a blend on the
+// code's top bit, then two rounds of unpacks join the bytes into floats.  The unpacks work within
+// 128-bit lanes, so the codes are first put in the order that makes the floats come out in
+// sequence (kOrder: position 16L + 4k + i holds code 16k + 4L + i).
+inline void dequantize_vbmi(const uint8_t* planes, const uint8_t* codes, float absmax, int64_t len, float* out) {
+  __m512i pl[4][4];
+  for (int p = 0; p < 4; ++p) {
+    for (int r = 0; r < 4; ++r) pl[p][r] = _mm512_loadu_si512(planes + 256 * p + 64 * r);
+  }
+  alignas(64) static constexpr uint8_t kOrder[64] = {0, 1, 2, 3, 16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51, 4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39, 52, 53, 54, 55, 8, 9, 10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59, 12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
+  const __m512i order = _mm512_load_si512(kOrder);
+  const __m512 a = _mm512_set1_ps(absmax);
+  for (int64_t j = 0; j < len; j += 64) {
+    const int64_t left = len - j;
+    const __mmask64 lm = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
+    const __m512i idx = _mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(lm, codes + j));
+    const __mmask64 b7 = _mm512_movepi8_mask(idx);
+    __m512i r[4];
+    for (int p = 0; p < 4; ++p) {
+      r[p] = _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(pl[p][0], idx, pl[p][1]),
+                                    _mm512_permutex2var_epi8(pl[p][2], idx, pl[p][3]));
+    }
+    const __m512i w01l = _mm512_unpacklo_epi8(r[0], r[1]), w01h = _mm512_unpackhi_epi8(r[0], r[1]);
+    const __m512i w23l = _mm512_unpacklo_epi8(r[2], r[3]), w23h = _mm512_unpackhi_epi8(r[2], r[3]);
+    const __m512i d[4] = {_mm512_unpacklo_epi16(w01l, w23l), _mm512_unpackhi_epi16(w01l, w23l),
+                          _mm512_unpacklo_epi16(w01h, w23h), _mm512_unpackhi_epi16(w01h, w23h)};
+    for (int k = 0; k < 4 && left > 16 * k; ++k) {
+      _mm512_mask_storeu_ps(out + j + 16 * k, tail_mask(left - 16 * k), _mm512_mul_ps(_mm512_castsi512_ps(d[k]), a));
+    }
+  }
+}
+#endif
 
 // normalize() of 16 values: value / absmax, 0 for an absmax that is not > 0, 0 where the
 // quotient is NaN.

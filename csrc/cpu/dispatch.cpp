@@ -1,6 +1,6 @@
 // Which build of the CPU kernels runs (kernel_args.h): the tuning table's choice per format,
 // dtype and size; "auto" is the best instruction set the CPU has, or the one
-// ADAMW8_CPU_CAPABILITY names (base, avx2, avx512), as ATen's ATEN_CPU_CAPABILITY.
+// ADAMW8_CPU_CAPABILITY names (base, avx2, avx512, avx512vbmi), as ATen's ATEN_CPU_CAPABILITY.
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -18,12 +18,13 @@ bool supported(const char* name) {
 #ifdef ADAMW8_CPU_X86
   __builtin_cpu_init();
   if (std::strcmp(name, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
-                                             __builtin_cpu_supports("bmi2");
-  if (std::strcmp(name, "avx512") == 0) {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
-  }
+                                             __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("fma");
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+                      __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("fma");
+  if (std::strcmp(name, "avx512") == 0) return avx512;
+  if (std::strcmp(name, "avx512vbmi") == 0) return avx512 && __builtin_cpu_supports("avx512vbmi");
 #endif
   return false;
 }
@@ -34,6 +35,7 @@ const Kernels* by_id(int cap) {
 #ifdef ADAMW8_CPU_X86
   if (cap == 1) return &avx2::kKernels;
   if (cap == 2) return &avx512::kKernels;
+  if (cap == 3) return &avx512vbmi::kKernels;
 #endif
   return nullptr;
 }
@@ -92,7 +94,7 @@ void set_tuning(const int64_t* in) {
     const int64_t cap = in[2 * i], grain = in[2 * i + 1];
     if (cap != kCapAuto && !(cap >= 0 && cap < kNumCaps)) {
       throw std::invalid_argument("adamw8: tuning entry " + std::to_string(i) + ": unknown capability id " +
-                                  std::to_string(cap) + " (expected -1 for auto, 0 base, 1 avx2, 2 avx512)");
+                                  std::to_string(cap) + " (expected -1 for auto, 0 base, 1 avx2, 2 avx512, 3 avx512vbmi)");
     }
     if (cap != kCapAuto && !cap_supported(static_cast<int>(cap))) {
       throw std::invalid_argument(std::string("adamw8: tuning entry ") + std::to_string(i) + ": this CPU cannot run the '" +

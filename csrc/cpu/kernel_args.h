@@ -22,6 +22,7 @@ struct QuantTable {
   const float* qmap;     // 256 floats
   const uint16_t* halves;  // 512 words: the low 16 bits of each qmap entry, then the high (dequantize)
   bool finite;             // every qmap entry finite
+  const uint8_t* planes;   // 1024 bytes: byte b of every qmap entry, b = 0..3 (the avx512vbmi dequantize)
   const int32_t* entry;  // kLutSize entries
   int steps;
   const int32_t* code_entry;  // kLutSize entries
@@ -82,16 +83,17 @@ namespace base { extern const Kernels kKernels; }
 #define ADAMW8_CPU_X86 1
 namespace avx2 { extern const Kernels kKernels; }
 namespace avx512 { extern const Kernels kKernels; }
+namespace avx512vbmi { extern const Kernels kKernels; }
 #endif
 
 // The build chosen for "auto": the best the CPU supports, or ADAMW8_CPU_CAPABILITY's (base,
-// avx2, avx512) when set (dispatch.cpp).
+// avx2, avx512, avx512vbmi) when set (dispatch.cpp).
 const Kernels& kernels();
 
 // Capability ids in the tuning table: -1 auto, then these.
 constexpr int kCapAuto = -1;
-constexpr const char* kCapNames[] = {"base", "avx2", "avx512"};
-constexpr int kNumCaps = 3;
+constexpr const char* kCapNames[] = {"base", "avx2", "avx512", "avx512vbmi"};
+constexpr int kNumCaps = 4;
 bool cap_supported(int cap);  // compiled here and run by this CPU
 
 // The CPU kernels' tuning (adamw8/tuning.py, profiles/): for each state format (0: 32-bit,

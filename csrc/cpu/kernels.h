@@ -182,9 +182,15 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
   float pb[kBlockSize];
 #ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
   // dequantize_value through register tables (avx512_lookup.h), into the state buffers
+#ifdef ADAMW8_CPU_VBMI
+  lookup512::dequantize_vbmi(a.t1.planes, c1, a1, len, m);
+  lookup512::dequantize_vbmi(a.t2.planes, c2, a2, len, v);
+  if constexpr (kAms) lookup512::dequantize_vbmi(a.t2.planes, a.c3 + off, a3, len, vh);
+#else
   lookup512::dequantize(a.t1.halves, c1, a1, len, m);
   lookup512::dequantize(a.t2.halves, c2, a2, len, v);
   if constexpr (kAms) lookup512::dequantize(a.t2.halves, a.c3 + off, a3, len, vh);
+#endif
 #define ADAMW8_DEQ(buf, q, k, am) buf[j]
 #else
   // the codes widened first: the compiler gathers only through int32 indices

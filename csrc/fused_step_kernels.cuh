@@ -298,22 +298,31 @@ __device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs
 
 // -------------------------------------------------------------- 8-bit state
 // Shared memory of the 8-bit kernels: both maps and their nearest-code tables
-// (40,988 bytes, under the 48 KB of static shared memory a block may have).
+// (40,992 bytes, under the 48 KB of static shared memory a block may have).
 struct Maps8 {
   float q1[256];
   float q2[256];
   float thr1[256];  // the thresholds (nearest_lut.h), 255 used: packed route only
   float thr2[256];
-  uint8_t code1[kLutSize];  // packed route: code of the bucket's smallest value; search route: floor index
-  uint8_t code2[kLutSize];
-  uint16_t low1[kLutSize];  // packed route: the bucket's threshold, 16 bits (nearest_lut.h)
-  uint16_t low2[kLutSize];
-  int packed;               // 1: both maps take the packed route
-  int clamp1;               // sign_clamp_code(q1): the bounded route's sign fix, or -1
+  union {
+    // packed route: one packed_word per bucket (nearest_lut.h); for map 2 only the buckets of
+    // a clear sign bit, as the states it quantizes (v, amsgrad's max) are never negative, not
+    // even -0 (b2*v + (1-b2)*g*g with a non-negative second term; max(old, v) >= v)
+    struct {
+      uint32_t word1[kLutSize];
+      uint32_t word2[kLutHalf];
+    } packed;
+    struct {  // search route: the floor index of each bucket's smallest value
+      uint8_t code1[kLutSize];
+      uint8_t code2[kLutSize];
+    } search;
+  } t;
+  int packed;  // 1: both maps take the packed route
+  int clamp1;  // sign_clamp_code(q1): the bounded route's sign fix, or -1
 };
 
 // Every thread of the block helps.  Strictly increasing maps (the dynamic maps)
-// get the packed route: one table read and one comparison per value.  Any other
+// get the packed route: one table read, an add and a shift per value.  Any other
 // sorted map, or one whose thresholds the packed tables cannot hold, gets
 // nearest_lut.h's table with its floor search run per lookup until it stops.
 // Both are exact for every float (tests/test_emulation.py).
@@ -335,19 +344,20 @@ __device__ __forceinline__ void load_maps(const LaunchArgs& a, Maps8& s) {
     bad = 0;
     for (int b = threadIdx.x; b < kLutSize; b += blockDim.x) {
       const PackedEntry e1 = packed_entry(s.q1, s.thr1, b);
-      const PackedEntry e2 = packed_entry(s.q2, s.thr2, b);
-      s.code1[b] = e1.code;
-      s.low1[b] = e1.low;
-      s.code2[b] = e2.code;
-      s.low2[b] = e2.low;
-      bad |= !e1.ok || !e2.ok;
+      s.t.packed.word1[b] = packed_word(e1);
+      bad |= !e1.ok;
+      if (b < kLutHalf) {
+        const PackedEntry e2 = packed_entry(s.q2, s.thr2, b);
+        s.t.packed.word2[b] = packed_word(e2);
+        bad |= !e2.ok;
+      }
     }
     packed = !__syncthreads_or(bad);
   }
   if (!packed) {
     for (int b = threadIdx.x; b < kLutSize; b += blockDim.x) {
-      s.code1[b] = lut_entry(s.q1, b);
-      s.code2[b] = lut_entry(s.q2, b);
+      s.t.search.code1[b] = lut_entry(s.q1, b);
+      s.t.search.code2[b] = lut_entry(s.q2, b);
     }
   }
   if (threadIdx.x == 0) {
@@ -370,13 +380,12 @@ __device__ __forceinline__ uint32_t quantize_8bit(const Maps8& s, int which, flo
                                                   bool is_signed) {
   static_assert(kPacked || !kBounded, "the bounded quotient needs the packed route");
   const float* q = which == 1 ? s.q1 : s.q2;
-  const uint8_t* code = which == 1 ? s.code1 : s.code2;
   const float x = kBounded ? div_rn(value, absmax, rcp) : normalize(value, absmax);
   int nearest;
-  if constexpr (kPacked) {
-    nearest = packed_nearest(code, which == 1 ? s.low1 : s.low2, x);
+  if constexpr (kPacked) {  // map 2's x is never negative (Maps8): its bucket is in the clear-sign half
+    nearest = packed_word_nearest((which == 1 ? s.t.packed.word1 : s.t.packed.word2)[lut_bucket(x)], x);
   } else {
-    nearest = lut_nearest_search(code, q, x);
+    nearest = lut_nearest_search(which == 1 ? s.t.search.code1 : s.t.search.code2, q, x);
   }
   if constexpr (kBounded) {  // finish_code for a value that is not NaN, without reading the map
     if (is_signed) return static_cast<uint32_t>((float_bits(value) >> 31) && nearest > s.clamp1 ? s.clamp1 : nearest);

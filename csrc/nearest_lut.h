@@ -126,17 +126,16 @@ ADAMW8_HD float nearest_threshold(const float* q, int k) {
   return order_unkey(hi);
 }
 
-// ------------------------------------------------ the CUDA kernels' packed route
-// One byte and one 16-bit word per bucket, so both maps' tables fit a block's
-// shared memory beside the maps (41 KB): `code` is code(the bucket's smallest
-// value), and `low` is one less than the low 16 bits of a threshold inside the
-// bucket, sign-adjusted (x ^ 0xffff for negative floats, so a larger x compares
-// larger), or 0xffff for none.  A regular bucket holds the floats of one 16-bit
-// prefix, so x >= thr is then the 16-bit comparison x > low; a threshold inside is
-// larger than the bucket's smallest value, so its adjusted bits are at least 1 and
+// ------------------------------------------------------------- the packed route
+// One entry per bucket, the code and a 16-bit word (the CPU and CUDA kernels store it as one
+// word, packed_word): `code` is code(the bucket's smallest value), and `low` is one less than
+// the low 16 bits of a threshold inside the bucket, sign-adjusted (x ^ 0xffff for negative
+// floats, so a larger x compares larger), or 0xffff for none.  A regular bucket holds the
+// floats of one 16-bit prefix, so x >= thr is then the 16-bit comparison x > low; a threshold
+// inside is larger than the bucket's smallest value, so its adjusted bits are at least 1 and
 // `low` at most 0xfffe, and no x compares above 0xffff.  Valid for a bucket that holds at most
-// one threshold, and none when it is one of the two edge buckets (which span many
-// prefixes): packed_entry says so; the kernels take the search route otherwise.
+// one threshold, and none when it is one of the two edge buckets (which span many prefixes):
+// packed_entry says so; the kernels take another route otherwise.
 struct PackedEntry {
   uint8_t code;
   uint16_t low;
@@ -161,14 +160,8 @@ ADAMW8_HD PackedEntry packed_entry(const float* q, const float* thr, int b) {
   return out;
 }
 
-// The nearest code of x (not NaN) from the packed tables.
-ADAMW8_HD int packed_nearest(const uint8_t* code, const uint16_t* low, float x) {
-  const int b = lut_bucket(x);
-  return code[b] + static_cast<int>(packed_low(float_bits(x)) > low[b]);
-}
-
-// The same entry as one word (the CPU kernels' table: a vector gather reads 32 bits a lane):
-// code << 16 plus 0xffff - low, so that adding x's adjusted low bits carries into the code
+// The entry as one word (a vector gather reads 32 bits a lane; one shared-memory read on the
+// GPU): code << 16 plus 0xffff - low, so that adding x's adjusted low bits carries into the code
 // exactly when they exceed `low`, and the nearest code is (word + packed_low(x)) >> 16: an add
 // and a shift.  No carry past the code: the sum is below (code + 2) << 16.
 ADAMW8_HD uint32_t packed_word(const PackedEntry& e) {

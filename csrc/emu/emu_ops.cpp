@@ -96,11 +96,11 @@ at::Tensor emu_dequantize(const at::Tensor& codes, const at::Tensor& absmax, con
   return c.values;
 }
 
-// The CUDA kernels' packed tables for one map, built on the host by the functions the
-// kernels' blocks run (nearest_lut.h); `ok`: the map takes the packed route.
+// The CUDA kernels' packed table for one map, built on the host by the functions the
+// kernels' blocks run (nearest_lut.h); `ok`: every bucket's entry is valid (the kernels need
+// that of map 1, and of map 2's clear-sign half only).
 struct CudaPacked {
-  std::vector<uint8_t> code = std::vector<uint8_t>(kLutSize);
-  std::vector<uint16_t> low = std::vector<uint16_t>(kLutSize);
+  std::vector<uint32_t> word = std::vector<uint32_t>(kLutSize);
   bool ok = false;
   explicit CudaPacked(const float* q) {
     for (int k = 0; k < 255; ++k) {
@@ -111,8 +111,7 @@ struct CudaPacked {
     ok = true;
     for (int b = 0; b < kLutSize; ++b) {
       const PackedEntry e = packed_entry(q, thr, b);
-      code[b] = e.code;
-      low[b] = e.low;
+      word[b] = packed_word(e);
       ok = ok && e.ok;
     }
   }
@@ -158,7 +157,7 @@ int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
       local += (cpu.nearest(x) != want) + (lut_nearest_search(table.data(), q, x) != want) +
                (cpu.has_thresholds() && cpu.nearest_by_thresholds(x) != want) +
                (cpu.has_packed() && cpu.nearest_packed(x) != want) +
-               (cuda.ok && packed_nearest(cuda.code.data(), cuda.low.data(), x) != want);
+               (cuda.ok && packed_word_nearest(cuda.word[lut_bucket(x)], x) != want);
     }
     bad += local;
   });

@@ -154,6 +154,11 @@ ADAMW8_HD float div_rn(float a, float b, float rb) {
   return fmaf(r, rb, q0);
 }
 
+// A block's absmax the bounded quantizers divide by through div_rn (CPU and CUDA): in
+// [2^-64, 2^64] its reciprocal and div_rn's residuals stay normal, so quotients from 2^-36 up
+// get the division's bits.
+ADAMW8_HD bool div_rn_absmax(float absmax) { return absmax >= 0x1p-64f && absmax <= 0x1p64f; }
+
 // Decoupled weight decay first (torch.optim.AdamW order), then the Adam step
 // with the new, unquantized m and vh (= v, or max(vmax, v) with amsgrad).
 // kRcp: sqrt(vh) / c2_sqrt through div_rn (the same bits; only where c2_rcp_exact: then

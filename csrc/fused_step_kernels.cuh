@@ -394,10 +394,6 @@ __device__ __forceinline__ uint32_t quantize_8bit(const Maps8& s, int which, flo
   return static_cast<uint32_t>(finish_code(q, nearest, value, is_signed));
 }
 
-// An absmax the bounded quotient takes (quantize_8bit): [2^-64, 2^64], so its reciprocal and
-// the residuals of div_rn stay normal.
-__device__ __forceinline__ bool bounded_absmax(float absmax) { return absmax >= 0x1p-64f && absmax <= 0x1p64f; }
-
 // A lane's codes of m, v (and vh) with the unit's new absmax, by one route.
 template <bool kPacked, bool kBounded, bool kAms>
 __device__ __forceinline__ void quantize_lane(const Maps8& s, const float (&m)[kPerLane], const float (&v)[kPerLane],
@@ -430,7 +426,7 @@ __device__ __forceinline__ void write_unit_8bit(const LaunchArgs& a, const Maps8
   uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
   // m, v and vh are finite (the non-finite rule; an infinite old vh makes na3 infinite) and
   // bounded by their absmax (the unit's or the tensor's maximum)
-  if (s.packed && s.clamp1 >= 0 && bounded_absmax(na1) && bounded_absmax(na2) && (!kAms || bounded_absmax(na3))) {
+  if (s.packed && s.clamp1 >= 0 && div_rn_absmax(na1) && div_rn_absmax(na2) && (!kAms || div_rn_absmax(na3))) {
     quantize_lane<true, true, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);  // the same for the whole warp
   } else if (s.packed) {  // the same for the whole block
     quantize_lane<true, false, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);

@@ -62,7 +62,7 @@ class NearestCodeLut {
   // What the kernels read (the table lives as long as this object).
   cpu::QuantTable table() const {
     return cpu::QuantTable{q_, halves_, finite_, planes_, entry_, steps_, thresholds_ok_ ? code_entry_ : nullptr, thresholds_ok_ ? thr_ : nullptr,
-                           span_, neg_count_, packed_ok_ ? packed_ : nullptr, packed_ok_ ? sign_clamp_code(q_) : -1};
+                           span_, neg_count_, packed_ok_ ? packed_ : nullptr, packed_ok_ ? clamp_code_ : -1};
   }
 
  private:
@@ -103,6 +103,7 @@ class NearestCodeLut {
       packed_[b] = packed_word(e);
     }
     packed_ok_ = true;
+    clamp_code_ = sign_clamp_code(q_);
   }
 
   int count_le(float x) const {
@@ -123,6 +124,7 @@ class NearestCodeLut {
   int32_t code_entry_[kLutSize];
   float thr_[257];
   bool packed_ok_ = false;
+  int clamp_code_ = -1;
   uint32_t packed_[kLutSize];
 };
 

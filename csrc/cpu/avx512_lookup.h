@@ -4,9 +4,10 @@
 // Dequantize reads a 256-entry float table from registers: the high and the low 16 bits of its
 // entries as two 256-word tables (8 zmm each), each read with four vpermt2w (64 words apiece)
 // and a blend tree on the code's top two bits, 32 codes at a time, then interleaved back into
-// floats; the avx512vbmi build reads four byte planes with vpermi2b, 64 codes at a time.  The threshold route still reads its thresholds as floats (Table256: 32 entries per
-// vpermt2ps); only the bucket tables (3,074 entries a sign) are gathered.  Same operations, same
-// order as the portable loops in kernels.h, so the same bits.
+// floats; the avx512vbmi build reads four byte planes with vpermi2b, 64 codes at a time.  The
+// threshold route still reads its thresholds as floats (Table256: 32 entries per vpermt2ps);
+// only the bucket tables (3,074 entries a sign) are gathered.  Same operations, same order as
+// the portable loops in kernels.h, so the same bits.
 //
 // Included by kernels.h inside the avx512 namespace, under its target pragma.
 #pragma once

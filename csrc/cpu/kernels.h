@@ -123,7 +123,9 @@ inline void quantize_block(const QuantTable& t, const float* __restrict__ values
 
 #if !defined(ADAMW8_CPU_PERMUTE_LOOKUPS) && ADAMW8_CPU_FMA
 // The bounded route (lookup512::quantize_bounded) as a plain loop the vectoriser takes, gathers
-// included: the builds with FMA but without the AVX-512 lookups (avx2).
+// included: the builds with FMA but without the AVX-512 lookups (avx2).  packed_code's bucket
+// and word arithmetic written out for |x| <= 1 (no upper clamp): through lut_bucket and
+// packed_code the loop measured 8% slower (2.62 against 2.42 ns per 8-bit element).
 template <bool kSigned>
 inline void quantize_bounded_loop(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
                                   uint8_t* __restrict__ out) {
@@ -154,7 +156,7 @@ inline void quantize_bounded_loop(const QuantTable& t, const float* __restrict__
 // plain loop in a build with FMA; elsewhere, and in the base x86 build, quantize_block.
 inline void quantize_state(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
                            bool is_signed, uint8_t* __restrict__ out) {
-  if (t.packed != nullptr && (!is_signed || t.clamp_code >= 0) && absmax >= 0x1p-64f && absmax <= 0x1p64f) {
+  if (t.packed != nullptr && (!is_signed || t.clamp_code >= 0) && div_rn_absmax(absmax)) {
 #ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
     return lookup512::quantize_bounded(t, values, len, absmax, is_signed, out);
 #elif ADAMW8_CPU_FMA

@@ -55,6 +55,9 @@ class NearestCodeLut {
   // The packed route's answer (cpu::packed_code), for the tests.
   int nearest_packed(float x) const { return cpu::packed_code(packed_, x); }
   bool has_packed() const { return packed_ok_; }
+  // The plane route's answer (cpu::plane_code) for |x| <= 1, for the tests.
+  int nearest_by_planes(float x) const { return cpu::plane_code(plane_l1_, plane_code_, thr_, x); }
+  bool has_planes() const { return planes_ok_; }
   int span() const { return span_; }
 
   bool built_for(const float* qmap) const { return std::memcmp(q_, qmap, sizeof q_) == 0; }
@@ -62,7 +65,9 @@ class NearestCodeLut {
   // What the kernels read (the table lives as long as this object).
   cpu::QuantTable table() const {
     return cpu::QuantTable{q_, halves_, finite_, planes_, entry_, steps_, thresholds_ok_ ? code_entry_ : nullptr, thresholds_ok_ ? thr_ : nullptr,
-                           span_, neg_count_, packed_ok_ ? packed_ : nullptr, packed_ok_ ? clamp_code_ : -1};
+                           span_, neg_count_, packed_ok_ ? packed_ : nullptr, packed_ok_ ? clamp_code_ : -1,
+                           planes_ok_ ? plane_l1_ : nullptr, planes_ok_ ? plane_code_ : nullptr,
+                           planes_ok_ ? plane_thr_ : nullptr};
   }
 
  private:
@@ -104,12 +109,65 @@ class NearestCodeLut {
     }
     packed_ok_ = true;
     clamp_code_ = sign_clamp_code(q_);
+    build_planes();
   }
 
-  int count_le(float x) const {
-    int c = 0;
-    for (int k = 0; k < 255; ++k) c += static_cast<int>(thr_[k] <= x);
-    return c;
+  // The plane route (cpu::plane_code), for the maps with the packed route: per sign and binade
+  // the fewest mantissa bits (0 to 7) that leave at most one threshold in each bucket, all the
+  // buckets within kPlaneCodes.  Binade 0 (|x| < 2^-30, many exponents) and binade 31 (1.0, the
+  // largest |x| the route is given) take one bucket each.  Not built when a binade would need
+  // more bits or the buckets do not fit.
+  void build_planes() {
+    int next = 0;
+    for (int sign = 0; sign < 2; ++sign) {
+      for (int k = 0; k < 32; ++k) {
+        const int exponent = cpu::kPlaneBinadeLo + k;
+        int bits = 0;
+        while (bits <= 7 && !plane_binade_fits(sign, k, bits)) ++bits;
+        if (bits > 7 || ((k == 0 || k == 31) && bits > 0) || next + (1 << bits) > cpu::kPlaneCodes) return;
+        plane_l1_[32 * sign + k] = static_cast<uint16_t>(next | ((7 - bits) << cpu::kPlaneShift));
+        for (int j = 0; j < (1 << bits); ++j) {
+          float lo, hi;
+          plane_bucket_range(sign, exponent, bits, j, lo, hi);
+          plane_code_[next + j] = static_cast<uint8_t>(count_le(lo));
+        }
+        next += 1 << bits;
+      }
+    }
+    for (int c = 0; c < 256; ++c) {
+      for (int b = 0; b < 4; ++b) plane_thr_[256 * b + c] = static_cast<uint8_t>(float_bits(thr_[c]) >> (8 * b));
+    }
+    planes_ok_ = true;
+  }
+
+  // The smallest and largest float of bucket j (of 2^bits) of a binade: binade 0 is every |x| below
+  // 2^-30, binade 31 only 1.0.
+  static void plane_bucket_range(int sign, int exponent, int bits, int j, float& lo, float& hi) {
+    uint32_t mag_lo, mag_hi;
+    if (exponent == cpu::kPlaneBinadeLo) {
+      mag_lo = 0u;
+      mag_hi = ((cpu::kPlaneBinadeLo + 1u) << 23) - 1u;
+    } else if (exponent == 127) {
+      mag_lo = mag_hi = 127u << 23;
+    } else {
+      mag_lo = (static_cast<uint32_t>(exponent) << 23) | (static_cast<uint32_t>(j) << (23 - bits));
+      mag_hi = mag_lo | ((1u << (23 - bits)) - 1u);
+    }
+    lo = sign ? -bits_float(mag_hi) : bits_float(mag_lo);
+    hi = sign ? -bits_float(mag_lo) : bits_float(mag_hi);
+  }
+
+  bool plane_binade_fits(int sign, int k, int bits) const {
+    for (int j = 0; j < (1 << bits); ++j) {
+      float lo, hi;
+      plane_bucket_range(sign, cpu::kPlaneBinadeLo + k, bits, j, lo, hi);
+      if (count_le(hi) - count_le(lo) > 1) return false;
+    }
+    return true;
+  }
+
+  int count_le(float x) const {  // thr_[0..254] is sorted (the map is strictly increasing)
+    return static_cast<int>(std::upper_bound(thr_, thr_ + 255, x) - thr_);
   }
 
   float q_[256];  // its own copy: the table stays valid whatever happens to the tensor
@@ -126,6 +184,10 @@ class NearestCodeLut {
   bool packed_ok_ = false;
   int clamp_code_ = -1;
   uint32_t packed_[kLutSize];
+  bool planes_ok_ = false;
+  alignas(64) uint16_t plane_l1_[cpu::kPlaneL1] = {};
+  alignas(64) uint8_t plane_code_[cpu::kPlaneCodes] = {};
+  alignas(64) uint8_t plane_thr_[1024] = {};
 };
 
 inline std::shared_ptr<const NearestCodeLut> lut_for(const float* qmap) {

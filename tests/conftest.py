@@ -69,6 +69,14 @@ def qmaps(device):
     )
 
 
+def crowded_map() -> torch.Tensor:
+    """A sorted map with a zero code whose thresholds, in each of six binades, are 0.0118 of
+    the binade apart: closer than a 64th, so each of those binades needs 128 buckets and the
+    CPU's plane route (csrc/quant_lut_cpu.h, 512 buckets) does not fit it; the packed routes do."""
+    pos = torch.cat([2.0 ** -b * (1 + 0.0118 * torch.arange(20)) for b in range(1, 7)] + [torch.logspace(-6, -2.5, 7)])
+    return torch.sort(torch.cat([pos, torch.zeros(1), -pos, torch.ones(1)])).values.float().contiguous()
+
+
 def make_state(param: torch.Tensor, eight_bit: bool, amsgrad: bool, block_wise: bool = True,
                percentile: int = 100) -> dict:
     """A fresh op-level state for ``param`` (the layout the optimizer creates)."""

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import bits, clone_state, hyper, make_state, op_args
+from conftest import bits, clone_state, crowded_map, hyper, make_state, op_args
 
 import adamw8
 from adamw8 import tuning
@@ -111,14 +111,17 @@ def test_quantize_op_every_build_matches_the_reference(table):
             assert torch.equal(bits(got[0][1]), bits(want[1]))
 
 
-@pytest.mark.parametrize("kind", ["linear", "close triples", "repeated values", "dense near 0.5"])
+@pytest.mark.parametrize("kind", ["linear", "close triples", "repeated values", "dense near 0.5", "crowded"])
 def test_quantize_with_other_maps_matches_the_reference(table, kind):
     """Every route of quantize_block, through every build, against the reference's rule: a
     linear map (a threshold in the tiny bucket: the threshold route, not the packed one),
     triples of close codes (two thresholds in a bucket: span 2), repeated values and 100 codes
-    in one bucket (the scalar forward steps).  The dynamic maps (packed route) are the other
+    in one bucket (the scalar forward steps), and a crowded map (the bounded packed route where
+    the plane route does not fit).  The dynamic maps (plane and packed routes) are the other
     tests' (tests/test_emulation.py checks which map takes which route)."""
-    if kind == "linear":
+    if kind == "crowded":
+        q = crowded_map()
+    elif kind == "linear":
         q = torch.linspace(-1, 1, 256)
     elif kind == "close triples":
         q = torch.linspace(-1, 1, 256)
@@ -138,6 +141,43 @@ def test_quantize_with_other_maps_matches_the_reference(table, kind):
         _use(cap, 4096)
         got = torch.ops.adamw8.quantize(x, q, True, True)
         assert torch.equal(got[0], want[0]), (cap, (got[0] != want[0]).nonzero()[:5].tolist())
+
+
+def _around_thresholds(q: torch.Tensor) -> torch.Tensor:
+    """Floats within 4 ulps of every midpoint of neighbouring codes (where the nearest code
+    changes), the codes themselves, zeros of both signs and the smallest subnormals, each with
+    both signs, all in [-1, 1]."""
+    mid = (q[:-1] + q[1:]) / 2
+    steps = [mid]
+    up, down = mid, mid
+    for _ in range(4):
+        up, down = torch.nextafter(up, torch.tensor(2.0)), torch.nextafter(down, torch.tensor(-2.0))
+        steps += [up, down]
+    x = torch.cat(steps + [q, torch.tensor([0.0, -0.0, 1e-45, 2e-45, 1e-40])])
+    return torch.cat([x, -x]).clamp(-1.0, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["signed", "unsigned", "crowded"])
+def test_quantize_around_every_threshold_matches_the_reference(table, kind):
+    """The bounded routes (csrc/cpu/kernels.h, quantize_state: the plane route, the packed one,
+    the plain loop) at every place the nearest code changes, in every build, against the
+    reference: with absmax 1 (the values themselves are normalised), a power of two (exact
+    quotients through div_rn) and 3.3; per block and per tensor."""
+    q = crowded_map() if kind == "crowded" else torch.ops.adamw8.create_dynamic_map(kind == "signed")
+    signed = kind != "unsigned"
+    x = _around_thresholds(q)
+    blocks = x.split(255)  # each block gets a value of magnitude 1: its absmax is exactly the scale
+    x = torch.cat([torch.cat([torch.tensor([1.0 if i % 2 else -1.0]), b]) for i, b in enumerate(blocks)])
+    for scale in (1.0, 2.0**-20, 3.3):
+        xs = x * scale
+        for bw in (True, False):
+            want = R.quantize(xs, q, bw, signed)
+            for cap in _caps():
+                _use(cap, 4096)
+                codes, absmax = torch.ops.adamw8.quantize(xs, q, bw, signed)
+                bad = (codes != want[0]).nonzero().flatten()
+                assert bad.numel() == 0, (cap, scale, bw, xs[bad[:4]].tolist(), codes[bad[:4]].tolist())
+                assert torch.equal(bits(absmax), bits(want[1]))
 
 
 # Per-block absmax scales around the bounded quantizer's range [2^-64, 2^64] (csrc/cpu/kernels.h,

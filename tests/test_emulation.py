@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from adamw8.ops import reference as R
-from conftest import DTYPES, bits, dtype_id
+from conftest import DTYPES, bits, crowded_map, dtype_id
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # the extension's floating-point rules (setup.py); hidden symbols keep two builds apart
@@ -270,25 +270,27 @@ def test_quantize_kernels_equal_cpu_kernels(emu, signed, block_wise):
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_nearest_code_table_is_exact_for_every_float(emu, signed):
     """nearest_lut.h's table (the CPU's step count and the CUDA kernels' 254) and the CPU
-    kernels' threshold and packed routes (quant_lut_cpu.h) against the exact nearest rule, for
-    all 2^32 bit patterns but NaN."""
+    kernels' threshold, packed and plane routes (quant_lut_cpu.h; the plane route on its domain
+    |x| <= 1) against the exact nearest rule, for all 2^32 bit patterns but NaN."""
     q = torch.ops.adamw8.create_dynamic_map(signed)
-    assert list(emu.lut_routes(q)) == [1, 1, 1, 1]  # every route exists for the dynamic maps, span 1
+    assert list(emu.lut_routes(q)) == [1, 1, 1, 1, 1]  # every route exists for the dynamic maps, span 1
     assert emu.lut_mismatches(q, 1) == 0
 
 
 def test_nearest_code_table_is_exact_for_other_maps(emu):
-    """Any sorted map works (a checkpoint may carry one): a linear map and one with values
-    far below the table's finest bucket (2^-24), on a sample of floats."""
+    """Any sorted map works (a checkpoint may carry one): a linear map, one with values far
+    below the table's finest bucket (2^-24), repeated values, and one whose thresholds are too
+    close in six binades for the plane route's 512 buckets, on a sample of floats."""
     linear = torch.linspace(-1, 1, 256)
     tiny = torch.sort(torch.cat([torch.logspace(-40, 0, 128), -torch.logspace(-40, 0, 128)])).values
     repeated = torch.linspace(-1, 1, 256).mul(40).round().div(40)
     routes = []
-    for q in (linear, tiny.float(), repeated):
+    for q in (linear, tiny.float(), repeated, crowded_map()):
         assert emu.lut_mismatches(q.contiguous(), 7919) == 0
         routes.append(list(emu.lut_routes(q.contiguous())))
-    assert routes[0] == [1, 1, 0, 0]  # linear: a threshold in the tiny edge bucket, no packed route
+    assert routes[0] == [1, 1, 0, 0, 0]  # linear: a threshold in the tiny edge bucket, no packed route
     assert routes[2][0] == 0 and routes[2][3] == 0  # repeated values: no thresholds, the search
+    assert routes[3] == [1, 1, 1, 1, 0]  # crowded: the packed routes, not the plane route
 
 
 def test_division_free_quotient_equals_the_division(emu):

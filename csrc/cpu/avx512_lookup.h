@@ -246,4 +246,91 @@ inline void quantize_bounded(const QuantTable& qt, const float* values, int64_t 
   }
 }
 
+#ifdef ADAMW8_CPU_VBMI
+// quantize_bounded by the plane route (kernel_args.h, plane_code), 64 values at a time, no gather:
+// - per 16 values: |x| by div_rn as in quantize_bounded, and x with the value's sign;
+// - x's top 16 bits as words (32 a register): the level-1 entry by vpermt2w (64 words), the
+//   bucket by a variable word shift and an add;
+// - the buckets' low bytes and high bytes (bit 8: the sign's half) packed into two byte
+//   registers, in the order dequantize_vbmi's unpacks undo (kOrder, a transpose: its own inverse);
+// - c0 from the 512-byte code plane (four vpermi2b, blends on bits 7 and 8), thr[c0] from four
+//   byte planes (two vpermi2b and a blend apiece), joined into floats by the unpacks;
+// - code = c0 + (x >= thr[c0]) as bytes back in element order, then finish_code as in
+//   quantize_bounded: min(code, clamp_code) where the value's sign bit is set (signed map), or
+//   max(code, 1) where the value is > 0 (unsigned map).
+// The same preconditions as quantize_bounded.
+// Four 16-lane masks as one 64-lane mask, lane 16k + i from m[k] (mask-register unpacks).
+inline __mmask64 join64(const __mmask16* m) {
+  return _mm512_kunpackd(_mm512_kunpackw(m[3], m[2]), _mm512_kunpackw(m[1], m[0]));
+}
+
+inline void quantize_planes(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
+                            uint8_t* out) {
+  alignas(64) static constexpr uint8_t kOrder[64] = {0, 1, 2, 3, 16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51, 4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39, 52, 53, 54, 55, 8, 9, 10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59, 12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
+  const __m512i order = _mm512_load_si512(kOrder);
+  const __m512i pick_lo = _mm512_add_epi8(order, order);  // byte 2e of the two word registers: bucket e's low byte
+  const __m512i pick_hi = _mm512_add_epi8(pick_lo, _mm512_set1_epi8(1));
+  alignas(64) static constexpr int16_t kTop[32] = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  const __m512i top = _mm512_load_si512(kTop);  // word 2i+1: dword i's top 16 bits
+  const __m512i l1a = _mm512_loadu_si512(qt.plane_l1), l1b = _mm512_loadu_si512(qt.plane_l1 + 32);
+  __m512i cp[8], tp[4][4];
+  for (int r = 0; r < 8; ++r) cp[r] = _mm512_loadu_si512(qt.plane_code + 64 * r);
+  for (int p = 0; p < 4; ++p) {
+    for (int r = 0; r < 4; ++r) tp[p][r] = _mm512_loadu_si512(qt.plane_thr + 256 * p + 64 * r);
+  }
+  const __m512 A = _mm512_set1_ps(absmax), R = _mm512_set1_ps(1.0f / absmax);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const __m512i binade_lo = _mm512_set1_epi16(kPlaneBinadeLo), sign_half = _mm512_set1_epi16(32);
+  const __m512i mant7 = _mm512_set1_epi16(0x7f), one8 = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+  const __m512i clamp = _mm512_set1_epi8(static_cast<char>(qt.clamp_code));
+  for (int64_t j = 0; j < len; j += 64) {
+    const int64_t left = len - j;
+    __m512i vb[4], xs[4];
+    for (int k = 0; k < 4; ++k) {
+      const __mmask16 m = left > 16 * k ? tail_mask(left - 16 * k) : __mmask16(0);
+      vb[k] = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, values + j + 16 * k));
+      const __m512 av = _mm512_castsi512_ps(_mm512_and_si512(vb[k], abs_mask));
+      const __m512 q0 = _mm512_mul_ps(av, R);
+      const __m512i xb = _mm512_castps_si512(_mm512_fmadd_ps(_mm512_fnmadd_ps(q0, A, av), R, q0));  // div_rn
+      xs[k] = _mm512_ternarylogic_epi32(xb, vb[k], abs_mask, 0xe4);  // xb where abs_mask, else vb: x with the sign
+    }
+    __m512i bucket[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i w = _mm512_permutex2var_epi16(xs[2 * h], top, xs[2 * h + 1]);  // values 32h .. 32h + 31
+      const __m512i k = _mm512_subs_epu16(_mm512_srli_epi16(_mm512_slli_epi16(w, 1), 8), binade_lo);
+      const __m512i l1i = _mm512_ternarylogic_epi32(k, _mm512_srli_epi16(w, 10), sign_half, 0xf8);  // k | sign * 32
+      const __m512i l1 = _mm512_permutex2var_epi16(l1a, l1i, l1b);
+      bucket[h] = _mm512_add_epi16(l1, _mm512_srlv_epi16(_mm512_and_si512(w, mant7), _mm512_srli_epi16(l1, kPlaneShift)));
+    }
+    const __m512i lo = _mm512_permutex2var_epi8(bucket[0], pick_lo, bucket[1]);
+    const __mmask64 b7 = _mm512_movepi8_mask(lo);
+    const __mmask64 b8 = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(bucket[0], pick_hi, bucket[1]), one8);
+    const __m512i c0 = _mm512_mask_blend_epi8(
+        b8, _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(cp[0], lo, cp[1]), _mm512_permutex2var_epi8(cp[2], lo, cp[3])),
+        _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(cp[4], lo, cp[5]), _mm512_permutex2var_epi8(cp[6], lo, cp[7])));
+    const __mmask64 t7 = _mm512_movepi8_mask(c0);
+    __m512i r[4];
+    for (int p = 0; p < 4; ++p) {
+      r[p] = _mm512_mask_blend_epi8(t7, _mm512_permutex2var_epi8(tp[p][0], c0, tp[p][1]),
+                                    _mm512_permutex2var_epi8(tp[p][2], c0, tp[p][3]));
+    }
+    const __m512i w01l = _mm512_unpacklo_epi8(r[0], r[1]), w01h = _mm512_unpackhi_epi8(r[0], r[1]);
+    const __m512i w23l = _mm512_unpacklo_epi8(r[2], r[3]), w23h = _mm512_unpackhi_epi8(r[2], r[3]);
+    const __m512i thr[4] = {_mm512_unpacklo_epi16(w01l, w23l), _mm512_unpackhi_epi16(w01l, w23l),
+                            _mm512_unpacklo_epi16(w01h, w23h), _mm512_unpackhi_epi16(w01h, w23h)};
+    __mmask16 ge16[4], fin16[4];
+    for (int k = 0; k < 4; ++k) {
+      ge16[k] = _mm512_cmp_ps_mask(_mm512_castsi512_ps(xs[k]), _mm512_castsi512_ps(thr[k]), _CMP_GE_OQ);
+      fin16[k] = is_signed ? _mm512_movepi32_mask(vb[k]) : _mm512_cmpgt_epi32_mask(vb[k], zero);
+    }
+    const __mmask64 ge = join64(ge16), fin = join64(fin16);
+    __m512i c = _mm512_permutexvar_epi8(order, c0);
+    c = _mm512_mask_add_epi8(c, ge, c, one8);
+    c = is_signed ? _mm512_mask_min_epu8(c, fin, c, clamp) : _mm512_mask_max_epu8(c, fin, c, one8);
+    const __mmask64 lm = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
+    _mm512_mask_storeu_epi8(out + j, lm, c);
+  }
+}
+#endif
+
 }  // namespace lookup512

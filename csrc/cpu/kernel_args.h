@@ -34,7 +34,43 @@ struct QuantTable {
   // with its sign bit set takes min(code, clamp_code); -1 where the map does not allow it
   // (adamw8_math.h, sign_clamp_code).
   int clamp_code;
+  // The plane route of the bounded quantizer (plane_code; null where the map does not allow it):
+  // kPlaneL1 words, kPlaneCodes bytes, and the thresholds thr[0..255] as four byte planes (byte b
+  // of every threshold, b = 0..3), the avx512vbmi build's register tables.
+  const uint16_t* plane_l1;
+  const uint8_t* plane_code;
+  const uint8_t* plane_thr;
 };
+
+// The plane route: code(x) = the number of thresholds <= x (nearest_lut.h) for |x| <= 1, through
+// tables small enough to live in AVX-512 registers, so that 64 values take a few byte permutes
+// where the packed route gathers 16 words at a time.  x's top 16 bits (sign, exponent, 7 mantissa
+// bits) pick a level-1 entry by sign and binade k = max(exponent - 96, 0) (k = 0 holds every
+// |x| < 2^-30, k = 31 only 1.0); the entry gives the binade's first bucket (9 bits) and how many
+// of the 7 mantissa bits split it (7 - shift, 0 to 7, the fewest that leave at most one threshold
+// in a bucket; quant_lut_cpu.h measures them).  The bucket's code c0 = the number of thresholds
+// <= its first value, and code = c0 + (x >= thr[c0]) (thr[255] is NaN: never).
+constexpr int kPlaneBinadeLo = 96;  // biased exponents up to this one share binade 0
+constexpr int kPlaneL1 = 64;        // 2 signs x 32 binades
+constexpr int kPlaneCodes = 512;    // buckets, both signs
+constexpr int kPlaneShift = 12;     // a level-1 entry: first bucket | shift << kPlaneShift
+
+ADAMW8_HD int plane_l1_index(uint32_t top16) {
+  const int exponent = static_cast<int>((top16 >> 7) & 0xffu);
+  const int k = exponent > kPlaneBinadeLo ? exponent - kPlaneBinadeLo : 0;
+  return static_cast<int>(top16 >> 15) * 32 + k;
+}
+
+ADAMW8_HD int plane_bucket(uint32_t l1_entry, uint32_t top16) {
+  return static_cast<int>((l1_entry + ((top16 & 0x7fu) >> (l1_entry >> kPlaneShift))) & 0x1ffu);
+}
+
+// The plane route's answer for |x| <= 1 (the vector form is avx512_lookup.h's quantize_planes).
+inline int plane_code(const uint16_t* l1, const uint8_t* codes, const float* thr, float x) {
+  const uint32_t top16 = float_bits(x) >> 16;
+  const int c0 = codes[plane_bucket(l1[plane_l1_index(top16)], top16)];
+  return c0 + static_cast<int>(x >= thr[c0]);
+}
 
 // The nearest code of x (normalised, not NaN) by the packed route (nearest_lut.h's packed_word,
 // one per bucket): one lookup, an add and a shift.  The same arithmetic in every build.

@@ -157,6 +157,9 @@ inline void quantize_bounded_loop(const QuantTable& t, const float* __restrict__
 inline void quantize_state(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
                            bool is_signed, uint8_t* __restrict__ out) {
   if (t.packed != nullptr && (!is_signed || t.clamp_code >= 0) && div_rn_absmax(absmax)) {
+#ifdef ADAMW8_CPU_VBMI
+    if (t.plane_code != nullptr) return lookup512::quantize_planes(t, values, len, absmax, is_signed, out);
+#endif
 #ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
     return lookup512::quantize_bounded(t, values, len, absmax, is_signed, out);
 #elif ADAMW8_CPU_FMA
@@ -338,7 +341,10 @@ void reduce8(const Step8Args& a, int64_t cb, int64_t ce, int32_t* mx) {
   dispatch<Reduce8>(a.dtype, a.c3 != nullptr, a, cb, ce, mx);
 }
 void quantize(const QuantTable& t, const float* values, int64_t len, float absmax, bool is_signed, uint8_t* out) {
-  quantize_block(t, values, len, absmax, is_signed, out);
+  // the bounded routes' precondition, |value| <= absmax for finite values, holds for the op's
+  // absmax (max |value|); a NaN or inf makes it NaN or inf, which quantize_state sends to
+  // quantize_block
+  quantize_state(t, values, len, absmax, is_signed, out);
 }
 
 const Kernels kKernels{ADAMW8_CPU_NAME, &step32, &step8, &reduce8, &quantize};

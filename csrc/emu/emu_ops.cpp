@@ -122,7 +122,7 @@ std::vector<int64_t> lut_routes(const at::Tensor& qmap) {
               "adamw8_emu: qmap must be a contiguous float32 CPU tensor of 256 values");
   const NearestCodeLut cpu(qmap.data_ptr<float>());
   const CudaPacked cuda(qmap.data_ptr<float>());
-  return {cpu.has_thresholds() ? 1 : 0, cpu.span(), cpu.has_packed() ? 1 : 0, cuda.ok ? 1 : 0};
+  return {cpu.has_thresholds() ? 1 : 0, cpu.span(), cpu.has_packed() ? 1 : 0, cuda.ok ? 1 : 0, cpu.has_planes() ? 1 : 0};
 }
 
 int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
@@ -157,7 +157,8 @@ int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
       local += (cpu.nearest(x) != want) + (lut_nearest_search(table.data(), q, x) != want) +
                (cpu.has_thresholds() && cpu.nearest_by_thresholds(x) != want) +
                (cpu.has_packed() && cpu.nearest_packed(x) != want) +
-               (cuda.ok && packed_word_nearest(cuda.word[lut_bucket(x)], x) != want);
+               (cuda.ok && packed_word_nearest(cuda.word[lut_bucket(x)], x) != want) +
+               (cpu.has_planes() && std::fabs(x) <= 1.0f && cpu.nearest_by_planes(x) != want);  // the route's domain
     }
     bad += local;
   });

@@ -170,12 +170,12 @@ inline void quantize_state(const QuantTable& t, const float* __restrict__ values
   quantize_block(t, values, len, absmax, is_signed, out);
 }
 
-// One block (at most 256 elements) of the 8-bit update: dequantize, AdamW, and, when `write`,
+// One block (at most 256 elements) of the 8-bit update: dequantize, AdamW, and, when kWrite,
 // the parameters.  Returns the new absmax of m, v and vh as bits.  kRcp: adamw_element's
 // division by c2_sqrt through div_rn (rcp_ok says where it is exact).
-template <typename T, bool kAms, bool kScale, bool kRcp>
+template <typename T, bool kAms, bool kScale, bool kRcp, bool kWrite>
 inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float a2, float a3, float* __restrict__ m,
-                   float* __restrict__ v, float* __restrict__ vh, bool write, int32_t* mx) {
+                   float* __restrict__ v, float* __restrict__ vh, int32_t* mx) {
   T* __restrict__ p = static_cast<T*>(a.p) + off;
   const T* __restrict__ g = static_cast<const T*>(a.g) + off;
   const uint8_t* __restrict__ c1 = a.c1 + off;
@@ -184,7 +184,6 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
   [[maybe_unused]] const float* __restrict__ q2 = a.t2.qmap;
   const AdamScalars sc = a.sc;
   const float grad_scale = a.grad_scale, gnorm_scale = a.gnorm_scale;
-  float pb[kBlockSize];
 #ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
   // dequantize_value through register tables (avx512_lookup.h), into the state buffers
 #ifdef ADAMW8_CPU_VBMI
@@ -221,15 +220,12 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
     m[j] = mj;
     v[j] = vj;
     if constexpr (kAms) vh[j] = hj;
-    pb[j] = pj;
+    if constexpr (kWrite) p[j] = static_cast<T>(pj);
     m1 = bits_max(m1, std::fabs(mj));
     m2 = bits_max(m2, vj);
     if constexpr (kAms) m3 = bits_max(m3, hj);
   }
 #undef ADAMW8_DEQ
-  if (write) {
-    for (int64_t j = 0; j < len; ++j) p[j] = static_cast<T>(pb[j]);
-  }
   mx[0] = m1 > mx[0] ? m1 : mx[0];
   mx[1] = m2 > mx[1] ? m2 : mx[1];
   mx[2] = m3 > mx[2] ? m3 : mx[2];
@@ -243,13 +239,13 @@ inline bool rcp_ok(const Step8Args& a, float a3) {
   return a.sc.c2_rcp_exact && (!kAms || (a.t2.finite && is_finite(a3)));
 }
 
-template <typename T, bool kAms, bool kScale>
+template <typename T, bool kAms, bool kScale, bool kWrite>
 inline void block8_any(const Step8Args& a, int64_t off, int64_t len, float a1, float a2, float a3, float* m, float* v,
-                       float* vh, bool write, int32_t* mx) {
+                       float* vh, int32_t* mx) {
   if constexpr (ADAMW8_CPU_FMA) {
-    if (rcp_ok<kAms>(a, a3)) return block8<T, kAms, kScale, true>(a, off, len, a1, a2, a3, m, v, vh, write, mx);
+    if (rcp_ok<kAms>(a, a3)) return block8<T, kAms, kScale, true, kWrite>(a, off, len, a1, a2, a3, m, v, vh, mx);
   }
-  block8<T, kAms, kScale, false>(a, off, len, a1, a2, a3, m, v, vh, write, mx);
+  block8<T, kAms, kScale, false, kWrite>(a, off, len, a1, a2, a3, m, v, vh, mx);
 }
 
 // Blocks [cb, ce) of the 8-bit update, quantized and written.  block_wise: each block's own
@@ -263,7 +259,7 @@ void step8_blocks(const Step8Args& a, int64_t cb, int64_t ce, const float* globa
     const int64_t len = std::min<int64_t>(kBlockSize, a.n - off);
     const int64_t ab = a.block_wise ? blk : 0;
     int32_t mx[3] = {0, 0, 0};
-    block8_any<T, kAms, kScale>(a, off, len, a.a1[ab], a.a2[ab], kAms ? a.a3[ab] : 0.0f, m, v, vh, true, mx);
+    block8_any<T, kAms, kScale, true>(a, off, len, a.a1[ab], a.a2[ab], kAms ? a.a3[ab] : 0.0f, m, v, vh, mx);
     float n1, n2, n3;
     if (!a.block_wise) {
       n1 = global[0];
@@ -294,8 +290,8 @@ void reduce8_blocks(const Step8Args& a, int64_t cb, int64_t ce, int32_t* mx) {
   float m[kBlockSize], v[kBlockSize], vh[kBlockSize];
   for (int64_t blk = cb; blk < ce; ++blk) {
     const int64_t off = blk * kBlockSize;
-    block8_any<T, kAms, kScale>(a, off, std::min<int64_t>(kBlockSize, a.n - off), a.a1[0], a.a2[0],
-                                kAms ? a.a3[0] : 0.0f, m, v, vh, false, mx);
+    block8_any<T, kAms, kScale, false>(a, off, std::min<int64_t>(kBlockSize, a.n - off), a.a1[0], a.a2[0],
+                                       kAms ? a.a3[0] : 0.0f, m, v, vh, mx);
   }
 }
 

@@ -295,8 +295,10 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
       xs[k] = _mm512_ternarylogic_epi32(xb, vb[k], abs_mask, 0xe4);  // xb where abs_mask, else vb: x with the sign
     }
     __m512i bucket[2];
+    __mmask32 neg[2];
     for (int h = 0; h < 2; ++h) {
       const __m512i w = _mm512_permutex2var_epi16(xs[2 * h], top, xs[2 * h + 1]);  // values 32h .. 32h + 31
+      neg[h] = _mm512_movepi16_mask(w);  // the values' sign bits
       const __m512i k = _mm512_subs_epu16(_mm512_srli_epi16(_mm512_slli_epi16(w, 1), 8), binade_lo);
       const __m512i l1i = _mm512_ternarylogic_epi32(k, _mm512_srli_epi16(w, 10), sign_half, 0xf8);  // k | sign * 32
       const __m512i l1 = _mm512_permutex2var_epi16(l1a, l1i, l1b);
@@ -318,15 +320,19 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
     const __m512i w23l = _mm512_unpacklo_epi8(r[2], r[3]), w23h = _mm512_unpackhi_epi8(r[2], r[3]);
     const __m512i thr[4] = {_mm512_unpacklo_epi16(w01l, w23l), _mm512_unpackhi_epi16(w01l, w23l),
                             _mm512_unpacklo_epi16(w01h, w23h), _mm512_unpackhi_epi16(w01h, w23h)};
-    __mmask16 ge16[4], fin16[4];
+    __mmask16 ge16[4];
     for (int k = 0; k < 4; ++k) {
       ge16[k] = _mm512_cmp_ps_mask(_mm512_castsi512_ps(xs[k]), _mm512_castsi512_ps(thr[k]), _CMP_GE_OQ);
-      fin16[k] = is_signed ? _mm512_movepi32_mask(vb[k]) : _mm512_cmpgt_epi32_mask(vb[k], zero);
     }
-    const __mmask64 ge = join64(ge16), fin = join64(fin16);
     __m512i c = _mm512_permutexvar_epi8(order, c0);
-    c = _mm512_mask_add_epi8(c, ge, c, one8);
-    c = is_signed ? _mm512_mask_min_epu8(c, fin, c, clamp) : _mm512_mask_max_epu8(c, fin, c, one8);
+    c = _mm512_mask_add_epi8(c, join64(ge16), c, one8);
+    if (is_signed) {
+      c = _mm512_mask_min_epu8(c, _mm512_kunpackd(neg[1], neg[0]), c, clamp);
+    } else if (const __mmask64 at_zero = _mm512_testn_epi8_mask(c, c)) {  // code 0: rare unless v is 0
+      __mmask16 pos16[4];
+      for (int k = 0; k < 4; ++k) pos16[k] = _mm512_cmpgt_epi32_mask(vb[k], zero);
+      c = _mm512_mask_mov_epi8(c, at_zero & join64(pos16), one8);
+    }
     const __mmask64 lm = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
     _mm512_mask_storeu_epi8(out + j, lm, c);
   }

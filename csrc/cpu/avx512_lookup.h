@@ -285,10 +285,10 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
   const __m512i clamp = _mm512_set1_epi8(static_cast<char>(qt.clamp_code));
   for (int64_t j = 0; j < len; j += 64) {
     const int64_t left = len - j;
+    const __mmask64 lm = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
     __m512i vb[4], xs[4];
     for (int k = 0; k < 4; ++k) {
-      const __mmask16 m = left > 16 * k ? tail_mask(left - 16 * k) : __mmask16(0);
-      vb[k] = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, values + j + 16 * k));
+      vb[k] = _mm512_castps_si512(_mm512_maskz_loadu_ps(static_cast<__mmask16>(lm >> (16 * k)), values + j + 16 * k));
       const __m512 av = _mm512_castsi512_ps(_mm512_and_si512(vb[k], abs_mask));
       const __m512 q0 = _mm512_mul_ps(av, R);
       const __m512i xb = _mm512_castps_si512(_mm512_fmadd_ps(_mm512_fnmadd_ps(q0, A, av), R, q0));  // div_rn
@@ -333,7 +333,6 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
       for (int k = 0; k < 4; ++k) pos16[k] = _mm512_cmpgt_epi32_mask(vb[k], zero);
       c = _mm512_mask_mov_epi8(c, at_zero & join64(pos16), one8);
     }
-    const __mmask64 lm = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
     _mm512_mask_storeu_epi8(out + j, lm, c);
   }
 }

@@ -4,10 +4,11 @@
 // Dequantize reads a 256-entry float table from registers: the high and the low 16 bits of its
 // entries as two 256-word tables (8 zmm each), each read with four vpermt2w (64 words apiece)
 // and a blend tree on the code's top two bits, 32 codes at a time, then interleaved back into
-// floats; the avx512vbmi build reads four byte planes with vpermi2b, 64 codes at a time.  The
-// threshold route still reads its thresholds as floats (Table256: 32 entries per vpermt2ps);
-// only the bucket tables (3,074 entries a sign) are gathered.  Same operations, same order as
-// the portable loops in kernels.h, so the same bits.
+// floats; the avx512vbmi build reads four byte planes with vpermi2b, 64 codes at a time
+// (Planes256), and quantizes the fused step's states by the plane route (quantize_planes) with no
+// gather at all.  The threshold route still reads its thresholds as floats (Table256: 32
+// entries per vpermt2ps); only the bucket tables (3,074 entries a sign) are gathered.  Same
+// operations, same order as the portable loops in kernels.h, so the same bits.
 //
 // Included by kernels.h inside the avx512 namespace, under its target pragma.
 #pragma once
@@ -97,23 +98,25 @@ inline void dequantize(const uint16_t* halves, const uint8_t* codes, float absma
 }
 
 #ifdef ADAMW8_CPU_VBMI
-// dequantize for the avx512vbmi build: the map as four byte planes (QuantTable::planes, 4 zmm
-// each), 64 codes at a time: per plane two vpermi2b (128 entries apiece) and a blend on the
-// code's top bit, then two rounds of unpacks join the bytes into floats.  The unpacks work within
-// 128-bit lanes, so the codes are first put in the order that makes the floats come out in
-// sequence (kOrder: position 16L + 4k + i holds code 16k + 4L + i).
-inline void dequantize_vbmi(const uint8_t* planes, const uint8_t* codes, float absmax, int64_t len, float* out) {
+// A 256-entry table of 32-bit words as four byte planes (byte b of every entry, b = 0..3:
+// QuantTable::planes, ::plane_thr), 4 zmm each, read 64 entries at a time: per plane two vpermi2b
+// (128 entries apiece) and a blend on the index's top bit, then two rounds of unpacks join the
+// bytes into words.  The unpacks work within 128-bit lanes, so the 64 indices must come in the
+// order that makes the words come out in sequence (order(): position 16L + 4k + i holds index
+// 16k + 4L + i, a transpose, so the same permutation puts bytes back in sequence).
+struct Planes256 {
   __m512i pl[4][4];
-  for (int p = 0; p < 4; ++p) {
-    for (int r = 0; r < 4; ++r) pl[p][r] = _mm512_loadu_si512(planes + 256 * p + 64 * r);
+  explicit Planes256(const uint8_t* planes) {
+    for (int p = 0; p < 4; ++p) {
+      for (int r = 0; r < 4; ++r) pl[p][r] = _mm512_loadu_si512(planes + 256 * p + 64 * r);
+    }
   }
-  alignas(64) static constexpr uint8_t kOrder[64] = {0, 1, 2, 3, 16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51, 4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39, 52, 53, 54, 55, 8, 9, 10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59, 12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
-  const __m512i order = _mm512_load_si512(kOrder);
-  const __m512 a = _mm512_set1_ps(absmax);
-  for (int64_t j = 0; j < len; j += 64) {
-    const int64_t left = len - j;
-    const __mmask64 lm = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
-    const __m512i idx = _mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(lm, codes + j));
+  static __m512i order() {
+    alignas(64) static constexpr uint8_t kOrder[64] = {0, 1, 2, 3, 16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51, 4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39, 52, 53, 54, 55, 8, 9, 10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59, 12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
+    return _mm512_load_si512(kOrder);
+  }
+  // d[k] = the entries of the indices 16k .. 16k + 15 (idx in order()'s arrangement)
+  void operator()(__m512i idx, __m512i* d) const {
     const __mmask64 b7 = _mm512_movepi8_mask(idx);
     __m512i r[4];
     for (int p = 0; p < 4; ++p) {
@@ -122,8 +125,23 @@ inline void dequantize_vbmi(const uint8_t* planes, const uint8_t* codes, float a
     }
     const __m512i w01l = _mm512_unpacklo_epi8(r[0], r[1]), w01h = _mm512_unpackhi_epi8(r[0], r[1]);
     const __m512i w23l = _mm512_unpacklo_epi8(r[2], r[3]), w23h = _mm512_unpackhi_epi8(r[2], r[3]);
-    const __m512i d[4] = {_mm512_unpacklo_epi16(w01l, w23l), _mm512_unpackhi_epi16(w01l, w23l),
-                          _mm512_unpacklo_epi16(w01h, w23h), _mm512_unpackhi_epi16(w01h, w23h)};
+    d[0] = _mm512_unpacklo_epi16(w01l, w23l);
+    d[1] = _mm512_unpackhi_epi16(w01l, w23l);
+    d[2] = _mm512_unpacklo_epi16(w01h, w23h);
+    d[3] = _mm512_unpackhi_epi16(w01h, w23h);
+  }
+};
+
+// dequantize for the avx512vbmi build: the map's byte planes (Planes256), 64 codes at a time.
+inline void dequantize_vbmi(const uint8_t* planes, const uint8_t* codes, float absmax, int64_t len, float* out) {
+  const Planes256 t(planes);
+  const __m512i order = Planes256::order();
+  const __m512 a = _mm512_set1_ps(absmax);
+  for (int64_t j = 0; j < len; j += 64) {
+    const int64_t left = len - j;
+    const __mmask64 lm = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
+    __m512i d[4];
+    t(_mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(lm, codes + j)), d);
     for (int k = 0; k < 4 && left > 16 * k; ++k) {
       _mm512_mask_storeu_ps(out + j + 16 * k, tail_mask(left - 16 * k), _mm512_mul_ps(_mm512_castsi512_ps(d[k]), a));
     }
@@ -247,37 +265,34 @@ inline void quantize_bounded(const QuantTable& qt, const float* values, int64_t 
 }
 
 #ifdef ADAMW8_CPU_VBMI
-// quantize_bounded by the plane route (kernel_args.h, plane_code), 64 values at a time, no gather:
-// - per 16 values: |x| by div_rn as in quantize_bounded, and x with the value's sign;
-// - x's top 16 bits as words (32 a register): the level-1 entry by vpermt2w (64 words), the
-//   bucket by a variable word shift and an add;
-// - the buckets' low bytes and high bytes (bit 8: the sign's half) packed into two byte
-//   registers, in the order dequantize_vbmi's unpacks undo (kOrder, a transpose: its own inverse);
-// - c0 from the 512-byte code plane (four vpermi2b, blends on bits 7 and 8), thr[c0] from four
-//   byte planes (two vpermi2b and a blend apiece), joined into floats by the unpacks;
-// - code = c0 + (x >= thr[c0]) as bytes back in element order, then finish_code as in
-//   quantize_bounded: min(code, clamp_code) where the value's sign bit is set (signed map), or
-//   max(code, 1) where the value is > 0 (unsigned map).
-// The same preconditions as quantize_bounded.
 // Four 16-lane masks as one 64-lane mask, lane 16k + i from m[k] (mask-register unpacks).
 inline __mmask64 join64(const __mmask16* m) {
   return _mm512_kunpackd(_mm512_kunpackw(m[3], m[2]), _mm512_kunpackw(m[1], m[0]));
 }
 
+// quantize_bounded by the plane route (kernel_args.h, plane_code), 64 values at a time, no gather:
+// - per 16 values: |x| by div_rn as in quantize_bounded, and x with the value's sign;
+// - x's top 16 bits as words (32 a register): the level-1 entry by vpermt2w (64 words), the
+//   bucket by a variable word shift and an add;
+// - the buckets' low bytes and high bytes (bit 8: the sign's half) packed into two byte
+//   registers, in Planes256::order()'s arrangement;
+// - c0 from the 512-byte code plane (four vpermi2b, blends on bits 7 and 8), thr[c0] from four
+//   byte planes (Planes256);
+// - code = c0 + (x >= thr[c0]) as bytes back in element order, then finish_code as in
+//   quantize_bounded: min(code, clamp_code) where the value's sign bit is set (signed map), or
+//   max(code, 1) where the value is > 0 (unsigned map).
+// The same preconditions as quantize_bounded.
 inline void quantize_planes(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
                             uint8_t* out) {
-  alignas(64) static constexpr uint8_t kOrder[64] = {0, 1, 2, 3, 16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51, 4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39, 52, 53, 54, 55, 8, 9, 10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59, 12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
-  const __m512i order = _mm512_load_si512(kOrder);
+  const __m512i order = Planes256::order();
   const __m512i pick_lo = _mm512_add_epi8(order, order);  // byte 2e of the two word registers: bucket e's low byte
   const __m512i pick_hi = _mm512_add_epi8(pick_lo, _mm512_set1_epi8(1));
   alignas(64) static constexpr int16_t kTop[32] = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
   const __m512i top = _mm512_load_si512(kTop);  // word 2i+1: dword i's top 16 bits
   const __m512i l1a = _mm512_loadu_si512(qt.plane_l1), l1b = _mm512_loadu_si512(qt.plane_l1 + 32);
-  __m512i cp[8], tp[4][4];
+  __m512i cp[8];
   for (int r = 0; r < 8; ++r) cp[r] = _mm512_loadu_si512(qt.plane_code + 64 * r);
-  for (int p = 0; p < 4; ++p) {
-    for (int r = 0; r < 4; ++r) tp[p][r] = _mm512_loadu_si512(qt.plane_thr + 256 * p + 64 * r);
-  }
+  const Planes256 thresholds(qt.plane_thr);
   const __m512 A = _mm512_set1_ps(absmax), R = _mm512_set1_ps(1.0f / absmax);
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const __m512i binade_lo = _mm512_set1_epi16(kPlaneBinadeLo), sign_half = _mm512_set1_epi16(32);
@@ -310,16 +325,8 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
     const __m512i c0 = _mm512_mask_blend_epi8(
         b8, _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(cp[0], lo, cp[1]), _mm512_permutex2var_epi8(cp[2], lo, cp[3])),
         _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(cp[4], lo, cp[5]), _mm512_permutex2var_epi8(cp[6], lo, cp[7])));
-    const __mmask64 t7 = _mm512_movepi8_mask(c0);
-    __m512i r[4];
-    for (int p = 0; p < 4; ++p) {
-      r[p] = _mm512_mask_blend_epi8(t7, _mm512_permutex2var_epi8(tp[p][0], c0, tp[p][1]),
-                                    _mm512_permutex2var_epi8(tp[p][2], c0, tp[p][3]));
-    }
-    const __m512i w01l = _mm512_unpacklo_epi8(r[0], r[1]), w01h = _mm512_unpackhi_epi8(r[0], r[1]);
-    const __m512i w23l = _mm512_unpacklo_epi8(r[2], r[3]), w23h = _mm512_unpackhi_epi8(r[2], r[3]);
-    const __m512i thr[4] = {_mm512_unpacklo_epi16(w01l, w23l), _mm512_unpackhi_epi16(w01l, w23l),
-                            _mm512_unpacklo_epi16(w01h, w23h), _mm512_unpackhi_epi16(w01h, w23h)};
+    __m512i thr[4];
+    thresholds(c0, thr);
     __mmask16 ge16[4];
     for (int k = 0; k < 4; ++k) {
       ge16[k] = _mm512_cmp_ps_mask(_mm512_castsi512_ps(xs[k]), _mm512_castsi512_ps(thr[k]), _CMP_GE_OQ);

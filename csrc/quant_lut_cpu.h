@@ -125,7 +125,8 @@ class NearestCodeLut {
         int bits = 0;
         while (bits <= 7 && !plane_binade_fits(sign, k, bits)) ++bits;
         if (bits > 7 || ((k == 0 || k == 31) && bits > 0) || next + (1 << bits) > cpu::kPlaneCodes) return;
-        plane_l1_[32 * sign + k] = static_cast<uint16_t>(next | ((7 - bits) << cpu::kPlaneShift));
+        const int first = (next - (k << bits)) & 0x1ff;  // plus plane_offset >> (7 - bits) (cpu::plane_bucket)
+        plane_l1_[32 * sign + k] = static_cast<uint16_t>(first | ((7 - bits) << cpu::kPlaneShift));
         for (int j = 0; j < (1 << bits); ++j) {
           float lo, hi;
           plane_bucket_range(sign, exponent, bits, j, lo, hi);

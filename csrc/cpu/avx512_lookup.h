@@ -295,8 +295,9 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
   const Planes256 thresholds(qt.plane_thr);
   const __m512 A = _mm512_set1_ps(absmax), R = _mm512_set1_ps(1.0f / absmax);
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
-  const __m512i binade_lo = _mm512_set1_epi16(kPlaneBinadeLo), sign_half = _mm512_set1_epi16(32);
-  const __m512i mant7 = _mm512_set1_epi16(0x7f), one8 = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+  const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+  const __m512i binade_lo = _mm512_set1_epi16(kPlaneBinadeLo << 7), sign_half = _mm512_set1_epi16(32);
+  const __m512i mag15 = _mm512_set1_epi16(0x7fff), one8 = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
   const __m512i clamp = _mm512_set1_epi8(static_cast<char>(qt.clamp_code));
   for (int64_t j = 0; j < len; j += 64) {
     const int64_t left = len - j;
@@ -304,20 +305,20 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
     __m512i vb[4], xs[4];
     for (int k = 0; k < 4; ++k) {
       vb[k] = _mm512_castps_si512(_mm512_maskz_loadu_ps(static_cast<__mmask16>(lm >> (16 * k)), values + j + 16 * k));
-      const __m512 av = _mm512_castsi512_ps(_mm512_and_si512(vb[k], abs_mask));
-      const __m512 q0 = _mm512_mul_ps(av, R);
-      const __m512i xb = _mm512_castps_si512(_mm512_fmadd_ps(_mm512_fnmadd_ps(q0, A, av), R, q0));  // div_rn
-      xs[k] = _mm512_ternarylogic_epi32(xb, vb[k], abs_mask, 0xe4);  // xb where abs_mask, else vb: x with the sign
+      const __m512 value = _mm512_castsi512_ps(vb[k]);
+      const __m512 q0 = _mm512_mul_ps(value, R);
+      const __m512i x = _mm512_castps_si512(_mm512_fmadd_ps(_mm512_fnmadd_ps(q0, A, value), R, q0));  // div_rn
+      xs[k] = _mm512_ternarylogic_epi32(x, vb[k], sign_bit, 0xf8);  // x | the value's sign: -0 / absmax is +0 by div_rn
     }
     __m512i bucket[2];
     __mmask32 neg[2];
     for (int h = 0; h < 2; ++h) {
       const __m512i w = _mm512_permutex2var_epi16(xs[2 * h], top, xs[2 * h + 1]);  // values 32h .. 32h + 31
       neg[h] = _mm512_movepi16_mask(w);  // the values' sign bits
-      const __m512i k = _mm512_subs_epu16(_mm512_srli_epi16(_mm512_slli_epi16(w, 1), 8), binade_lo);
-      const __m512i l1i = _mm512_ternarylogic_epi32(k, _mm512_srli_epi16(w, 10), sign_half, 0xf8);  // k | sign * 32
+      const __m512i d = _mm512_subs_epu16(_mm512_and_si512(w, mag15), binade_lo);  // plane_offset: k << 7 | mantissa
+      const __m512i l1i = _mm512_ternarylogic_epi32(_mm512_srli_epi16(d, 7), _mm512_srli_epi16(w, 10), sign_half, 0xf8);  // k | sign * 32
       const __m512i l1 = _mm512_permutex2var_epi16(l1a, l1i, l1b);
-      bucket[h] = _mm512_add_epi16(l1, _mm512_srlv_epi16(_mm512_and_si512(w, mant7), _mm512_srli_epi16(l1, kPlaneShift)));
+      bucket[h] = _mm512_add_epi16(l1, _mm512_srlv_epi16(d, _mm512_srli_epi16(l1, kPlaneShift)));
     }
     const __m512i lo = _mm512_permutex2var_epi8(bucket[0], pick_lo, bucket[1]);
     const __mmask64 b7 = _mm512_movepi8_mask(lo);

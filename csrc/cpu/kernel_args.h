@@ -55,14 +55,21 @@ constexpr int kPlaneL1 = 64;        // 2 signs x 32 binades
 constexpr int kPlaneCodes = 512;    // buckets, both signs
 constexpr int kPlaneShift = 12;     // a level-1 entry: first bucket | shift << kPlaneShift
 
-ADAMW8_HD int plane_l1_index(uint32_t top16) {
-  const int exponent = static_cast<int>((top16 >> 7) & 0xffu);
-  const int k = exponent > kPlaneBinadeLo ? exponent - kPlaneBinadeLo : 0;
-  return static_cast<int>(top16 >> 15) * 32 + k;
+// x's binade and mantissa bits as one number, k << 7 | the top 7 mantissa bits (0 for every
+// |x| below 2^-30; its mantissa bits are then meaningless and binade 0 is one bucket)
+ADAMW8_HD uint32_t plane_offset(uint32_t top16) {
+  const uint32_t mag = top16 & 0x7fffu, lo = static_cast<uint32_t>(kPlaneBinadeLo) << 7;
+  return mag > lo ? mag - lo : 0u;
 }
 
+ADAMW8_HD int plane_l1_index(uint32_t top16) {
+  return static_cast<int>(top16 >> 15) * 32 + static_cast<int>(plane_offset(top16) >> 7);
+}
+
+// The bucket: the level-1 entry holds the binade's first bucket less k << (7 - shift), modulo
+// 512, so adding plane_offset >> shift gives first bucket + (mantissa bits >> shift).
 ADAMW8_HD int plane_bucket(uint32_t l1_entry, uint32_t top16) {
-  return static_cast<int>((l1_entry + ((top16 & 0x7fu) >> (l1_entry >> kPlaneShift))) & 0x1ffu);
+  return static_cast<int>((l1_entry + (plane_offset(top16) >> (l1_entry >> kPlaneShift))) & 0x1ffu);
 }
 
 // The plane route's answer for |x| <= 1 (the vector form is avx512_lookup.h's quantize_planes).

@@ -294,7 +294,6 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
   for (int r = 0; r < 8; ++r) cp[r] = _mm512_loadu_si512(qt.plane_code + 64 * r);
   const Planes256 thresholds(qt.plane_thr);
   const __m512 A = _mm512_set1_ps(absmax), R = _mm512_set1_ps(1.0f / absmax);
-  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
   const __m512i binade_lo = _mm512_set1_epi16(kPlaneBinadeLo << 7), sign_half = _mm512_set1_epi16(32);
   const __m512i mag15 = _mm512_set1_epi16(0x7fff), one8 = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();

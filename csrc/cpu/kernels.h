@@ -207,6 +207,10 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
 #define ADAMW8_DEQ(buf, q, k, am) q[k[j]] * am  // dequantize_value
 #endif
   int32_t m1 = 0, m2 = 0, m3 = 0;
+  // The arrays never overlap; without ivdep GCC guards the loop with a run-time alias check of
+  // the parameter stores against the map gathers and state buffers, and the builds without
+  // register lookups (avx2, base) ran it 2.1x (avx2) and 1.16x (base) slower.
+#pragma GCC ivdep
   for (int64_t j = 0; j < len; ++j) {
     float gj = static_cast<float>(g[j]);
     if constexpr (kScale) gj = gj / grad_scale;  // a conditional division would stop the vectoriser

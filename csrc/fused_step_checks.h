@@ -5,8 +5,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <algorithm>
+#include <array>
 #include <optional>
 #include <string>
 #include <vector>
@@ -86,6 +88,27 @@ inline void check_group(const GroupArgs& g, const at::Device& dev, bool eight_bi
   }
 }
 
+// The tensors of one parameter that the step writes, and its gradient, must not share memory:
+// the kernels treat them as separate arrays, so an overlap would corrupt them without a word.
+// Only tensors of one storage are compared in detail (at::get_overlap_status; a non-dense view
+// of a shared storage counts as overlapping).  The same parameter twice in one call (torch warns
+// about duplicate parameters and updates them twice) is two slots and passes.
+inline void check_no_overlap(const ParamSlot& s, const std::string& what) {
+  const at::Tensor* t[] = {&s.param,   &s.grad,    &s.state1,  &s.state2, &s.state3,
+                           &s.absmax1, &s.absmax2, &s.absmax3, &s.step,   &s.gnorm_vec};
+  static constexpr const char* kNames[] = {"parameter", "grad",    "state1", "state2", "state3",
+                                           "absmax1",   "absmax2", "absmax3", "step",  "gnorm_vec"};
+  constexpr int kCount = sizeof(kNames) / sizeof(kNames[0]);
+  for (int i = 0; i < kCount; ++i) {
+    if (!t[i]->defined() || t[i]->numel() == 0) continue;
+    for (int j = i + 1; j < kCount; ++j) {
+      if (!t[j]->defined() || t[j]->numel() == 0 || !t[i]->storage().is_alias_of(t[j]->storage())) continue;
+      TORCH_CHECK(at::get_overlap_status(*t[i], *t[j]) == at::MemOverlapStatus::No, "adamw8: the ", kNames[i],
+                  " and the ", kNames[j], " of ", what, " share memory; the step needs each as its own tensor");
+    }
+  }
+}
+
 // `what` names the parameter in messages (e.g. "params[3]").
 inline void check_slot(const ParamSlot& s, const GroupArgs& g, const std::string& what) {
   const auto& p = s.param;
@@ -156,6 +179,7 @@ inline void check_slot(const ParamSlot& s, const GroupArgs& g, const std::string
     TORCH_CHECK(s.gnorm_vec.device() == dev, "adamw8: gnorm_vec of ", what, " must be on ", dev, ", got ",
                 s.gnorm_vec.device());
   }
+  check_no_overlap(s, what);
 }
 
 // Checks a whole call; all slots must share device, param dtype and state format.
@@ -217,6 +241,27 @@ inline std::vector<ParamSlot> make_slots(at::TensorList params, at::TensorList g
   return slots;
 }
 
+// No two parameters of a layout may share a slot (step, gnorm_vec, per-tensor absmax) or state
+// elements (and so absmax blocks: offsets are multiples of 256): the step would update them
+// twice, each time from the other's result, without a word.  `spans`: (offset, end, parameter).
+inline void check_layout_disjoint(at::IntArrayRef layout, std::vector<std::array<int64_t, 3>> spans) {
+  std::vector<std::pair<int64_t, int64_t>> slots;  // (slot, parameter)
+  slots.reserve(spans.size());
+  for (size_t i = 0; i < spans.size(); ++i) slots.push_back({layout[2 * i], static_cast<int64_t>(i)});
+  std::sort(slots.begin(), slots.end());
+  for (size_t i = 1; i < slots.size(); ++i) {
+    TORCH_CHECK(slots[i].first != slots[i - 1].first, "adamw8: layout: params[", slots[i - 1].second, "] and params[",
+                slots[i].second, "] share slot ", slots[i].first, "; each parameter needs its own");
+  }
+  spans.erase(std::remove_if(spans.begin(), spans.end(), [](const auto& r) { return r[1] == r[0]; }), spans.end());
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i) {
+    const auto &a = spans[i - 1], &b = spans[i];
+    TORCH_CHECK(b[0] >= a[1], "adamw8: layout: params[", a[2], "] (elements [", a[0], ", ", a[1], ")) and params[",
+                b[2], "] (elements [", b[0], ", ", b[1], ")) overlap in the flat state buffers");
+  }
+}
+
 // With a layout (adamw8/ops/schemas.py): each state list holds one flat 1-D buffer for every
 // parameter, and the slots are views into it (schemas.py _flat_slots is the twin).  The
 // views cost a few hundred nanoseconds each on the host, and let every check and kernel
@@ -243,6 +288,8 @@ inline std::vector<ParamSlot> flat_slots(at::TensorList params, at::TensorList g
                    a2 = buffer(absmax2, "absmax2", false), a3 = buffer(absmax3, "absmax3", false),
                    st = buffer(steps, "steps", true), gv = buffer(gnorm_vecs, "gnorm_vecs", false);
   std::vector<ParamSlot> slots(n);
+  std::vector<std::array<int64_t, 3>> spans;  // (offset, end, parameter) in the state buffers
+  spans.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     const int64_t slot = layout[2 * i], off = layout[2 * i + 1], k = params[i].numel();
     TORCH_CHECK(slot >= 0 && off >= 0 && off % kBlockSize == 0, "adamw8: layout of params[", i,
@@ -259,12 +306,14 @@ inline std::vector<ParamSlot> flat_slots(at::TensorList params, at::TensorList g
     };
     const int64_t nb = expected_blocks(k, block_wise);
     const int64_t boff = block_wise ? off / kBlockSize : slot;
+    spans.push_back({off, off + k, static_cast<int64_t>(i)});
     slots[i] = ParamSlot{params[i], grads[i], view(b1, "state1", off, k, params[i].sizes()),
                          view(b2, "state2", off, k, params[i].sizes()), view(b3, "state3", off, k, params[i].sizes()),
                          view(a1, "absmax1", boff, nb, {nb}), view(a2, "absmax2", boff, nb, {nb}),
                          view(a3, "absmax3", boff, nb, {nb}), view(st, "steps", slot, 1, {}),
                          view(gv, "gnorm_vecs", kGnormHistory * slot, kGnormHistory, {kGnormHistory})};
   }
+  check_layout_disjoint(layout, spans);
   return slots;
 }
 

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from adamw8.ops import reference as R
 from conftest import (
@@ -274,8 +275,19 @@ def test_flat_layout_opcheck_and_bad_layouts():
     states[1]["qmap1"], states[1]["qmap2"] = states[0]["qmap1"], states[0]["qmap2"]
     args, _, _ = flat_args(params, [torch.randn_like(p) for p in params], states, hyper("cpu"))
     torch.library.opcheck(torch.ops.adamw8.fused_step_multi.default, args)
+    overlaps = (([0, 0, 0, 512], r"layout: params\[0\] and params\[1\] share slot 0"),
+                ([0, 0, 1, 256], r"layout: params\[0\] \(elements \[0, 300\)\) and params\[1\] \(elements "
+                                 r"\[256, 261\)\) overlap in the flat state buffers"))
     for layout, match in (([0, 0, 1, 100], "offset >= 0 that is a multiple of 256"),
                           ([0, 0], "layout must have 4 ints"),
-                          ([0, 0, 1, 1024], r"state1: params\[1\] needs elements \[1024, 1029\)")):
+                          ([0, 0, 1, 1024], r"state1: params\[1\] needs elements \[1024, 1029\)")) + overlaps:
+        before = [t.clone() for t in args[2]] + [p.clone() for p in params]
         with pytest.raises(RuntimeError, match=match):
             torch.ops.adamw8.fused_step_multi(*args[:-1], layout)
+        assert all(torch.equal(b, t) for b, t in zip(before, list(args[2]) + params))  # nothing written
+    with FakeTensorMode() as mode:  # the fake kernel (torch.compile) refuses the same layouts
+        fake = [[mode.from_tensor(t) for t in a] if isinstance(a, list) and a and isinstance(a[0], torch.Tensor)
+                else mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args[:-1]]
+        for layout, match in overlaps:
+            with pytest.raises(RuntimeError, match=match):
+                torch.ops.adamw8.fused_step_multi(*fake, layout)

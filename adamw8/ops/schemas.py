@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from .reference import GNORM_HISTORY, num_blocks
 
@@ -142,6 +143,49 @@ def _check_scalar(t, name: str, dev) -> None:
     _chk(t.device == dev, f"{name} must be on the parameters' device {dev}, got {t.device}")
 
 
+_WRITTEN = (("params", "parameter"), ("grads", "grad"), ("state1", "state1"), ("state2", "state2"),
+            ("state3", "state3"), ("absmax1", "absmax1"), ("absmax2", "absmax2"), ("absmax3", "absmax3"),
+            ("steps", "step"), ("gnorm_vecs", "gnorm_vec"))
+
+
+def _share_memory(a: Tensor, b: Tensor) -> bool:
+    """check_no_overlap's test (csrc/fused_step_checks.h): real tensors of one storage compared
+    in detail (a non-dense view of a shared storage counts as overlapping); a fake tensor
+    (torch.compile) has no memory, so there only the same tensor twice counts."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    if is_fake(a) or is_fake(b):
+        return a is b
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    return torch._C._overlaps(a, b)
+
+
+def _check_no_overlap(slot: dict, what: str) -> None:
+    ts = [(slot[key], name) for key, name in _WRITTEN if isinstance(slot[key], Tensor)]
+    for i, (a, na) in enumerate(ts):
+        for b, nb in ts[i + 1:]:
+            _chk(not _share_memory(a, b),
+                 f"the {na} and the {nb} of {what} share memory; the step needs each as its own tensor")
+
+
+def _check_layout_disjoint(a: StepArgs) -> None:
+    """check_layout_disjoint's twin: no two parameters share a slot or state elements."""
+    n = len(a.params)
+    seen = {}
+    for i in range(n):
+        slot = a.layout[2 * i]
+        if slot in seen:
+            _fail(f"layout: params[{seen[slot]}] and params[{i}] share slot {slot}; each parameter needs its own")
+        seen[slot] = i
+    spans = sorted((a.layout[2 * i + 1], a.layout[2 * i + 1] + a.params[i].numel(), i) for i in range(n)
+                   if a.params[i].numel() > 0)
+    for (s0, e0, i0), (s1, e1, i1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            _fail(f"layout: params[{i0}] (elements [{s0}, {e0})) and params[{i1}] (elements [{s1}, {e1})) overlap "
+                  "in the flat state buffers")
+
+
 def _check_slot(slot: dict, a: StepArgs, what: str) -> None:
     p = slot["params"]
     _chk(p.layout == torch.strided, f"{what} must be a dense tensor, got layout {p.layout}")
@@ -220,6 +264,7 @@ def _check_slot(slot: dict, a: StepArgs, what: str) -> None:
             f"got {gv.dtype} of shape {list(gv.shape)}",
         )
         _chk(gv.device == dev, f"gnorm_vec of {what} must be on {dev}, got {gv.device}")
+    _check_no_overlap(slot, what)
 
 
 def _check_shared(a: StepArgs, dev, eight: bool) -> None:
@@ -377,6 +422,7 @@ def _check_flat(a: StepArgs) -> None:
                 _fail(f"{name}: params[{i}] needs elements up to {end} of the flat buffer, which has {room[name]}")
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         _fail(f"params must be float32, bfloat16 or float16, got {dtype}")
+    _check_layout_disjoint(a)
     _check_shared(a, dev, eight)
 
 

@@ -155,16 +155,26 @@ def bench_set(set_name, dtype_name, device, args, bw, opts):
         floor = n * state_bytes(name, pbytes) / bw
         rows.append((name, t, floor / t))
     base = next((t for nm, t, _ in rows if nm == "torch AdamW fused" and t), None)
+    # Interleaved, each round's steps ran back to back: the median of the per-round ratios to
+    # torch's step cancels the drift of a shared machine that a ratio of medians keeps.
+    torch_ts = times.get("torch AdamW fused") if args.interleave else None
+    paired = {}
+    if isinstance(torch_ts, list):
+        for name, t, _ in rows:
+            if t is not None and isinstance(times.get(name), list):
+                paired[name] = statistics.median(a / b for a, b in zip(times[name], torch_ts))
     print(f"\n### {set_name}, {dtype_name} params: {len(params)} tensors, {n / 1e6:.1f} M parameters")
-    print("| optimizer | ms/step | vs torch fused | of floor |")
-    print("|---|---|---|---|")
+    extra = (" paired vs torch |", "---|") if paired else ("", "")
+    print(f"| optimizer | ms/step | vs torch fused |{extra[0]} of floor |")
+    print(f"|---|---|---|{extra[1]}---|")
     for name, t, frac in rows:
         if t is None:
-            print(f"| {name} | {frac} | | |")
+            print(f"| {name} | {frac} | |{' |' if paired else ''} |")
             continue
         ratio = f"{t / base:.2f}x" if base else "n/a"
-        print(f"| {name} | {t * 1e3:.2f} | {ratio} | {100 * frac:.0f}% |")
-    return rows
+        pr = f" {paired[name]:.2f}x |" if name in paired else (" |" if paired else "")
+        print(f"| {name} | {t * 1e3:.2f} | {ratio} |{pr} {100 * frac:.0f}% |")
+    return [(name, t, frac, paired.get(name)) for name, t, frac in rows] if paired else rows
 
 
 def shp_scaled(cfg, scale):

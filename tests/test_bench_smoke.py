@@ -56,3 +56,4 @@ def test_bench_interleaved_takes_turns(monkeypatch):
     assert [r[0] for r in rows] == ["torch AdamW fused", "adamw8 AdamW8bit"]
     assert all(r[1] is not None and r[1] > 0 for r in rows)
     assert calls == ["AdamW", "AdamW8bit"] * 4  # in turns, warmup included
+    assert rows[0][3] == 1.0 and rows[1][3] > 0  # the paired ratio: torch's own is exactly 1

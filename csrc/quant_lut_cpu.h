@@ -34,8 +34,8 @@ class NearestCodeLut {
       halves_[k] = static_cast<uint16_t>(float_bits(q_[k]) & 0xffffu);
       halves_[256 + k] = static_cast<uint16_t>(float_bits(q_[k]) >> 16);
       finite_ = finite_ && is_finite(q_[k]);
-      for (int b = 0; b < 4; ++b) planes_[256 * b + k] = static_cast<uint8_t>(float_bits(q_[k]) >> (8 * b));
     }
+    byte_planes(q_, planes_);
     for (int b = 0; b < kLutSize; ++b) {
       entry_[b] = lut_entry(q_, b);
       steps_ = std::max(steps_, lut_steps(q_, b));
@@ -135,10 +135,16 @@ class NearestCodeLut {
         next += 1 << bits;
       }
     }
-    for (int c = 0; c < 256; ++c) {
-      for (int b = 0; b < 4; ++b) plane_thr_[256 * b + c] = static_cast<uint8_t>(float_bits(thr_[c]) >> (8 * b));
-    }
+    byte_planes(thr_, plane_thr_);
     planes_ok_ = true;
+  }
+
+  // 256 floats as four byte planes, byte b of every entry at [256 * b, 256 * b + 256): the
+  // avx512vbmi build's register tables (Planes256).
+  static void byte_planes(const float* t, uint8_t* out) {
+    for (int c = 0; c < 256; ++c) {
+      for (int b = 0; b < 4; ++b) out[256 * b + c] = static_cast<uint8_t>(float_bits(t[c]) >> (8 * b));
+    }
   }
 
   // The smallest and largest float of bucket j (of 2^bits) of a binade: binade 0 is every |x| below

@@ -81,6 +81,7 @@ struct Table256W {
 
 inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
 inline __mmask32 tail_mask32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u); }
+inline __mmask64 tail_mask64(int64_t n) { return n >= 64 ? ~__mmask64(0) : ((__mmask64(1) << n) - 1); }
 
 // out[j] = q[codes[j]] * absmax (dequantize_value) for j < len, q given as its halves
 inline void dequantize(const uint16_t* halves, const uint8_t* codes, float absmax, int64_t len, float* out) {
@@ -139,7 +140,7 @@ inline void dequantize_vbmi(const uint8_t* planes, const uint8_t* codes, float a
   const __m512 a = _mm512_set1_ps(absmax);
   for (int64_t j = 0; j < len; j += 64) {
     const int64_t left = len - j;
-    const __mmask64 lm = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
+    const __mmask64 lm = tail_mask64(left);
     __m512i d[4];
     t(_mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(lm, codes + j)), d);
     for (int k = 0; k < 4 && left > 16 * k; ++k) {
@@ -271,7 +272,8 @@ inline __mmask64 join64(const __mmask16* m) {
 }
 
 // quantize_bounded by the plane route (kernel_args.h, plane_code), 64 values at a time, no gather:
-// - per 16 values: |x| by div_rn as in quantize_bounded, and x with the value's sign;
+// - per 16 values: x = value / absmax by div_rn (sign-symmetric, but -0 / absmax gives +0, so
+//   the value's sign bit is or-ed back in);
 // - x's top 16 bits as words (32 a register): the level-1 entry by vpermt2w (64 words), the
 //   bucket by a variable word shift and an add;
 // - the buckets' low bytes and high bytes (bit 8: the sign's half) packed into two byte
@@ -300,7 +302,7 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
   const __m512i clamp = _mm512_set1_epi8(static_cast<char>(qt.clamp_code));
   for (int64_t j = 0; j < len; j += 64) {
     const int64_t left = len - j;
-    const __mmask64 lm = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
+    const __mmask64 lm = tail_mask64(left);
     __m512i vb[4], xs[4];
     for (int k = 0; k < 4; ++k) {
       vb[k] = _mm512_castps_si512(_mm512_maskz_loadu_ps(static_cast<__mmask16>(lm >> (16 * k)), values + j + 16 * k));

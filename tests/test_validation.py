@@ -142,6 +142,39 @@ def test_bad_grad_shape_changes_nothing():
     assert_unchanged([p], opt, snap)
 
 
+REPLACED = [
+    # (id, the new data of the first parameter, the message's "now ... made for ...")
+    ("grown", lambda: torch.randn(101), r"now torch.float32 \(101,\) on cpu, but its optimizer state was made for "
+     r"torch.float32 \(100,\)"),
+    ("reshaped", lambda: torch.randn(10, 10), r"now torch.float32 \(10, 10\) on cpu"),
+    ("dtype", lambda: torch.randn(100).to(torch.bfloat16), r"now torch.bfloat16 \(100,\) on cpu, but its optimizer "
+     r"state was made for torch.float32"),
+]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("cls", [adamw8.AdamW32bit, adamw8.AdamW8bit], ids=["32bit", "8bit"])
+@pytest.mark.parametrize("name, data, match", REPLACED, ids=[r[0] for r in REPLACED])
+def test_parameter_replaced_after_its_state_is_refused(name, data, match, cls, compiled):
+    """``p.data = ...`` with another size or dtype once the state exists: torch.optim.AdamW fails
+    on the size; here the first parameter's region of the flat buffers has room for 256
+    elements, so without a check a grown parameter would step into the padding, or a
+    neighbour's state, without a word."""
+    params = [torch.nn.Parameter(torch.randn(100)), torch.nn.Parameter(torch.randn(300))]
+    opt = cls(params, min_8bit_size=0)
+    step = torch.compile(opt.step) if compiled else opt.step
+    for p in params:
+        p.grad = torch.randn_like(p)
+    step()
+    params[0].data = data()
+    params[0].grad = torch.randn_like(params[0])
+    params[1].grad = torch.randn_like(params[1])
+    snap = snapshot(params, opt)
+    with pytest.raises(RuntimeError, match=match):
+        step()
+    assert_unchanged(params, opt, snap)
+
+
 def _op_cases(device):
     """(id, mutate the good arguments, expected message).  Each case breaks one argument."""
     def with_(i, value):

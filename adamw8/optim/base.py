@@ -219,7 +219,7 @@ class AdamWBase(torch.optim.Optimizer):
                 key = (p.device, p.dtype, self._state_dtype(p, conf), conf["block_wise"], conf["percentile_clipping"],
                        conf["hp"], is_sharded(p), paged)
                 plan.setdefault(key, []).append((pi, p))
-            for (dev, _, sdtype, block_wise, pct, hp, sharded, paged), items in plan.items():
+            for (dev, dtype, sdtype, block_wise, pct, hp, sharded, paged), items in plan.items():
                 params = [p for _, p in items]
                 qmaps = self._get_qmaps(dev) if sdtype == torch.uint8 else (None, None)
                 pager = paging.pager_for(dev) if paged else None
@@ -230,7 +230,7 @@ class AdamWBase(torch.optim.Optimizer):
                     self.state[p] = st
                 made.append(Bucket(
                     gindex=gi, params=params, names=[f"param_groups[{gi}]['params'][{pi}]" for pi, _ in items],
-                    offsets=offsets, buffers=buffers, qmaps=qmaps,
+                    shapes=[local(p).shape for p in params], dtype=dtype, device=dev, offsets=offsets, buffers=buffers, qmaps=qmaps,
                     hyper=self._hyper.get((gi, hp, dev), self._hyper_values(gi, hp)),
                     block_wise=block_wise, percentile=pct, sharded=sharded, pager=pager,
                 ))
@@ -260,22 +260,6 @@ class AdamWBase(torch.optim.Optimizer):
         self._paged_out[0] = False
 
     # -------------------------------------------------------------------- step
-    def _check_grads(self) -> None:
-        """Every gradient is checked before any parameter or state changes."""
-        for b in self._buckets:
-            for where, p in zip(b.names, b.params):
-                g = p.grad
-                if g is None:
-                    continue
-                if g.is_sparse or g.layout != torch.strided:
-                    raise RuntimeError(f"{where}: expected a dense gradient, got layout {g.layout}")
-                if g.dtype != p.dtype:
-                    raise TypeError(f"{where}: expected a gradient of dtype {p.dtype}, got {g.dtype}")
-                if g.shape != p.shape:
-                    raise RuntimeError(f"{where}: expected a gradient of shape {tuple(p.shape)}, got {tuple(g.shape)}")
-                if g.device != p.device:
-                    raise RuntimeError(f"{where}: expected a gradient on {p.device}, got {g.device}")
-
     @torch.no_grad()
     def step(self, closure=None):
         """One AdamW step for every parameter with a gradient; returns the closure's loss."""
@@ -283,8 +267,10 @@ class AdamWBase(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not torch.compiler.is_compiling():  # compiled, Dynamo's guards and the fake kernel check grads
-            self._check_grads()
+        eager = not torch.compiler.is_compiling()
+        for b in self._buckets:  # compiled, decided while tracing (Dynamo guards the shapes), and the
+            b.check(grads=eager)  # fake kernel checks the gradients
+        if eager:
             # page the state back in after a page_out(); never inside a capture (paging.py)
             if self._paged_out[0] and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
                 self.page_in()

@@ -82,6 +82,9 @@ class Bucket:
     gindex: int
     params: list = field(default_factory=list)  # the parameters (DTensors under FSDP2): grads live on them
     names: list = field(default_factory=list)  # "param_groups[i]['params'][j]" per parameter, for messages
+    shapes: list = field(default_factory=list)  # each parameter's (local) shape when its state was made
+    dtype: torch.dtype | None = None  # the parameters' dtype and device when their state was made
+    device: torch.device | None = None
     offsets: list = field(default_factory=list)  # element offset of each parameter's region
     buffers: dict = field(default_factory=dict)  # op list name -> [flat buffer] or []
     qmaps: tuple = (None, None)
@@ -96,6 +99,30 @@ class Bucket:
         if self.pager is None:
             return []
         return [b for k in STATE_KEYS for b in self.buffers.get(k, [])]
+
+    def check(self, grads: bool = True) -> None:
+        """Before any parameter or state changes: each parameter still has the dtype, device and
+        (local) shape its state was made for (a parameter replaced in place, ``p.data = ...``,
+        would otherwise be stepped against a region of the flat buffers sized for the old one,
+        into its neighbour's state), and, with ``grads``, each gradient fits its parameter."""
+        dtype, device, sharded, strided = self.dtype, self.device, self.sharded, torch.strided
+        for where, p, shape in zip(self.names, self.params, self.shapes):
+            if (p._local_tensor if sharded else p).shape != shape or p.dtype != dtype or p.device != device:
+                raise RuntimeError(
+                    f"{where}: the parameter is now {p.dtype} {tuple(local(p).shape)} on {p.device}, but its "
+                    f"optimizer state was made for {dtype} {tuple(shape)} on {device}; make the optimizer after "
+                    "changing parameters (load_state_dict carries state over)")
+            g = p.grad if grads else None
+            if g is None:
+                continue
+            if g.layout is not strided:
+                raise RuntimeError(f"{where}: expected a dense gradient, got layout {g.layout}")
+            if g.dtype != dtype:
+                raise TypeError(f"{where}: expected a gradient of dtype {dtype}, got {g.dtype}")
+            if g.shape != (shape if not sharded else p.shape):
+                raise RuntimeError(f"{where}: expected a gradient of shape {tuple(p.shape)}, got {tuple(g.shape)}")
+            if g.device != device:
+                raise RuntimeError(f"{where}: expected a gradient on {device}, got {g.device}")
 
     def layout(self, idx: list[int]) -> list[int]:
         """The op's layout for the parameters ``idx`` of this bucket."""

@@ -15,7 +15,7 @@ from hypothesis import strategies as hs
 
 import adamw8
 from adamw8.ops import reference as R
-from conftest import torch_save_load
+from conftest import hyper, make_state, op_args, torch_save_load
 
 CLASSES = [adamw8.AdamW, adamw8.AdamW8bit, adamw8.AdamW32bit, adamw8.PagedAdamW, adamw8.PagedAdamW8bit,
            adamw8.PagedAdamW32bit]
@@ -295,3 +295,104 @@ def test_quantize_round_trip(values, signed, block_wise):
         assert (torch.signbit(back) == torch.signbit(x))[x != 0].all()
     else:
         assert (back[x > 0] > 0).all()
+
+
+# ------------------------------------------------------------------ frozen parameters
+def _frozen_model(seed=0):
+    """A model whose first layer is frozen (an adapter-style fine-tune handing the optimizer
+    every parameter)."""
+    model = tiny_model(seed)
+    model[0].requires_grad_(False)
+    return model
+
+
+def _reference_step(model, ref_params, states):
+    """Steps the reference copies of the parameters that have a gradient; a parameter's state
+    is made (zeros) at its first gradient, as torch.optim.AdamW makes it."""
+    for p, q in zip(model.parameters(), ref_params):
+        if p.grad is None:
+            continue
+        if q not in states:
+            states[q] = make_state(q, states["eight"], amsgrad=False)
+        R.fused_step_reference(*op_args(q, p.grad, states[q], hyper(q.device)))
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("cls", [adamw8.AdamW32bit, adamw8.AdamW8bit], ids=["32bit", "8bit"])
+def test_frozen_parameters_get_state_at_their_first_gradient(cls, compiled):
+    """A frozen parameter has no state (no memory) until it has a gradient, then starts from
+    zero state like torch's: every step equals the reference, bit for bit.  A compiled step
+    with fullgraph cannot make state: it says so, one eager step makes it, and compiled steps
+    go on from there."""
+    model = _frozen_model()
+    ref = [p.detach().clone() for p in model.parameters()]
+    states = {"eight": cls is adamw8.AdamW8bit}
+    opt = cls(model.parameters(), min_8bit_size=0)
+    frozen = list(model[0].parameters())
+    assert all(p not in opt.state for p in frozen)
+    assert sorted(opt.state_dict()["state"]) == [2, 3]  # torch's numbering: model[2]'s weight and bias
+    state_bytes = sum(t.numel() * t.element_size() for b in opt._buckets for ts in b.buffers.values() for t in ts)
+    assert state_bytes < sum(p.numel() for p in model[2].parameters()) * 4 + 4096  # model[2]'s only
+    step = torch.compile(opt.step, fullgraph=True) if compiled else opt.step
+    for i in range(6):
+        if i == 3:
+            model[0].requires_grad_(True)
+        x, y = batch(i)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        if compiled and i == 3:
+            with pytest.raises(Exception, match=r"param_groups\[0\]\['params'\]\[0\] was frozen"):
+                step()
+            opt.step()
+        else:
+            step()
+        _reference_step(model, ref, states)
+        for k, (p, q) in enumerate(zip(model.parameters(), ref)):
+            assert torch.equal(p, q), f"step {i + 1}, parameter {k}"
+    for p, q in zip(model.parameters(), ref):
+        assert int(opt.state[p]["step"]) == int(states[q]["step"])
+        for key in ("state1", "state2"):
+            assert torch.equal(opt.state[p][key], states[q][key])
+    assert int(opt.state[frozen[0]]["step"]) == 3
+
+
+def test_frozen_parameters_against_torch_adamw():
+    """The same schedule of freezing against torch.optim.AdamW itself (32-bit state)."""
+    a, b = _frozen_model(), _frozen_model()
+    opt_a = adamw8.AdamW32bit(a.parameters(), lr=3e-3)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=3e-3, foreach=False)
+    for i in range(6):
+        if i == 3:
+            a[0].requires_grad_(True)
+            b[0].requires_grad_(True)
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            x, y = batch(i)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        assert sorted(opt_a.state_dict()["state"]) == sorted(opt_b.state_dict()["state"])
+        for p, q in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_frozen_parameters_in_checkpoints_copies_and_overrides(manager):
+    """No state entry for a frozen parameter in a checkpoint; loading one that has state for it
+    gives it that state; deepcopy keeps it stateless; an override registered for it applies
+    when its state is made."""
+    model = _frozen_model()
+    opt = adamw8.AdamW8bit(model.parameters(), min_8bit_size=0)
+    train(model, opt, 2)
+    assert sorted(opt.state_dict()["state"]) == [2, 3]
+    twin = copy.deepcopy((model, opt))
+    assert all(p not in twin[1].state for p in twin[0][0].parameters())
+    manager.override_config(model[0].weight, "optim_bits", 32)
+    model[0].requires_grad_(True)
+    train(model, opt, 1, start=2)
+    assert opt.state[model[0].weight]["state1"].dtype == torch.float32  # the override's format
+    assert opt.state[model[0].bias]["state1"].dtype == torch.uint8
+    sd = opt.state_dict()
+    assert sorted(sd["state"]) == [0, 1, 2, 3]
+    fresh = _frozen_model()
+    opt2 = adamw8.AdamW8bit(fresh.parameters(), min_8bit_size=0)
+    opt2.load_state_dict(sd)  # state for model[0] in the checkpoint: loaded, though it is frozen
+    assert torch.equal(opt2.state[fresh[0].bias]["state1"], opt.state[model[0].bias]["state1"])

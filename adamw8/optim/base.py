@@ -2,7 +2,10 @@
 
 State is created when a parameter joins the optimizer (construction, ``add_param_group``,
 ``load_state_dict``; a GlobalOptimManager override given later re-creates the state of a
-parameter that has not stepped yet).  The parameters of each group are split into buckets
+parameter that has not stepped yet), except for a frozen one (``requires_grad=False``, no
+gradient, no state): its state is made at the first eager step that finds it with a gradient,
+as torch and bitsandbytes make all state at a parameter's first step, so frozen weights handed
+to the optimizer (``model.parameters()`` of a model with adapters) cost no state memory.  The parameters of each group are split into buckets
 of one (device, dtype, state format, option set); ``step()`` makes one
 ``torch.ops.adamw8.fused_step_multi`` call per bucket (or per chunk of one), over the
 parameters that have a gradient.  It reads nothing but the buckets: no Python loop calls a
@@ -77,6 +80,7 @@ class AdamWBase(torch.optim.Optimizer):
         self._hp_overrides: list[dict] = []
         self._hyper = HyperTensors()
         self._buckets: list[Bucket] = []
+        self._frozen: list[tuple[int, int, Tensor]] = []  # (group, index, parameter): frozen, no state yet
         # a one-element list: torch.compile replays a list's mutation after the graph, not an
         # attribute store on an optimizer
         self._stepped = [False]
@@ -185,7 +189,7 @@ class AdamWBase(torch.optim.Optimizer):
             for pi, p in enumerate(group["params"]):
                 old = self._param_conf.get(p)
                 new = self._config(gi, pi, p, refresh=True)
-                if old is None or old == new:
+                if old is None or old == new or not self.state.get(p):  # no state yet: made in the new config
                     continue
                 if int(self.state[p]["step"]) == 0:  # a host read, at configuration time only
                     self.state[p] = {}  # fresh state in the new format
@@ -208,11 +212,16 @@ class AdamWBase(torch.optim.Optimizer):
         Transiently holds the old and the new state of those groups."""
         groups = range(len(self.param_groups)) if groups is None else groups
         kept = [b for b in self._buckets if b.gindex not in groups]
+        self._frozen = [f for f in self._frozen if f[0] not in groups]
         made = []
         for gi in groups:
             group = self.param_groups[gi]
             plan: dict = {}
             for pi, p in enumerate(group["params"]):
+                if not p.requires_grad and p.grad is None and not self.state.get(p):  # frozen: no state yet
+                    self.state.pop(p, None)
+                    self._frozen.append((gi, pi, p))
+                    continue
                 conf = self._config(gi, pi, p)
                 paged = (self.options.is_paged and paging.should_page(local(p))
                          and paging.pager_for(p.device) is not None)
@@ -260,6 +269,24 @@ class AdamWBase(torch.optim.Optimizer):
         self._paged_out[0] = False
 
     # -------------------------------------------------------------------- step
+    def _join_frozen(self, eager: bool) -> None:
+        """Frozen parameters that have a gradient now get their state (zeros), their groups'
+        buckets re-packed: in an eager step.  A compiled step cannot make state and says so
+        while tracing (without fullgraph, torch.compile then runs the step eagerly)."""
+        joined = [(gi, pi) for gi, pi, p in self._frozen if p.grad is not None]
+        if joined and not eager:
+            gi, pi = joined[0]
+            raise RuntimeError(
+                f"param_groups[{gi}]['params'][{pi}] was frozen (requires_grad=False) when the optimizer was made "
+                "and has a gradient now: its state is made by an eager step; call opt.step() once without "
+                "torch.compile (or make the optimizer after unfreezing it)")
+        if joined:
+            self._make_joined_state(sorted({gi for gi, _ in joined}))
+
+    @torch._dynamo.disable
+    def _make_joined_state(self, groups: list[int]) -> None:
+        self._rebuild(groups)
+
     @torch.no_grad()
     def step(self, closure=None):
         """One AdamW step for every parameter with a gradient; returns the closure's loss."""
@@ -268,6 +295,8 @@ class AdamWBase(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         eager = not torch.compiler.is_compiling()
+        if self._frozen:
+            self._join_frozen(eager)
         for b in self._buckets:  # compiled, decided while tracing (Dynamo guards the shapes), and the
             b.check(grads=eager)  # fake kernel checks the gradients
         if eager:
@@ -332,6 +361,7 @@ class AdamWBase(torch.optim.Optimizer):
         self.mng._watch(self)
         self._hyper = HyperTensors()
         self._buckets = []
+        self._frozen = []
         self._paged_out = [False]  # the copy's state is new memory, resident
         self.param_groups = [ParamGroup(g).attach(self) for g in self.param_groups]
         self._rebuild()

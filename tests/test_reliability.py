@@ -396,3 +396,21 @@ def test_frozen_parameters_in_checkpoints_copies_and_overrides(manager):
     opt2 = adamw8.AdamW8bit(fresh.parameters(), min_8bit_size=0)
     opt2.load_state_dict(sd)  # state for model[0] in the checkpoint: loaded, though it is frozen
     assert torch.equal(opt2.state[fresh[0].bias]["state1"], opt.state[model[0].bias]["state1"])
+
+
+@pytest.mark.parametrize("cls", [adamw8.AdamW32bit, adamw8.AdamW8bit], ids=["32bit", "8bit"])
+def test_parameter_listed_twice_in_a_group_steps_once(cls):
+    """torch warns about a parameter listed twice in one group; here it has one state and one
+    update a step (two would race in one multi-tensor launch), equal to the reference's."""
+    p = torch.nn.Parameter(torch.randn(5000))
+    q = p.detach().clone()
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        opt = cls([p, p], min_8bit_size=0)
+    st = make_state(q, cls is adamw8.AdamW8bit, amsgrad=False)
+    for _ in range(3):
+        p.grad = torch.randn(5000)
+        opt.step()
+        R.fused_step_reference(*op_args(q, p.grad, st, hyper(q.device)))
+        assert torch.equal(p, q)
+    assert int(opt.state[p]["step"]) == 3
+    assert list(opt.state_dict()["state"]) == [1]  # torch's numbering: the last position of p

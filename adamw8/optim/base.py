@@ -217,7 +217,11 @@ class AdamWBase(torch.optim.Optimizer):
         for gi in groups:
             group = self.param_groups[gi]
             plan: dict = {}
+            placed = set()
             for pi, p in enumerate(group["params"]):
+                if id(p) in placed:  # listed twice (torch warns): one state, one update a step, no race
+                    continue
+                placed.add(id(p))
                 if not p.requires_grad and p.grad is None and not self.state.get(p):  # frozen: no state yet
                     self.state.pop(p, None)
                     self._frozen.append((gi, pi, p))

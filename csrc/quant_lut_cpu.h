@@ -10,6 +10,8 @@
 #include <mutex>
 #include <vector>
 
+#include <c10/util/Exception.h>
+
 #include "adamw8_math.h"
 #include "nearest_lut.h"
 #include "cpu/kernel_args.h"
@@ -203,6 +205,14 @@ inline std::shared_ptr<const NearestCodeLut> lut_for(const float* qmap) {
   std::lock_guard<std::mutex> lock(mu);
   for (const auto& lut : cache) {
     if (lut->built_for(qmap)) return lut;
+  }
+  // The nearest-code rule searches the map (SPEC 2.1): a map out of order would give codes that
+  // are not the nearest, and differ between routes.  Checked here, once per map: the CPU builds
+  // its tables on the host (the CUDA kernels build theirs on the device, and cannot say so).
+  for (int k = 0; k < 256; ++k) {
+    TORCH_CHECK(!std::isnan(qmap[k]), "adamw8: qmap must be sorted in ascending order, got qmap[", k, "] = NaN");
+    TORCH_CHECK(k == 0 || qmap[k - 1] <= qmap[k], "adamw8: qmap must be sorted in ascending order, got qmap[", k - 1,
+                "] = ", qmap[k - 1], " > qmap[", k, "] = ", qmap[k]);
   }
   if (cache.size() >= 8) cache.erase(cache.begin());
   cache.push_back(std::make_shared<const NearestCodeLut>(qmap));

@@ -23,8 +23,8 @@ with warnings.catch_warnings(record=True) as w:
 msgs = [str(x.message) for x in w if "adamw8" in str(x.message)]
 assert len(msgs) == 1 and "pip install --no-build-isolation" in msgs[0], msgs
 assert adamw8.ops.using_reference["cpu"]
-from test_fallback import run_steps
-torch.save(run_steps(), OUT)
+import test_fallback
+torch.save(getattr(test_fallback, FN)(), OUT)
 """
 
 
@@ -39,14 +39,39 @@ def run_steps():
     return [p.detach() for p in ps] + [opt.state[ps[0]]["state1"], opt.state[ps[0]]["absmax2"]]
 
 
-def test_reference_fallback_matches_kernels(tmp_path):
+def run_compiled_after_a_refused_step():
+    """Compiled steps after one refused while tracing (a grown parameter): Dynamo runs that
+    frame eagerly, and must not trace into the op's Python kernel (the reference's) then, or
+    later: so traced, it once wrote garbage into the second block of a parameter."""
+    torch.manual_seed(0)
+    first = [torch.nn.Parameter(torch.randn(n)) for n in (100, 300)]
+    opt = adamw8.AdamW8bit(first, min_8bit_size=0)
+    step = torch.compile(opt.step)
+    for p in first:
+        p.grad = torch.randn_like(p)
+    step()
+    first[0].data, first[0].grad = torch.randn(101), torch.randn(101)
+    with pytest.raises(RuntimeError, match="state was made for"):
+        step()
+    ps = [torch.nn.Parameter(torch.randn(n)) for n in (100, 300)]
+    opt = adamw8.AdamW8bit(ps, min_8bit_size=0)
+    step = torch.compile(opt.step)
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        step()
+    return [p.detach() for p in ps] + [opt.state[ps[1]]["state1"], opt.state[ps[1]]["absmax1"]]
+
+
+@pytest.mark.parametrize("fn", ["run_steps", "run_compiled_after_a_refused_step"])
+def test_reference_fallback_matches_kernels(tmp_path, fn):
     assert not adamw8.ops.using_reference["cpu"], "this process should run the C++ kernels"
     out = tmp_path / "ref.pt"
     env = dict(os.environ, ADAMW8_NO_EXTENSION="1")
-    header = f"OUT = {str(out)!r}\nTESTS = {str(pathlib.Path(__file__).parent)!r}\n"
+    header = f"OUT = {str(out)!r}\nTESTS = {str(pathlib.Path(__file__).parent)!r}\nFN = {fn!r}\n"
     subprocess.run([sys.executable, "-c", header + SCRIPT], env=env, check=True)
     ref = torch.load(out)
-    for a, b in zip(run_steps(), ref):
+    for a, b in zip(getattr(sys.modules[__name__], fn)(), ref):
         assert torch.equal(a, b)
 
 

@@ -109,8 +109,13 @@ def test_ties_go_to_the_lower_code():
         (lambda q: torch.ops.adamw8.dequantize(torch.zeros(10), torch.ones(1), q), "codes must be uint8"),
         (lambda q: torch.ops.adamw8.dequantize(torch.zeros(300, dtype=torch.uint8), torch.ones(1), q),
          "absmax must be float32 with 2 elements"),
+        (lambda q: torch.ops.adamw8.quantize(torch.randn(10), q.flip(0)),
+         r"qmap must be sorted in ascending order, got qmap\[0\] = 1 > qmap\[1\] = 0.99"),
+        (lambda q: torch.ops.adamw8.quantize(torch.randn(10), q.index_fill(0, torch.tensor([7]), float("nan"))),
+         r"qmap must be sorted in ascending order, got qmap\[7\] = NaN"),
+        (lambda q: R.quantize(torch.randn(10), q.flip(0), True, True), "qmap must be sorted in ascending order"),
     ],
-    ids=["x-dtype", "qmap-shape", "codes-dtype", "absmax-count"],
+    ids=["x-dtype", "qmap-shape", "codes-dtype", "absmax-count", "qmap-order", "qmap-nan", "reference-qmap-order"],
 )
 def test_quantize_ops_reject_bad_input(call, match):
     with pytest.raises(RuntimeError, match=match):

@@ -194,6 +194,8 @@ def _op_cases(device):
         ("absmax-missing", with_(6, None), "8-bit state of param needs absmax2, got None"),
         ("qmap-missing", with_(8, None), "8-bit state needs qmap1, got None"),
         ("qmap-shape", with_(9, torch.zeros(255, device=d)), r"qmap2 must be a contiguous float32 tensor of shape \[256\]"),
+        ("qmap-order-value", with_(9, torch.ops.adamw8.create_dynamic_map(False).flip(0).to(d)),
+         r"qmap must be sorted in ascending order, got qmap\[0\] = 1 > qmap\[1\]"),
         ("step-dtype", with_(10, torch.zeros((), dtype=torch.float32, device=d)), "step of param must be an int64 tensor"),
         ("hyper-shape", with_(12, torch.ones(4, device=d)), r"hyper must be a contiguous float32 tensor of shape \[5\]"),
         ("hyper-dtype", with_(12, hyper(d).double()), r"hyper must be a contiguous float32 tensor of shape \[5\]"),

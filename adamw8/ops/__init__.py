@@ -64,10 +64,16 @@ def _fused_step_multi_reference(*args, **kwargs):
     if not slots:
         return
     _note_reference("fused_step_multi", slots[0]["params"].device)
-    lr, beta1, beta2 = a.hyper.detach().cpu().tolist()[:3]
+    # the values the CPU kernels check (fused_step_cpu.cpp check_values, lut_for), before writing
+    lr, beta1, beta2, eps, wd = a.hyper.detach().cpu().tolist()
     torch._check(lr >= 0, lambda: f"adamw8: lr must be >= 0, got {lr}")
     torch._check(0 <= beta1 < 1, lambda: f"adamw8: beta1 must be in [0, 1), got {beta1}")
     torch._check(0 <= beta2 < 1, lambda: f"adamw8: beta2 must be in [0, 1), got {beta2}")
+    torch._check(eps >= 0, lambda: f"adamw8: eps must be >= 0, got {eps}")
+    torch._check(wd >= 0, lambda: f"adamw8: weight_decay must be >= 0, got {wd}")
+    for q in (a.qmap1, a.qmap2):
+        if q is not None:
+            reference.check_qmap(q)
     for s in slots:  # the reference takes fused_step's arguments: one parameter's
         reference.fused_step_reference(*(s[arg.multi] if arg in schemas.PER_PARAM else getattr(a, arg.multi)
                                          for arg in STEP_ARGS if arg.kind != "layout"))
@@ -90,9 +96,13 @@ def _create_dynamic_map_impl(signed=True):
     return create_dynamic_map(signed)
 
 
+# Kernels, not user code: a torch.compile'd function that falls back to eager for a frame
+# (a graph break, an exception while tracing) would otherwise have Dynamo trace into them
+# as new frames, with the compiled-state's dynamic shapes; so traced, the reference wrote
+# garbage into a parameter's second block (tests/test_compile.py).
 for _op, _fn in (("fused_step_multi", _fused_step_multi_reference), ("quantize", _quantize_reference),
                  ("dequantize", _dequantize_reference), ("create_dynamic_map", _create_dynamic_map_impl)):
-    schemas._lib.impl(_op, _fn, "CompositeExplicitAutograd")
+    schemas._lib.impl(_op, torch.compiler.disable(_fn), "CompositeExplicitAutograd")
 
 _load_error = _load_extension()
 _missing = {dk: [op for op in _OPS if not has_kernel(op, dk)] for dk in ("cpu", "cuda")}

@@ -60,12 +60,23 @@ def block_len(numel: int, block_wise: bool) -> int:
     return BLOCK_SIZE if block_wise else max(numel, 1)
 
 
+def check_qmap(qmap: Tensor) -> None:
+    """The map is in ascending order with no NaN, as the nearest-code rule needs (the CPU
+    kernels' check, quant_lut_cpu.h lut_for, with the same message)."""
+    bad = (torch.isnan(qmap) | torch.cat([qmap.new_zeros(1, dtype=torch.bool), qmap[1:] < qmap[:-1]])).nonzero()
+    if bad.numel():
+        k = int(bad[0])
+        got = f"qmap[{k}] = NaN" if torch.isnan(qmap[k]) else f"qmap[{k - 1}] = {qmap[k - 1]:g} > qmap[{k}] = {qmap[k]:g}"
+        raise RuntimeError(f"adamw8: qmap must be sorted in ascending order, got {got}")
+
+
 def quantize_nearest(x: Tensor, qmap: Tensor) -> Tensor:
     """Nearest code of each normalised fp32 value (ties go to the lower code).
 
-    ``x`` is fp32 of any shape, ``qmap`` the sorted fp32[256] map.  Returns
-    int64 codes with ``x``'s shape.
+    ``x`` is fp32 of any shape, ``qmap`` the sorted fp32[256] map (checked, as the CPU kernels
+    check it).  Returns int64 codes with ``x``'s shape.
     """
+    check_qmap(qmap)
     idx = (torch.searchsorted(qmap, x.contiguous(), right=True) - 1).clamp_(0, 254)
     lo = qmap[idx]
     hi = qmap[idx + 1]

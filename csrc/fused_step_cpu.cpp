@@ -131,7 +131,7 @@ void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut
     step_8bit(a);
   }
   if (!p.is_same(s.param)) s.param.copy_(p);
-  s.step.fill_(t);
+  s.step.data_ptr<int64_t>()[0] = t;  // as the kernels write the rest: no dispatch per parameter
 }
 
 void check_values(const GroupArgs& g) {

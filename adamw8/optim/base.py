@@ -301,8 +301,8 @@ class AdamWBase(torch.optim.Optimizer):
         eager = not torch.compiler.is_compiling()
         if self._frozen:
             self._join_frozen(eager)
-        for b in self._buckets:  # compiled, decided while tracing (Dynamo guards the shapes), and the
-            b.check(grads=eager)  # fake kernel checks the gradients
+        # compiled, decided while tracing (Dynamo guards the shapes), and the fake kernel checks the grads
+        live = [b.live(check_grads=eager) for b in self._buckets]
         if eager:
             # page the state back in after a page_out(); never inside a capture (paging.py)
             if self._paged_out[0] and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
@@ -310,19 +310,17 @@ class AdamWBase(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         k = self._tensors_per_call if torch.compiler.is_compiling() else self._tensors_per_call_eager
-        for b in self._buckets:
-            live = [i for i, p in enumerate(b.params) if p.grad is not None]
-            if not live:
+        for b, (idx_all, grads_all) in zip(self._buckets, live):
+            if not idx_all:
                 continue
             dev = b.params[0].device
             gs = None if grad_scale is None else as_float32_scalar(grad_scale, dev)
             fi = None if found_inf is None else as_float32_scalar(found_inf, dev)
-            for c in range(0, len(live), k):
-                idx = live[c : c + k]
+            for c in range(0, len(idx_all), k):
+                idx, grads = idx_all[c : c + k], grads_all[c : c + k]
+                params = [b.params[i] for i in idx]
                 if b.sharded:  # DTensor parameters (FSDP2): the kernels update each rank's local shard
-                    params, grads = [local(b.params[i]) for i in idx], [local(b.params[i].grad) for i in idx]
-                else:
-                    params, grads = [b.params[i] for i in idx], [b.params[i].grad for i in idx]
+                    params, grads = [local(p) for p in params], [local(g) for g in grads]
                 torch.ops.adamw8.fused_step_multi(*StepArgs(
                     params=params, grads=grads, **b.buffers,
                     qmap1=b.qmaps[0], qmap2=b.qmaps[1], hyper=b.hyper, block_wise=b.block_wise,

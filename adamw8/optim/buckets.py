@@ -100,29 +100,36 @@ class Bucket:
             return []
         return [b for k in STATE_KEYS for b in self.buffers.get(k, [])]
 
-    def check(self, grads: bool = True) -> None:
-        """Before any parameter or state changes: each parameter still has the dtype, device and
-        (local) shape its state was made for (a parameter replaced in place, ``p.data = ...``,
-        would otherwise be stepped against a region of the flat buffers sized for the old one,
-        into its neighbour's state), and, with ``grads``, each gradient fits its parameter."""
+    def live(self, check_grads: bool = True) -> tuple[list[int], list[Tensor]]:
+        """The parameters the step updates, those with a gradient: their indices and gradients.
+        Checked before any parameter or state changes: each parameter still has the dtype,
+        device and (local) shape its state was made for (a parameter replaced in place,
+        ``p.data = ...``, would otherwise be stepped against a region of the flat buffers sized
+        for the old one, into its neighbour's state), and, with ``check_grads``, each gradient
+        fits its parameter."""
         dtype, device, sharded, strided = self.dtype, self.device, self.sharded, torch.strided
-        for where, p, shape in zip(self.names, self.params, self.shapes):
+        idx, grads = [], []
+        for i, (where, p, shape) in enumerate(zip(self.names, self.params, self.shapes)):
             if (p._local_tensor if sharded else p).shape != shape or p.dtype != dtype or p.device != device:
                 raise RuntimeError(
                     f"{where}: the parameter is now {p.dtype} {tuple(local(p).shape)} on {p.device}, but its "
                     f"optimizer state was made for {dtype} {tuple(shape)} on {device}; make the optimizer after "
                     "changing parameters (load_state_dict carries state over)")
-            g = p.grad if grads else None
+            g = p.grad
             if g is None:
                 continue
-            if g.layout is not strided:
-                raise RuntimeError(f"{where}: expected a dense gradient, got layout {g.layout}")
-            if g.dtype != dtype:
-                raise TypeError(f"{where}: expected a gradient of dtype {dtype}, got {g.dtype}")
-            if g.shape != (shape if not sharded else p.shape):
-                raise RuntimeError(f"{where}: expected a gradient of shape {tuple(p.shape)}, got {tuple(g.shape)}")
-            if g.device != device:
-                raise RuntimeError(f"{where}: expected a gradient on {device}, got {g.device}")
+            if check_grads:
+                if g.layout is not strided:
+                    raise RuntimeError(f"{where}: expected a dense gradient, got layout {g.layout}")
+                if g.dtype != dtype:
+                    raise TypeError(f"{where}: expected a gradient of dtype {dtype}, got {g.dtype}")
+                if g.shape != (shape if not sharded else p.shape):
+                    raise RuntimeError(f"{where}: expected a gradient of shape {tuple(p.shape)}, got {tuple(g.shape)}")
+                if g.device != device:
+                    raise RuntimeError(f"{where}: expected a gradient on {device}, got {g.device}")
+            idx.append(i)
+            grads.append(g)
+        return idx, grads
 
     def layout(self, idx: list[int]) -> list[int]:
         """The op's layout for the parameters ``idx`` of this bucket."""

@@ -29,7 +29,7 @@ def run(params, opt, steps, seed):
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         for p in params:
-            p.grad = torch.randn(p.shape, generator=g).to(p.device)
+            p.grad = torch.randn(p.shape, generator=g).to(p.device, p.dtype)
         opt.step()
 
 
@@ -187,3 +187,91 @@ def test_missing_clip_history_never_clips_until_refilled():
     assert torch.isinf(hist).all()
     run(params2, clip, 3, seed=2)
     assert torch.isfinite(hist).sum() == 3 and torch.isinf(hist).sum() == 97
+
+
+# ------------------------------------------------- torch.optim.AdamW checkpoints
+def _torch_trained(amsgrad=False, dtype=torch.float32, steps=3, **kw):
+    """Parameters of the make() shapes trained by torch.optim.AdamW, their checkpoint, and the
+    optimizer (to go on with)."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s).to(dtype)) for s in [(5000,), (70, 80), (33,)]]
+    opt = torch.optim.AdamW(params, lr=2e-3, amsgrad=amsgrad, foreach=False, **kw)
+    run(params, opt, steps, seed=1)
+    return params, opt
+
+
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
+def test_loads_torch_adamw_checkpoint_into_32bit_and_goes_on_like_torch(amsgrad):
+    """A torch.optim.AdamW checkpoint (exp_avg, exp_avg_sq, max_exp_avg_sq, a float step)
+    loads into AdamW32bit, which then steps as torch does; torch's own group keys are dropped."""
+    from conftest import TOL_VS_TORCH
+    tparams, topt = _torch_trained(amsgrad)
+    params, opt = make("cpu", adamw8.AdamW32bit, {"amsgrad": amsgrad})
+    with torch.no_grad():
+        for p, t in zip(params, tparams):
+            p.copy_(t)
+    opt.load_state_dict(topt.state_dict())
+    assert set(opt.param_groups[0]) == {"params", "lr", "betas", "eps", "weight_decay", "amsgrad"}
+    for p, t in zip(params, tparams):
+        assert int(opt.state[p]["step"]) == 3
+        assert torch.equal(opt.state[p]["state1"], topt.state[t]["exp_avg"])
+        assert torch.equal(opt.state[p]["state2"], topt.state[t]["exp_avg_sq"])
+    run(params, opt, 3, seed=2)
+    run(tparams, topt, 3, seed=2)
+    for p, t in zip(params, tparams):
+        torch.testing.assert_close(p, t, **TOL_VS_TORCH[torch.float32])
+
+
+@pytest.mark.parametrize("block_wise", [True, False], ids=["blockwise", "tensorwise"])
+def test_loads_torch_adamw_checkpoint_into_8bit_state(block_wise):
+    """Into AdamW8bit the moments are quantized with the optimizer's maps: the codes and absmax
+    are the reference quantizer's of torch's fp32 moments; the small tensor (below
+    min_8bit_size) keeps them in 32 bits; bf16 parameters' bf16 moments are widened first."""
+    from adamw8.ops import reference as R
+    for dtype in (torch.float32, torch.bfloat16):
+        tparams, topt = _torch_trained(amsgrad=True, dtype=dtype)
+        params = [torch.nn.Parameter(p.detach().clone()) for p in tparams]
+        opt = adamw8.AdamW8bit(params, lr=2e-3, min_8bit_size=1000, amsgrad=True, block_wise=block_wise)
+        opt.load_state_dict(topt.state_dict())
+        qmap1, qmap2 = R.create_dynamic_map(True), R.create_dynamic_map(False)
+        for p, t in zip(params[:2], tparams[:2]):
+            st, ts = opt.state[p], topt.state[t]
+            for name, key, qmap, signed in (("1", "exp_avg", qmap1, True), ("2", "exp_avg_sq", qmap2, False),
+                                            ("3", "max_exp_avg_sq", qmap2, False)):
+                codes, absmax = R.quantize(ts[key].float(), qmap, block_wise, signed)
+                assert torch.equal(st["state" + name], codes), (dtype, key)
+                assert torch.equal(st["absmax" + name], absmax), (dtype, key)
+        small = opt.state[params[2]]
+        assert small["state1"].dtype == torch.float32
+        assert torch.equal(small["state1"], topt.state[tparams[2]]["exp_avg"].float())
+
+
+def test_torch_checkpoints_that_do_not_fit_fail_clearly():
+    """maximize, torch.optim.Adam's L2 weight decay, and amsgrad without max_exp_avg_sq are
+    refused before anything changes; torch.optim.Adam without weight decay loads.  (A
+    checkpoint's group values, amsgrad among them, replace the optimizer's, as in torch.)"""
+    params, opt = make("cpu", adamw8.AdamW8bit, {})
+    run(params, opt, 2, seed=1)
+    before = copy.deepcopy(opt.state_dict())
+    _, topt = _torch_trained(maximize=True)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]: the checkpoint maximizes"):
+        opt.load_state_dict(topt.state_dict())
+    tparams = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    adam = torch.optim.Adam(tparams, weight_decay=0.1)
+    run(tparams, adam, 1, seed=1)
+    with pytest.raises(ValueError, match="an L2 term"):
+        opt.load_state_dict(adam.state_dict())
+    _, topt = _torch_trained()
+    sd = topt.state_dict()
+    del sd["param_groups"][0]["amsgrad"]  # the optimizer's amsgrad then stays: max(v) is missing
+    ams = adamw8.AdamW8bit(params, lr=2e-3, min_8bit_size=1000, amsgrad=True)
+    with pytest.raises(ValueError, match="torch.optim.AdamW's max_exp_avg_sq"):
+        ams.load_state_dict(sd)
+    after = opt.state_dict()
+    for k, st in before["state"].items():
+        for key, v in st.items():
+            assert torch.equal(v, after["state"][k][key]) if isinstance(v, torch.Tensor) else v == after["state"][k][key]
+    adam = torch.optim.Adam(tparams, weight_decay=0.0)
+    run(tparams, adam, 1, seed=1)
+    opt.load_state_dict(adam.state_dict())
+    assert int(opt.state[params[0]]["step"]) == 1

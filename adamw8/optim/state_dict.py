@@ -6,7 +6,10 @@ bitsandbytes' per-parameter keys (``step``, ``state1``, ``state2``,
 amsgrad; ``gnorm_vec`` with percentile clipping).  ``step`` is saved as an
 int and ``lr`` as a float, as bitsandbytes saves them, so the dict loads into
 bitsandbytes too.  On load, bitsandbytes >= 0.49.2's nested
-``"__bnb_optimizer_quant_state__"`` layout is accepted as well.
+``"__bnb_optimizer_quant_state__"`` layout is accepted as well, and so is torch.optim.AdamW's
+(``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``): its fp32 moments become the state in the
+format the optimizer's config asks for (quantized where that is 8-bit; 32-bit for a sharded
+parameter, whose 8-bit blocks are its shard's).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from .config import check_bool, check_hyper
 BNB_NESTED_KEY = "__bnb_optimizer_quant_state__"
 _STATE_KEYS = ("state1", "state2", "state3")
 _ABSMAX_KEYS = ("absmax1", "absmax2", "absmax3")
+# torch.optim.AdamW's state keys and the bitsandbytes keys they become, with the map's sign
+_TORCH_KEYS = (("exp_avg", "state1", True), ("exp_avg_sq", "state2", False), ("max_exp_avg_sq", "state3", False))
+# keys of torch's param groups that mean nothing here (maximize and decoupled_weight_decay are
+# checked first: adamw8 neither maximizes nor applies weight decay as an L2 term)
+_TORCH_GROUP_KEYS = ("foreach", "fused", "capturable", "differentiable", "maximize", "decoupled_weight_decay")
 
 
 def export_state_dict(sd: dict) -> dict:
@@ -79,12 +87,38 @@ def _gathered_table(where: str, name: str, table: Tensor, p: Tensor, block_wise:
                  "re-blocked; load it at the same sharding")
 
 
+def _from_torch_adamw(opt, p: Tensor, conf: dict, st: dict, where: str) -> dict:
+    """torch.optim.AdamW's state of one parameter in bitsandbytes' keys: the moments as fp32
+    (torch keeps them in the parameter's dtype), quantized with the optimizer's maps where its
+    config gives the parameter 8-bit state and it is not sharded."""
+    out = {"step": st["step"]} if "step" in st else {}
+    eight = (conf["optim_bits"] == 8 and p.numel() >= conf["min_8bit_size"] and not is_sharded(p))
+    for key, name, signed in _TORCH_KEYS:
+        if key not in st:
+            continue
+        t = _tensor(where, st, key)
+        if not t.is_floating_point() or t.shape != p.shape:
+            _fail(where, f"expected {key} as a floating tensor of the parameter's shape {tuple(p.shape)}, got "
+                         f"{t.dtype} of shape {tuple(t.shape)}")
+        t = t.detach().to(dtype=torch.float32)  # copied onto the parameter's device by _rebuild
+        if not eight:
+            out[name] = t
+            continue
+        qmap = opt._get_qmaps(p.device)[0 if signed else 1]
+        codes, absmax = torch.ops.adamw8.quantize(t.to(p.device).contiguous(), qmap, conf["block_wise"], signed)
+        out[name], out["absmax" + name[-1]] = codes, absmax
+        out["qmap1"], out["qmap2"] = opt._get_qmaps(p.device)
+    return out
+
+
 def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, where: str) -> dict:
     """Validated, copied state for one parameter, on the parameter's device."""
     if not isinstance(st, dict):
         _fail(where, f"expected a dict of state, got {type(st).__name__}")
     st = dict(st)
     st.update(st.pop(BNB_NESTED_KEY, {}) or {})  # bnb >= 0.49.2 nests the quantization state
+    if "state1" not in st and "exp_avg" in st:
+        st = _from_torch_adamw(opt, p, conf, st, where)
     if "step" not in st:
         _fail(where, "missing 'step'")
     dev = p.device
@@ -95,7 +129,8 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
     eight = s1.dtype == torch.uint8
     names = _STATE_KEYS if amsgrad else _STATE_KEYS[:2]
     if amsgrad and "state3" not in st:
-        _fail(where, "the optimizer uses amsgrad but the checkpoint has no 'state3' (max of v)")
+        _fail(where, "the optimizer uses amsgrad but the checkpoint has no 'state3' (max of v; "
+                     "torch.optim.AdamW's max_exp_avg_sq)")
     for name in names:
         t = _tensor(where, st, name)
         if t.dtype != s1.dtype:
@@ -156,6 +191,14 @@ def import_state_dict(opt, state_dict: dict) -> tuple[dict, list[dict]]:
     group_values = []
     for i, (g, s) in enumerate(zip(groups, saved)):
         values = {k: v for k, v in s.items() if k != "params"}
+        if values.get("maximize"):
+            raise ValueError(f"load_state_dict: param_groups[{i}]: the checkpoint maximizes (maximize=True); "
+                             "adamw8 minimizes")
+        if values.get("decoupled_weight_decay") is False and values.get("weight_decay", 0):
+            raise ValueError(f"load_state_dict: param_groups[{i}]: the checkpoint's weight decay is an L2 term "
+                             "(torch.optim.Adam's, decoupled_weight_decay=False); adamw8 decouples it as AdamW")
+        for k in _TORCH_GROUP_KEYS:
+            values.pop(k, None)
         merged = {k: values.get(k, g[k]) for k in ("lr", "betas", "eps", "weight_decay")}
         if isinstance(merged["betas"], list):
             merged["betas"] = values["betas"] = tuple(merged["betas"])

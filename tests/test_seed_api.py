@@ -241,6 +241,33 @@ def test_hyperparameters_are_numbers_and_reach_the_device_tensor():
     assert g["eps"] == 1e-6 and t[3] == torch.tensor(1e-6)
 
 
+def test_every_dict_writer_of_a_group_reaches_the_device_tensor():
+    """update, setdefault and |= go through the same check and device write as group[k] = v
+    (dict's own versions skip __setitem__: the group said one lr while the kernels used
+    another); the keys the kernels read cannot be removed; a value float32 cannot hold is
+    refused where it is set."""
+    p = torch.nn.Parameter(torch.randn(300))
+    opt = adamw8.AdamW8bit([p], lr=1e-3, min_8bit_size=1)
+    g, t = opt.param_groups[0], opt._buckets[0].hyper
+    g.update(lr=2e-3)
+    g.update({"weight_decay": 0.25})
+    g |= {"eps": 1e-6}
+    assert g.setdefault("betas", (0.5, 0.5)) == (0.9, 0.999)
+    assert g.setdefault("initial_lr", 7e-4) == 7e-4  # what torch's LR schedulers do
+    assert torch.equal(t, torch.tensor([2e-3, 0.9, 0.999, 1e-6, 0.25]))
+    with pytest.raises(ValueError, match=r"lr: expected a value >= 0.0, got -1.0"):
+        g.update(lr=-1.0)
+    with pytest.raises(ValueError, match=r"lr: expected a value float32 can hold .*got 1e\+40"):
+        g["lr"] = 1e40
+    with pytest.raises(ValueError, match="float32 can hold"):
+        adamw8.AdamW8bit([p], weight_decay=-1e39)
+    for remove in (lambda: g.pop("lr"), lambda: g.__delitem__("betas"), g.clear, g.popitem):
+        with pytest.raises(KeyError, match="kernels read"):
+            remove()
+    assert g.pop("initial_lr") == 7e-4 and g["lr"] == 2e-3
+    assert torch.equal(t, torch.tensor([2e-3, 0.9, 0.999, 1e-6, 0.25]))
+
+
 @pytest.mark.gpu
 def test_hyper_tensor_lives_on_the_parameters_device():
     p = torch.nn.Parameter(torch.randn(300, device="cuda"))

@@ -6,11 +6,14 @@ was expected and what was got (docs/design.md, "Validation").
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 # Options that bnb reads from ``args`` (an object whose attributes override
 # the keyword arguments) rather than from the parameter groups.
@@ -54,6 +57,8 @@ def check_real(name: str, value, *, low: float = 0.0, high: float | None = None,
         v = float(value)
     else:
         raise TypeError(f"{name}: expected a float or a 0-d tensor, got {type(value).__name__} ({value!r})")
+    if math.isfinite(v) and abs(v) > _FLOAT32_MAX:
+        raise ValueError(f"{name}: expected a value float32 can hold (the kernels compute in float32), got {v}")
     bad = v != v or v < low or (high is not None and (v >= high if high_open else v > high))
     if bad:
         if high is None:

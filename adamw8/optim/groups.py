@@ -50,6 +50,9 @@ def hyper_values(group: dict, overrides: dict | None = None) -> list[float]:
             float(_as_number(g["weight_decay"]))]
 
 
+_REQUIRED = (*HYPER_KEYS, "params", "amsgrad")
+
+
 class ParamGroup(dict):
     """A torch.optim param group (a dict) that keeps its optimizer's device copies of the
     hyperparameters current (see the module docstring)."""
@@ -66,6 +69,41 @@ class ParamGroup(dict):
         super().__setitem__(key, value)
         if opt is not None:
             opt._group_changed(self, key)
+
+    # dict's other writers bypass __setitem__ in C: route them through it, so no value reaches
+    # the group without reaching the kernels (and being checked)
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key, default=None):  # torch's LR schedulers: setdefault("initial_lr", ...)
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def _removable(self, key):
+        if key in _REQUIRED and self.__dict__.get("_owner") is not None:
+            raise KeyError(f"param group: {key!r} cannot be removed (the optimizer's kernels read it); set a new "
+                           "value instead")
+
+    def __delitem__(self, key):
+        self._removable(key)
+        super().__delitem__(key)
+
+    def pop(self, key, *default):
+        if key in self:
+            self._removable(key)
+        return super().pop(key, *default)
+
+    def popitem(self):
+        raise KeyError("param group: popitem() would remove a key the optimizer's kernels read")
+
+    def clear(self):
+        raise KeyError("param group: clear() would remove the keys the optimizer's kernels read")
 
     def __reduce__(self):  # copies and pickles are plain groups; the optimizer re-attaches them
         return (ParamGroup, (dict(self),))

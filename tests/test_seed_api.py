@@ -278,3 +278,43 @@ def test_hyper_tensor_lives_on_the_parameters_device():
     opt.step()
     opt.param_groups[0]["lr"] = 5e-4
     assert opt._buckets[0].hyper is t and t[0].item() == pytest.approx(5e-4)
+
+
+def test_group_params_set_by_hand_join_and_leave():
+    """group["params"] = [...] re-packs the group: a new parameter is stepped from zero state
+    (the reference's), the ones that stay keep theirs, one that leaves loses its state; a bad
+    list or a parameter of another group is refused and changes nothing."""
+    from adamw8.ops import reference as R
+    from conftest import hyper, make_state, op_args
+
+    torch.manual_seed(0)
+    a, b, c = (torch.nn.Parameter(torch.randn(n)) for n in (5000, 300, 700))
+    opt = adamw8.AdamW8bit([{"params": [a, b]}, {"params": [torch.nn.Parameter(torch.randn(10))]}], min_8bit_size=0)
+    twin_a = torch.nn.Parameter(a.detach().clone())
+    twin = adamw8.AdamW8bit([twin_a], min_8bit_size=0)
+    for p in (a, b, twin_a):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    twin.step()
+    g = opt.param_groups[0]
+    with pytest.raises(TypeError, match=r"params\[1\]: expected a float32"):
+        g["params"] = [a, torch.zeros(3, dtype=torch.int64)]
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        g["params"] = [a, opt.param_groups[1]["params"][0]]
+    with pytest.raises(TypeError, match="amsgrad: expected a bool"):
+        g["amsgrad"] = "yes"
+    assert g["params"] == [a, b] and g["amsgrad"] is False
+    g["params"] = [a, c]  # b leaves, c joins
+    assert b not in opt.state and int(opt.state[c]["step"]) == 0
+    ref_c = c.detach().clone()
+    st = make_state(ref_c, True, False)
+    for _ in range(2):
+        for p in (a, c, twin_a):
+            p.grad = torch.randn_like(p)
+        twin_a.grad = a.grad.clone()
+        opt.step()
+        twin.step()
+        R.fused_step_reference(*op_args(ref_c, c.grad, st, hyper("cpu")))
+    assert torch.equal(a, twin_a) and torch.equal(c, ref_c)
+    assert torch.equal(opt.state[c]["state1"], st["state1"])
+    assert sorted(opt.state_dict()["state"]) == [0, 1, 2]

@@ -102,17 +102,11 @@ class AdamWBase(torch.optim.Optimizer):
             check_bool("amsgrad", param_group["amsgrad"])
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        for i, p in enumerate(group["params"]):
-            if p.dtype not in _PARAM_DTYPES:
-                del self.param_groups[-1]
-                raise TypeError(f"params[{i}]: expected a float32, bfloat16 or float16 tensor, got {p.dtype}")
-            if p.device.type == "meta":
-                del self.param_groups[-1]
-                raise ValueError(
-                    f"params[{i}]: expected a materialised parameter, got one on the meta device; build the "
-                    "optimizer after the model's parameters exist (e.g. after module.to_empty(device=...) and "
-                    "their initialisation), then load its state with load_state_dict"
-                )
+        try:
+            self._check_params(group["params"])
+        except (TypeError, ValueError):
+            del self.param_groups[-1]
+            raise
         for key in HYPER_KEYS:
             group[key] = normalise(key, group[key])
         self.param_groups[-1] = ParamGroup(group).attach(self)
@@ -120,6 +114,31 @@ class AdamWBase(torch.optim.Optimizer):
         for p in group["params"]:
             self.state[p] = {}  # fresh: _rebuild creates zero state in the format _config says
         self._rebuild([gindex])
+
+    @staticmethod
+    def _check_params(params: list) -> None:
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"params[{i}]: expected a tensor, got {type(p).__name__}")
+            if p.dtype not in _PARAM_DTYPES:
+                raise TypeError(f"params[{i}]: expected a float32, bfloat16 or float16 tensor, got {p.dtype}")
+            if p.device.type == "meta":
+                raise ValueError(
+                    f"params[{i}]: expected a materialised parameter, got one on the meta device; build the "
+                    "optimizer after the model's parameters exist (e.g. after module.to_empty(device=...) and "
+                    "their initialisation), then load its state with load_state_dict"
+                )
+
+    def _checked_group_params(self, group: dict, value) -> list:
+        """A new ``group["params"]`` (ParamGroup.__setitem__): a list of float tensors, none of
+        them in another group; the group's state is then re-packed (_group_changed), so the
+        new parameters are stepped and the ones that stay keep their state."""
+        params = [value] if isinstance(value, Tensor) else list(value)
+        self._check_params(params)
+        others = {id(p) for g in self.param_groups if g is not group for p in g["params"]}
+        if any(id(p) in others for p in params):
+            raise ValueError("some parameters appear in more than one parameter group")
+        return params
 
     def _group_changed(self, group: dict, key: str) -> None:
         """A key of a group was set (ParamGroup.__setitem__): hyperparameters go to the
@@ -130,9 +149,12 @@ class AdamWBase(torch.optim.Optimizer):
         if key in HYPER_KEYS:
             for k in self._hyper.keys_of_group(gindex):
                 self._hyper.refresh(k, self._hyper_values(gindex, k[1]))
-        elif key == "amsgrad":  # max(v) appears (zeros) or goes
-            check_bool("amsgrad", group["amsgrad"])
+        elif key in ("amsgrad", "params"):  # max(v) appears (zeros) or goes; parameters join or leave
             self._rebuild([gindex])
+            kept = {id(p) for g in self.param_groups for p in g["params"]}
+            for p in [p for p in self.state if id(p) not in kept]:  # a parameter that left every group
+                del self.state[p]
+                self._param_conf.pop(p, None)
 
     def _hyper_values(self, gindex: int, hp: int) -> list[float]:
         return hyper_values(self.param_groups[gindex], self._hp_overrides[hp] if hp >= 0 else None)

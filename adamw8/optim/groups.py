@@ -25,7 +25,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from .config import HYPER_KEYS, check_betas, check_real
+from .config import HYPER_KEYS, check_betas, check_bool, check_real
 
 def _as_number(value):
     return float(value.detach().reshape(()).cpu()) if isinstance(value, Tensor) else value
@@ -66,6 +66,10 @@ class ParamGroup(dict):
         opt = owner() if owner is not None else None
         if opt is not None and key in HYPER_KEYS:
             value = normalise(key, value)  # a bad value fails here, before any step uses it
+        elif opt is not None and key == "amsgrad":
+            check_bool("amsgrad", value)
+        elif opt is not None and key == "params":
+            value = opt._checked_group_params(self, value)
         super().__setitem__(key, value)
         if opt is not None:
             opt._group_changed(self, key)

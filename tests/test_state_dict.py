@@ -270,7 +270,8 @@ def test_torch_checkpoints_that_do_not_fit_fail_clearly():
     after = opt.state_dict()
     for k, st in before["state"].items():
         for key, v in st.items():
-            assert torch.equal(v, after["state"][k][key]) if isinstance(v, torch.Tensor) else v == after["state"][k][key]
+            now = after["state"][k][key]
+            assert torch.equal(v, now) if isinstance(v, torch.Tensor) else v == now
     adam = torch.optim.Adam(tparams, weight_decay=0.0)
     run(tparams, adam, 1, seed=1)
     opt.load_state_dict(adam.state_dict())

@@ -66,7 +66,8 @@ def check_qmap(qmap: Tensor) -> None:
     bad = (torch.isnan(qmap) | torch.cat([qmap.new_zeros(1, dtype=torch.bool), qmap[1:] < qmap[:-1]])).nonzero()
     if bad.numel():
         k = int(bad[0])
-        got = f"qmap[{k}] = NaN" if torch.isnan(qmap[k]) else f"qmap[{k - 1}] = {qmap[k - 1]:g} > qmap[{k}] = {qmap[k]:g}"
+        got = (f"qmap[{k}] = NaN" if torch.isnan(qmap[k])
+               else f"qmap[{k - 1}] = {qmap[k - 1]:g} > qmap[{k}] = {qmap[k]:g}")
         raise RuntimeError(f"adamw8: qmap must be sorted in ascending order, got {got}")
 
 

@@ -5,8 +5,8 @@ State is created when a parameter joins the optimizer (construction, ``add_param
 parameter that has not stepped yet), except for a frozen one (``requires_grad=False``, no
 gradient, no state): its state is made at the first eager step that finds it with a gradient,
 as torch and bitsandbytes make all state at a parameter's first step, so frozen weights handed
-to the optimizer (``model.parameters()`` of a model with adapters) cost no state memory.  The parameters of each group are split into buckets
-of one (device, dtype, state format, option set); ``step()`` makes one
+to the optimizer (``model.parameters()`` of a model with adapters) cost no state memory.  The
+parameters of each group are split into buckets of one (device, dtype, state format, option set); ``step()`` makes one
 ``torch.ops.adamw8.fused_step_multi`` call per bucket (or per chunk of one), over the
 parameters that have a gradient.  It reads nothing but the buckets: no Python loop calls a
 kernel per parameter, nothing synchronises with the host, and torch.compile traces
@@ -265,7 +265,8 @@ class AdamWBase(torch.optim.Optimizer):
                     self.state[p] = st
                 made.append(Bucket(
                     gindex=gi, params=params, names=[f"param_groups[{gi}]['params'][{pi}]" for pi, _ in items],
-                    shapes=[local(p).shape for p in params], dtype=dtype, device=dev, offsets=offsets, buffers=buffers, qmaps=qmaps,
+                    shapes=[local(p).shape for p in params], dtype=dtype, device=dev, offsets=offsets,
+                    buffers=buffers, qmaps=qmaps,
                     hyper=self._hyper.get((gi, hp, dev), self._hyper_values(gi, hp)),
                     block_wise=block_wise, percentile=pct, sharded=sharded, pager=pager,
                 ))

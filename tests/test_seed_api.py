@@ -318,3 +318,59 @@ def test_group_params_set_by_hand_join_and_leave():
     assert torch.equal(a, twin_a) and torch.equal(c, ref_c)
     assert torch.equal(opt.state[c]["state1"], st["state1"])
     assert sorted(opt.state_dict()["state"]) == [0, 1, 2]
+
+
+def test_param_groups_changed_by_hand_are_taken_in():
+    """torch's optimizers read param_groups at every step, so code replaces a group by a dict,
+    appends one or deletes one; the next step takes the list as it is (checked as
+    add_param_group checks a group) and steps as an optimizer given those groups by the API
+    does.  A bad group is refused at that step and changes nothing.  (A compiled step reads
+    only the buckets: an eager step takes new groups in.)"""
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(5000)), torch.nn.Parameter(torch.randn(300))
+    ta, tb = (torch.nn.Parameter(x.detach().clone()) for x in (a, b))
+    opt = adamw8.AdamW8bit([a], min_8bit_size=0)
+    twin = adamw8.AdamW8bit([ta], min_8bit_size=0)
+
+    def step_both():
+        for p, q in ((a, ta), (b, tb)):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt.step()
+        twin.step()
+        assert torch.equal(a, ta) and torch.equal(b, tb)
+
+    step_both()
+    opt.param_groups[0] = {**opt.param_groups[0], "lr": 0.1}
+    twin.param_groups[0]["lr"] = 0.1
+    step_both()
+    opt.param_groups.append({"params": [b], "lr": 0.01})  # the defaults fill in the rest
+    twin.add_param_group({"params": [tb], "lr": 0.01})
+    step_both()
+    assert int(opt.state[b]["step"]) == 1 and opt.param_groups[1]["betas"] == (0.9, 0.999)
+    del opt.param_groups[1]
+    step_both_before = b.detach().clone()
+    opt.step()
+    assert b not in opt.state and torch.equal(b, step_both_before)  # left every group: not stepped
+    assert sorted(opt.state_dict()["state"]) == [0]
+    snap = a.detach().clone(), opt.state[a]["state1"].clone()
+    opt.param_groups[0] = {**opt.param_groups[0], "lr": -1.0}
+    with pytest.raises(ValueError, match=r"param_groups\[0\]: lr: expected a value >= 0.0"):
+        opt.step()
+    opt.param_groups[0] = {**opt.param_groups[0], "lr": 1e-3}
+    opt.param_groups.append({"params": [a]})
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.step()
+    assert torch.equal(a, snap[0]) and torch.equal(opt.state[a]["state1"], snap[1])
+    opt.param_groups[:] = [opt.param_groups[0]]
+    opt.step()  # taken in by an eager step; compiled steps go on from there
+    twin_a = torch.nn.Parameter(a.detach().clone())
+    twin = adamw8.AdamW8bit([twin_a], min_8bit_size=0)
+    twin.load_state_dict(opt.state_dict())
+    step = torch.compile(opt.step, fullgraph=True)
+    for _ in range(2):
+        a.grad = torch.randn_like(a)
+        twin_a.grad = a.grad.clone()
+        step()
+        twin.step()
+    assert torch.equal(a, twin_a)

@@ -81,6 +81,7 @@ class AdamWBase(torch.optim.Optimizer):
         self._hyper = HyperTensors()
         self._buckets: list[Bucket] = []
         self._frozen: list[tuple[int, int, Tensor]] = []  # (group, index, parameter): frozen, no state yet
+        self._groups_seen: list[dict] = []  # param_groups as the buckets were made from
         # a one-element list: torch.compile replays a list's mutation after the graph, not an
         # attribute store on an optimizer
         self._stepped = [False]
@@ -233,8 +234,9 @@ class AdamWBase(torch.optim.Optimizer):
         buffers (buckets.py) from each parameter's current state (or zeros where it has none).
         Transiently holds the old and the new state of those groups."""
         groups = range(len(self.param_groups)) if groups is None else groups
-        kept = [b for b in self._buckets if b.gindex not in groups]
-        self._frozen = [f for f in self._frozen if f[0] not in groups]
+        n = len(self.param_groups)  # a group removed by hand (_take_groups) takes its buckets with it
+        kept = [b for b in self._buckets if b.gindex not in groups and b.gindex < n]
+        self._frozen = [f for f in self._frozen if f[0] not in groups and f[0] < n]
         made = []
         for gi in groups:
             group = self.param_groups[gi]
@@ -271,6 +273,7 @@ class AdamWBase(torch.optim.Optimizer):
                     block_wise=block_wise, percentile=pct, sharded=sharded, pager=pager,
                 ))
         self._buckets = sorted(kept + made, key=lambda b: b.gindex)
+        self._groups_seen = list(self.param_groups)
 
     # ------------------------------------------------------------------ paging
     def _paged(self) -> list:
@@ -314,6 +317,40 @@ class AdamWBase(torch.optim.Optimizer):
     def _make_joined_state(self, groups: list[int]) -> None:
         self._rebuild(groups)
 
+    @torch._dynamo.disable
+    def _take_groups(self) -> None:
+        """``opt.param_groups`` changed by hand (a group replaced by a dict, one appended or
+        removed): as torch's optimizers read their groups at every step, the next eager step
+        takes the list as it is, checked as add_param_group checks a group, and re-packs the
+        state (a parameter that left every group loses its state).  A compiled step reads
+        only the buckets, so it goes on with the groups of the last eager step."""
+        groups, seen = [], set()
+        for i, g in enumerate(self.param_groups):
+            if not isinstance(g, ParamGroup) or g.__dict__.get("_owner") is None or g.__dict__["_owner"]() is not self:
+                if not isinstance(g, dict) or "params" not in g:
+                    raise TypeError(f"param_groups[{i}]: expected a dict with 'params', got {type(g).__name__}")
+                g = {**self.defaults, **g}
+                g["params"] = [g["params"]] if isinstance(g["params"], Tensor) else list(g["params"])
+                try:
+                    self._check_params(g["params"])
+                    check_hyper(g["lr"], g["betas"], g["eps"], g["weight_decay"])
+                    check_bool("amsgrad", g["amsgrad"])
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"param_groups[{i}]: {e}") from None
+                g = ParamGroup({k: normalise(k, v) if k in HYPER_KEYS else v for k, v in g.items()}).attach(self)
+            if any(id(p) in seen for p in g["params"]):
+                raise ValueError("some parameters appear in more than one parameter group")
+            seen.update(id(p) for p in g["params"])
+            groups.append(g)
+        self.param_groups[:] = groups
+        for p in [p for p in self.state if id(p) not in seen]:  # a parameter that left every group
+            del self.state[p]
+            self._param_conf.pop(p, None)
+        self._rebuild()
+        for gi in range(len(groups)):
+            for k in self._hyper.keys_of_group(gi):
+                self._hyper.refresh(k, self._hyper_values(gi, k[1]))
+
     @torch.no_grad()
     def step(self, closure=None):
         """One AdamW step for every parameter with a gradient; returns the closure's loss."""
@@ -322,6 +359,9 @@ class AdamWBase(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         eager = not torch.compiler.is_compiling()
+        seen = self._groups_seen  # compiled, Dynamo cannot read the groups (nor does the step)
+        if eager and (len(self.param_groups) != len(seen) or any(g is not s for g, s in zip(self.param_groups, seen))):
+            self._take_groups()
         if self._frozen:
             self._join_frozen(eager)
         # compiled, decided while tracing (Dynamo guards the shapes), and the fake kernel checks the grads

@@ -13,7 +13,10 @@ at once, with ``fill_`` (an asynchronous device write: no host sync, unlike a co
 pageable memory).  Every writer goes through it: torch's LR schedulers assign floats
 (``param_group["lr"] = value``; OneCycleLR with ``cycle_momentum`` assigns
 ``param_group["betas"]``), so do ReduceLROnPlateau, SequentialLR's children and a user
-setting a value by hand.  ``step()`` never reads the group dicts, only the device tensors,
+setting a value by hand; ``update``, ``setdefault`` and ``|=``, which dict runs in C without
+``__setitem__``, are routed through it.  A group replaced in ``param_groups`` by a plain dict,
+or one appended or deleted there, is taken in by the next eager step (base.py, _take_groups).
+``step()`` never reads the group dicts, only the device tensors,
 so torch.compile has no Python float to guard on (no recompile when a value changes), and
 a step captured in a CUDA graph reads the tensor's new value on every replay.
 """

@@ -99,7 +99,7 @@ def _create_dynamic_map_impl(signed=True):
 # Kernels, not user code: a torch.compile'd function that falls back to eager for a frame
 # (a graph break, an exception while tracing) would otherwise have Dynamo trace into them
 # as new frames, with the compiled-state's dynamic shapes; so traced, the reference wrote
-# garbage into a parameter's second block (tests/test_compile.py).
+# garbage into a parameter's second block (tests/test_fallback.py).
 for _op, _fn in (("fused_step_multi", _fused_step_multi_reference), ("quantize", _quantize_reference),
                  ("dequantize", _dequantize_reference), ("create_dynamic_map", _create_dynamic_map_impl)):
     schemas._lib.impl(_op, torch.compiler.disable(_fn), "CompositeExplicitAutograd")

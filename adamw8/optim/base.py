@@ -5,13 +5,13 @@ State is created when a parameter joins the optimizer (construction, ``add_param
 parameter that has not stepped yet), except for a frozen one (``requires_grad=False``, no
 gradient, no state): its state is made at the first eager step that finds it with a gradient,
 as torch and bitsandbytes make all state at a parameter's first step, so frozen weights handed
-to the optimizer (``model.parameters()`` of a model with adapters) cost no state memory.  The
-parameters of each group are split into buckets of one (device, dtype, state format, option set); ``step()`` makes one
-``torch.ops.adamw8.fused_step_multi`` call per bucket (or per chunk of one), over the
-parameters that have a gradient.  It reads nothing but the buckets: no Python loop calls a
-kernel per parameter, nothing synchronises with the host, and torch.compile traces
-``step()`` with ``fullgraph=True`` without guarding on any hyperparameter's value
-(groups.py says how hyperparameters reach the kernels).
+to the optimizer (``model.parameters()`` of a model with adapters) cost no state memory. The
+parameters of each group are split into buckets of one (device, dtype, state format, option
+set); ``step()`` makes one ``torch.ops.adamw8.fused_step_multi`` call per bucket (or per chunk
+of one), over the parameters that have a gradient. It reads nothing but the buckets: no Python
+loop calls a kernel per parameter, nothing synchronises with the host, and torch.compile traces
+``step()`` with ``fullgraph=True`` without guarding on any hyperparameter's value (groups.py
+says how hyperparameters reach the kernels).
 """
 
 from __future__ import annotations
@@ -136,10 +136,31 @@ class AdamWBase(torch.optim.Optimizer):
         new parameters are stepped and the ones that stay keep their state."""
         params = [value] if isinstance(value, Tensor) else list(value)
         self._check_params(params)
-        others = {id(p) for g in self.param_groups if g is not group for p in g["params"]}
-        if any(id(p) in others for p in params):
-            raise ValueError("some parameters appear in more than one parameter group")
+        self._check_disjoint([params if g is group else g["params"] for g in self.param_groups])
         return params
+
+    @staticmethod
+    def _check_disjoint(param_lists: list) -> None:
+        """No parameter in two groups (torch's add_param_group refuses it with this message)."""
+        seen: set = set()
+        for params in param_lists:
+            ids = {id(p) for p in params}
+            if ids & seen:
+                raise ValueError("some parameters appear in more than one parameter group")
+            seen |= ids
+
+    def _refresh_hyper(self, gindex: int) -> None:
+        """The device tensors of group ``gindex`` take its current values."""
+        for k in self._hyper.keys_of_group(gindex):
+            self._hyper.refresh(k, self._hyper_values(gindex, k[1]))
+
+    def _drop_orphan_state(self) -> None:
+        """The state of a parameter that left every group goes (torch's state_dict could not
+        number it)."""
+        kept = {id(p) for g in self.param_groups for p in g["params"]}
+        for p in [p for p in self.state if id(p) not in kept]:
+            del self.state[p]
+            self._param_conf.pop(p, None)
 
     def _group_changed(self, group: dict, key: str) -> None:
         """A key of a group was set (ParamGroup.__setitem__): hyperparameters go to the
@@ -148,14 +169,10 @@ class AdamWBase(torch.optim.Optimizer):
         if gindex is None:
             return
         if key in HYPER_KEYS:
-            for k in self._hyper.keys_of_group(gindex):
-                self._hyper.refresh(k, self._hyper_values(gindex, k[1]))
+            self._refresh_hyper(gindex)
         elif key in ("amsgrad", "params"):  # max(v) appears (zeros) or goes; parameters join or leave
             self._rebuild([gindex])
-            kept = {id(p) for g in self.param_groups for p in g["params"]}
-            for p in [p for p in self.state if id(p) not in kept]:  # a parameter that left every group
-                del self.state[p]
-                self._param_conf.pop(p, None)
+            self._drop_orphan_state()
 
     def _hyper_values(self, gindex: int, hp: int) -> list[float]:
         return hyper_values(self.param_groups[gindex], self._hp_overrides[hp] if hp >= 0 else None)
@@ -229,6 +246,7 @@ class AdamWBase(torch.optim.Optimizer):
             self._rebuild(sorted(groups))
 
     # ----------------------------------------------------------------- buckets
+    @torch._dynamo.disable  # host-side bookkeeping: never traced, also from a step that joins state
     def _rebuild(self, groups=None) -> None:
         """The buckets of ``groups`` (all by default), their state re-packed into fresh flat
         buffers (buckets.py) from each parameter's current state (or zeros where it has none).
@@ -311,11 +329,7 @@ class AdamWBase(torch.optim.Optimizer):
                 "and has a gradient now: its state is made by an eager step; call opt.step() once without "
                 "torch.compile (or make the optimizer after unfreezing it)")
         if joined:
-            self._make_joined_state(sorted({gi for gi, _ in joined}))
-
-    @torch._dynamo.disable
-    def _make_joined_state(self, groups: list[int]) -> None:
-        self._rebuild(groups)
+            self._rebuild(sorted({gi for gi, _ in joined}))
 
     @torch._dynamo.disable
     def _take_groups(self) -> None:
@@ -324,7 +338,7 @@ class AdamWBase(torch.optim.Optimizer):
         takes the list as it is, checked as add_param_group checks a group, and re-packs the
         state (a parameter that left every group loses its state).  A compiled step reads
         only the buckets, so it goes on with the groups of the last eager step."""
-        groups, seen = [], set()
+        groups = []
         for i, g in enumerate(self.param_groups):
             if not isinstance(g, ParamGroup) or g.__dict__.get("_owner") is None or g.__dict__["_owner"]() is not self:
                 if not isinstance(g, dict) or "params" not in g:
@@ -338,18 +352,13 @@ class AdamWBase(torch.optim.Optimizer):
                 except (TypeError, ValueError) as e:
                     raise type(e)(f"param_groups[{i}]: {e}") from None
                 g = ParamGroup({k: normalise(k, v) if k in HYPER_KEYS else v for k, v in g.items()}).attach(self)
-            if any(id(p) in seen for p in g["params"]):
-                raise ValueError("some parameters appear in more than one parameter group")
-            seen.update(id(p) for p in g["params"])
             groups.append(g)
+        self._check_disjoint([g["params"] for g in groups])
         self.param_groups[:] = groups
-        for p in [p for p in self.state if id(p) not in seen]:  # a parameter that left every group
-            del self.state[p]
-            self._param_conf.pop(p, None)
+        self._drop_orphan_state()
         self._rebuild()
         for gi in range(len(groups)):
-            for k in self._hyper.keys_of_group(gi):
-                self._hyper.refresh(k, self._hyper_values(gi, k[1]))
+            self._refresh_hyper(gi)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -372,7 +381,7 @@ class AdamWBase(torch.optim.Optimizer):
                 self.page_in()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        k = self._tensors_per_call if torch.compiler.is_compiling() else self._tensors_per_call_eager
+        k = self._tensors_per_call_eager if eager else self._tensors_per_call
         for b, (idx_all, grads_all) in zip(self._buckets, live):
             if not idx_all:
                 continue
@@ -458,7 +467,6 @@ class AdamWBase(torch.optim.Optimizer):
                 dict.__setitem__(group, key, normalise(key, value) if key in HYPER_KEYS else value)
         self._rebuild()
         for gi in range(len(self.param_groups)):
-            for k in self._hyper.keys_of_group(gi):
-                self._hyper.refresh(k, self._hyper_values(gi, k[1]))
+            self._refresh_hyper(gi)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)

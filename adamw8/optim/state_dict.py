@@ -104,10 +104,11 @@ def _from_torch_adamw(opt, p: Tensor, conf: dict, st: dict, where: str) -> dict:
         if not eight:
             out[name] = t
             continue
-        qmap = opt._get_qmaps(p.device)[0 if signed else 1]
-        codes, absmax = torch.ops.adamw8.quantize(t.to(p.device).contiguous(), qmap, conf["block_wise"], signed)
+        qmaps = opt._get_qmaps(p.device)
+        codes, absmax = torch.ops.adamw8.quantize(t.to(p.device).contiguous(), qmaps[0 if signed else 1],
+                                                  conf["block_wise"], signed)
         out[name], out["absmax" + name[-1]] = codes, absmax
-        out["qmap1"], out["qmap2"] = opt._get_qmaps(p.device)
+        out["qmap1"], out["qmap2"] = qmaps
     return out
 
 

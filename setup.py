@@ -79,7 +79,18 @@ def _min_blocks_8bit():
     return [f"-DADAMW8_MIN_BLOCKS_8BIT={int(raw)}"]
 
 
-NVCC_FLAGS += _min_blocks_8bit()
+def _prefetch_l2():
+    """ADAMW8_PREFETCH_L2=0: build the update kernels without the L2 prefetch of each warp's next
+    unit (csrc/fused_step_cuda.h), to measure it against; unset or 1: with it."""
+    raw = os.environ.get("ADAMW8_PREFETCH_L2")
+    if raw is None:
+        return []
+    if raw not in ("0", "1"):
+        raise RuntimeError(f"adamw8: ADAMW8_PREFETCH_L2 must be 0 or 1, got {raw!r}")
+    return [f"-DADAMW8_PREFETCH_L2={raw}"]
+
+
+NVCC_FLAGS += _min_blocks_8bit() + _prefetch_l2()
 
 
 def _gcc_on_x86():
@@ -98,6 +109,37 @@ if _gcc_on_x86():
     CXX_FLAGS.append("-mtune-ctrl=use_gather")
 
 
+def _loaded_libstdcxx():
+    """The path of the libstdc++.so.6 this process (torch) has loaded, or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if line.rstrip().endswith("/libstdc++.so.6")
+                     or "/libstdc++.so.6." in line}
+    except OSError:
+        return None
+    return next((p for p in sorted(paths) if os.path.exists(p)), None)
+
+
+def _libstdcxx_link_args():
+    """Link the C++ runtime as the shared library torch has loaded.  A toolchain without
+    libstdc++.so (only libstdc++.a) makes the linker take the static archive without a word; the
+    extension then carries its own copy of the locale machinery, which disagrees with the
+    process's, and formatting a number into an error message crashes the process.  Seen on the
+    device on 2026-11-26 and again on 2026-11-27, where
+    tests/test_fallback.py::test_extension_uses_the_process_cxx_runtime failed after the build and
+    the oversubscription refusal of _managed_empty crashed.  Naming the loaded runtime ahead of
+    the compiler's implicit -lstdc++ resolves every runtime symbol from it (NEEDED
+    libstdc++.so.6), whatever the toolchain has; where it is not found, -l:libstdc++.so.6."""
+    if platform.system() != "Linux":
+        return []
+    import torch  # noqa: F401  (loads the runtime whose path is taken)
+
+    return [_loaded_libstdcxx() or "-l:libstdc++.so.6"]
+
+
+LINK_ARGS = ["-fopenmp", *_libstdcxx_link_args()]
+
+
 def _extension():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = CXX_FLAGS
@@ -108,11 +150,11 @@ def _extension():
             "adamw8._C",
             cpp + cuda_cpp + cu,
             extra_compile_args={"cxx": cxx, "nvcc": NVCC_FLAGS},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=LINK_ARGS,
             py_limited_api=True,
         )
     return cpp_extension.CppExtension(
-        "adamw8._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"], py_limited_api=True
+        "adamw8._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=LINK_ARGS, py_limited_api=True
     )
 
 

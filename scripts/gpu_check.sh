@@ -39,7 +39,7 @@ fi
   > "$LOG/env.txt" 2>&1
 
 echo "== 1. build ($(elapsed) s)"
-if ! python3 -m pip install --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1; then
+if ! python3 -m pip install -v --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1; then
   tail -60 "$LOG/build.log"; pack; exit 1
 fi
 echo "build done at $(elapsed) s" | tee -a "$LOG/env.txt"
@@ -50,7 +50,9 @@ print('ops without a compiled CUDA kernel (running the reference):', adamw8.ops.
 " 2>&1 | tee -a "$LOG/env.txt"
 # the extension uses the process's C++ runtime: a crash inside C++ error-message formatting was
 # seen in two device builds on 2026-11-26 and not reproduced since (tests/test_fallback.py)
-python3 -m pytest -q -p no:cacheprovider tests/test_fallback.py -k runtime 2>&1 | tail -1 | tee -a "$LOG/env.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_fallback.py -k runtime > "$LOG/runtime_check.log" 2>&1 \
+  || { grep -E "^E " "$LOG/runtime_check.log" | head -8; grep -h "LINK_ARGS\|libstdc" "$LOG/build.log" | head -3; }
+tail -1 "$LOG/runtime_check.log" | tee -a "$LOG/env.txt"
 pack
 
 failures() {  # failed tests of a junit file, grouped by their message

@@ -79,18 +79,7 @@ def _min_blocks_8bit():
     return [f"-DADAMW8_MIN_BLOCKS_8BIT={int(raw)}"]
 
 
-def _prefetch_l2():
-    """ADAMW8_PREFETCH_L2=0: build the update kernels without the L2 prefetch of each warp's next
-    unit (csrc/fused_step_cuda.h), to measure it against; unset or 1: with it."""
-    raw = os.environ.get("ADAMW8_PREFETCH_L2")
-    if raw is None:
-        return []
-    if raw not in ("0", "1"):
-        raise RuntimeError(f"adamw8: ADAMW8_PREFETCH_L2 must be 0 or 1, got {raw!r}")
-    return [f"-DADAMW8_PREFETCH_L2={raw}"]
-
-
-NVCC_FLAGS += _min_blocks_8bit() + _prefetch_l2()
+NVCC_FLAGS += _min_blocks_8bit()
 
 
 def _gcc_on_x86():

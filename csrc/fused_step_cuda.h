@@ -27,16 +27,10 @@ constexpr int kMaxTensorsPerLaunch = 64;
 #define ADAMW8_MIN_BLOCKS_8BIT 0
 #endif
 constexpr int kMinBlocks8 = ADAMW8_MIN_BLOCKS_8BIT;
-// The 32-bit update kernels, for 4 blocks per SM (64 registers): the prefetch of the next unit
-// took the fp32 kernel from 64 registers to 66, which fits 3 blocks of 256 threads; this
-// latency-bound kernel wants the warps (benchmarks/RESULTS.md).  No spills (check_kernels.py).
+// The 32-bit update kernels, compiled for 4 blocks per SM (64 registers; no spills,
+// check_kernels.py): this latency-bound kernel wants the warps, and the bf16/fp16 ones took 66
+// registers without it, which fits 3 blocks of 256 threads.
 constexpr int kMinBlocks32 = 4;
-// The update kernels' L2 prefetch of each warp's next unit (fused_step_kernels.cuh,
-// prefetch_l2): 1, the default, or 0 (the build option ADAMW8_PREFETCH_L2=0, setup.py), which
-// scripts/gpu_session.sh builds to measure it against.
-#ifndef ADAMW8_PREFETCH_L2
-#define ADAMW8_PREFETCH_L2 1
-#endif
 constexpr int kMaxDims = 4;               // dims of a non-contiguous param/grad, after merging
 constexpr int kMaxStrided = 8;            // non-contiguous tensors per launch
 

@@ -26,8 +26,6 @@
 #include <cuda_fp16.h>
 #endif
 
-#include <type_traits>
-
 #include "adamw8_math.h"
 #include "fused_step_cuda.h"
 #include "nearest_lut.h"
@@ -45,20 +43,6 @@ __device__ __forceinline__ uint4 ld_u4(const void* p) { return __ldcs(reinterpre
 __device__ __forceinline__ void st_u4(void* p, uint4 v) { __stcs(reinterpret_cast<uint4*>(p), v); }
 __device__ __forceinline__ uint2 ld_u2(const void* p) { return __ldcs(reinterpret_cast<const uint2*>(p)); }
 __device__ __forceinline__ void st_u2(void* p, uint2 v) { __stcs(reinterpret_cast<uint2*>(p), v); }
-
-// Asks L2 for `bytes` bytes at `p` (16-byte aligned, a multiple of 16) ahead of their loads:
-// a warp prefetches its next unit while it computes this one, so the unit's loads wait on L2
-// rather than DRAM (the 8-bit and 32-bit kernels stall on their loads: benchmarks/RESULTS.md).
-// One instruction for the whole range (sm_90's bulk prefetch); no effect on any result, and
-// nothing at all in the emulation or below sm_90.  ADAMW8_PREFETCH_L2=0 builds without it.
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && ADAMW8_PREFETCH_L2
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes));
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
 
 template <typename T>
 struct Elem;
@@ -175,14 +159,9 @@ __device__ __forceinline__ bool skipped(const LaunchArgs& a) { return a.found_in
 // ---------------------------------------------------------------- unit walker
 // Calls body(ti, unit_in_tensor, new_tensor) for the units of this warp: block b
 // owns units [b*U/G, (b+1)*U/G), its warps every kWarps-th of them.  The tensor
-// of the first unit is a binary search; later units move forward.  Before each
-// body, ahead(ti, unit_in_tensor) is called for the warp's next unit, if it has one
-// (the prefetch).
-struct NoAhead {
-  __device__ __forceinline__ void operator()(int, int64_t) const {}
-};
-template <typename Body, typename Ahead = NoAhead>
-__device__ __forceinline__ void for_each_unit(const LaunchArgs& a, Body&& body, Ahead&& ahead = Ahead{}) {
+// of the first unit is a binary search; later units move forward.
+template <typename Body>
+__device__ __forceinline__ void for_each_unit(const LaunchArgs& a, Body&& body) {
   const int64_t total = a.unit_start[a.ntensors];
   const int64_t ub = total * blockIdx.x / gridDim.x;
   const int64_t ue = total * (blockIdx.x + 1) / gridDim.x;
@@ -202,14 +181,6 @@ __device__ __forceinline__ void for_each_unit(const LaunchArgs& a, Body&& body, 
     while (u >= a.unit_start[ti + 1]) {
       ++ti;
       fresh = true;
-    }
-    if constexpr (!std::is_same_v<std::decay_t<Ahead>, NoAhead>) {
-      const int64_t un = u + kWarps;
-      if (un < ue) {
-        int tn = ti;
-        while (un >= a.unit_start[tn + 1]) ++tn;
-        ahead(tn, un - a.unit_start[tn]);
-      }
     }
     body(ti, u - a.unit_start[ti], fresh);
   }
@@ -311,7 +282,8 @@ __device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     float vh = kAms ? h[j] : 0.0f;
-    const float gj = scaled ? prep_grad<true>(gscale, ts.gnorm_scale, g[j]) : prep_grad<false>(gscale, ts.gnorm_scale, g[j]);
+    const float gj = scaled ? prep_grad<true>(gscale, ts.gnorm_scale, g[j])
+                            : prep_grad<false>(gscale, ts.gnorm_scale, g[j]);
     adamw_element<kAms>(ts.sc, gj, p[j], m[j], v[j], vh);
     if constexpr (kAms) h[j] = vh;
   }
@@ -551,9 +523,9 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
   }
   float m[kPerLane], v[kPerLane], h[kPerLane];
   float na1 = 0.0f, na2 = 0.0f, na3 = 0.0f;
-  // adamw_element's division by c2_sqrt through div_rn where it is exact (every beta2 in
-  // [0, 1)); not with amsgrad, whose old max may be infinite
-  // g / grad_scale where the launch has one (kScaled: no test per element)
+  // g / grad_scale where the launch has one (kScaled: no test per element); adamw_element's
+  // division by c2_sqrt through div_rn where it is exact (every beta2 in [0, 1)); not with
+  // amsgrad, whose old max may be infinite
   const bool scaled = a.grad_scale != nullptr;
   if (!kAms && ts.sc.c2_rcp_exact) {  // the same for the whole warp
     if (scaled) {
@@ -620,20 +592,6 @@ __device__ __forceinline__ void finish_if_last(const LaunchArgs& a) {
 }
 
 // ------------------------------------------------------------------ kernels
-// The prefetch of a warp's next unit (prefetch_l2): lane 0 asks for the unit's bytes of every
-// array the update reads, where the unit is full and 16-byte aligned (the vectorised path).
-template <typename T, bool kEight, bool kAms>
-__device__ __forceinline__ void prefetch_unit(const TensorArgs& tb, int64_t unit) {
-  if ((threadIdx.x & 31) != 0 || !tb.vec || (unit + 1) * kUnit > tb.numel) return;
-  const int64_t e = unit * kUnit;
-  constexpr uint32_t kStateBytes = kEight ? kUnit : kUnit * 4;
-  prefetch_l2(static_cast<const T*>(tb.param) + e, kUnit * sizeof(T));
-  prefetch_l2(static_cast<const T*>(tb.grad) + e, kUnit * sizeof(T));
-  prefetch_l2(static_cast<const char*>(tb.state1) + e * (kStateBytes / kUnit), kStateBytes);
-  prefetch_l2(static_cast<const char*>(tb.state2) + e * (kStateBytes / kUnit), kStateBytes);
-  if constexpr (kAms) prefetch_l2(static_cast<const char*>(tb.state3) + e * (kStateBytes / kUnit), kStateBytes);
-}
-
 struct NoShared {
   char unused;
 };
@@ -677,7 +635,7 @@ __global__ void __launch_bounds__(kThreads, kEight ? kMinBlocks8 : kMinBlocks32)
     } else {
       unit_32bit<T, kAms>(a, ta, ts, gscale, unit);
     }
-  }, [&](int tn, int64_t un) { prefetch_unit<T, kEight, kAms>(a.t[tn], un); });
+  });
   if (kPass != 1 && a.counter != nullptr) finish_if_last(a);
 }
 

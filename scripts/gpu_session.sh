@@ -7,8 +7,8 @@
 #      (without quick: the remaining GPU tests too)                  -> gpu_check_logs.tgz
 #   2. the independent check, .gpu_verify/verify.py (carried: ../shared/gpu_verify), with
 #      bitsandbytes from .whl/                                           -> verify.json
-#   3. scripts/gpu_variant.sh: the checkout's build against VARIANT's, taking turns on the
-#      SPEC section 7 benchmark (default: without the L2 prefetch)      -> variant_logs.tgz
+#   3. scripts/gpu_variant.sh: the checkout's build against VARIANT's (a build option; none by
+#      default), taking turns on the SPEC section 7 benchmark           -> variant_logs.tgz
 #   4. scripts/gpu_profile.sh: Nsight Compute text and the paging probe -> gpu_profile_logs.tgz
 #   5. scripts/gpu_tune.sh: benchmark, tune, benchmark                   -> gpu_tune_logs.tgz
 #      (what does not fit goes into a second, shorter call: bash scripts/gpu_tune.sh)
@@ -23,7 +23,8 @@ left() { echo $(( BUDGET - $(date +%s) + T0 )); }
 
 # a build option measured against the checkout: "NAME VAR=VALUE...", built on the CPUs while
 # the GPU tests run ("" for none)
-VARIANT=${VARIANT-noprefetch ADAMW8_PREFETCH_L2=0}
+# (e.g. VARIANT="minblocks4 ADAMW8_MIN_BLOCKS_8BIT=4")
+VARIANT=${VARIANT-}
 if [ -n "$VARIANT" ]; then
   # shellcheck disable=SC2086
   LOG=/tmp/s4 MAX_JOBS=8 bash scripts/gpu_variant.sh build $VARIANT > /tmp/variant_build.log 2>&1 &

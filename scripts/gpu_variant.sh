@@ -5,7 +5,7 @@
 #   bash scripts/gpu_variant.sh bench NAME                # after gpu_check.sh built the checkout
 # `build` can run in the background while the GPU tests run (it uses the CPUs only).
 # Logs: $LOG (default $OUT/variant-NAME): build.log, bench_{checkout,variant}-{1,2}.md.
-#   e.g. bash scripts/gpu_variant.sh build noprefetch ADAMW8_PREFETCH_L2=0
+#   e.g. bash scripts/gpu_variant.sh build minblocks4 ADAMW8_MIN_BLOCKS_8BIT=4
 set -uo pipefail
 OUT=${OUT:-/tmp/adamw8-gpu-variant}
 . "$(dirname "$0")/gpu_env.sh"

@@ -26,6 +26,8 @@
 #include <cuda_fp16.h>
 #endif
 
+#include <type_traits>
+
 #include "adamw8_math.h"
 #include "fused_step_cuda.h"
 #include "nearest_lut.h"
@@ -200,12 +202,20 @@ __device__ __forceinline__ TensorScalars tensor_scalars(const LaunchArgs& a, int
   return s;
 }
 
-// kScaled (a.grad_scale set): g / grad_scale.  A template argument, so the unrolled element
-// loops test the pointer once per unit, not once per element with a branch around each.
-template <bool kScaled>
-__device__ __forceinline__ float prep_grad(float gscale, float gnorm_scale, float g) {
-  if constexpr (kScaled) g = g / gscale;
-  return g * gnorm_scale;
+// The gradient as the update takes it: g / grad_scale where AMP scaled it (a.grad_scale set),
+// times gnorm_scale where percentile clipping is on (a.tensor_scale set; gnorm_scale is 1
+// otherwise, and g * 1 is g, NaN included, so leaving the product out keeps the bits).  A
+// template argument of the 8-bit lane update, so its unrolled element loop tests neither per
+// element (a test and a branch around each division before).
+enum GradPrep : int { kPrepPlain = 0, kPrepScaled = 1, kPrepAny = 2 };
+template <int kPrep>
+__device__ __forceinline__ float prep_grad(bool scaled, float gscale, float gnorm_scale, float g) {
+  if constexpr (kPrep == kPrepScaled) return g / gscale;
+  if constexpr (kPrep == kPrepAny) return (scaled ? g / gscale : g) * gnorm_scale;
+  return g;
+}
+__device__ __forceinline__ int grad_prep(const LaunchArgs& a) {
+  return a.tensor_scale != nullptr ? kPrepAny : a.grad_scale != nullptr ? kPrepScaled : kPrepPlain;
 }
 
 // Loads a unit's param and grad (zeros past the end), vectorised when `full`.
@@ -276,15 +286,13 @@ __device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs
       if constexpr (kAms) h[j] = in ? s3[off + j] : 0.0f;
     }
   }
-  // one path with a test per element: two (as the 8-bit kernels have) took the fp32 kernel
-  // from 64 registers to 78, a block per SM fewer for this latency-bound kernel
+  // one path, testing per element: one per GradPrep (as the 8-bit kernels have) took the fp32
+  // kernel from 64 registers to 78, a block per SM fewer for this latency-bound kernel
   const bool scaled = a.grad_scale != nullptr;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     float vh = kAms ? h[j] : 0.0f;
-    const float gj = scaled ? prep_grad<true>(gscale, ts.gnorm_scale, g[j])
-                            : prep_grad<false>(gscale, ts.gnorm_scale, g[j]);
-    adamw_element<kAms>(ts.sc, gj, p[j], m[j], v[j], vh);
+    adamw_element<kAms>(ts.sc, prep_grad<kPrepAny>(scaled, gscale, ts.gnorm_scale, g[j]), p[j], m[j], v[j], vh);
     if constexpr (kAms) h[j] = vh;
   }
   store_p<T>(a, ta, off, full, p);
@@ -464,8 +472,8 @@ __device__ __forceinline__ void write_unit_8bit(const LaunchArgs& a, const Maps8
 }
 
 // A lane's dequantize, element update and running maxima (unit_8bit).
-template <bool kAms, bool kRcp, bool kScaled>
-__device__ __forceinline__ void update_lane_8bit(const Maps8& s, const TensorScalars& ts,
+template <bool kAms, bool kRcp, int kPrep>
+__device__ __forceinline__ void update_lane_8bit(bool scaled, const Maps8& s, const TensorScalars& ts,
                                                  float gscale, float oa1, float oa2, float oa3,
                                                  const uint32_t (&c1)[kPerLane], const uint32_t (&c2)[kPerLane],
                                                  const uint32_t (&c3)[kPerLane], float (&p)[kPerLane],
@@ -477,14 +485,16 @@ __device__ __forceinline__ void update_lane_8bit(const Maps8& s, const TensorSca
     float mj = dequantize_value(s.q1, static_cast<uint8_t>(c1[j]), oa1);
     float vj = dequantize_value(s.q2, static_cast<uint8_t>(c2[j]), oa2);
     float hj = kAms ? dequantize_value(s.q2, static_cast<uint8_t>(c3[j]), oa3) : 0.0f;
-    adamw_element<kAms, kRcp>(ts.sc, prep_grad<kScaled>(gscale, ts.gnorm_scale, g[j]), p[j], mj, vj, hj);
+    adamw_element<kAms, kRcp>(ts.sc, prep_grad<kPrep>(scaled, gscale, ts.gnorm_scale, g[j]), p[j], mj, vj, hj);
     m[j] = mj;
     v[j] = vj;
     h[j] = hj;
-    const float am = fabsf(mj);
-    na1 = am > na1 ? am : na1;
-    na2 = vj > na2 ? vj : na2;
-    na3 = hj > na3 ? hj : na3;
+    // fmaxf (one instruction; a compare and a select before): no operand is NaN (the
+    // non-finite rule), and none is -0 (|m|; v and vh are sums with a non-negative second
+    // term, or their max), so it is the larger value, as the CPU kernels take it
+    na1 = fmaxf(fabsf(mj), na1);
+    na2 = fmaxf(vj, na2);
+    na3 = fmaxf(hj, na3);
   }
 }
 
@@ -523,20 +533,25 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
   }
   float m[kPerLane], v[kPerLane], h[kPerLane];
   float na1 = 0.0f, na2 = 0.0f, na3 = 0.0f;
-  // g / grad_scale where the launch has one (kScaled: no test per element); adamw_element's
-  // division by c2_sqrt through div_rn where it is exact (every beta2 in [0, 1)); not with
-  // amsgrad, whose old max may be infinite
+  // the gradient's preparation (GradPrep) and adamw_element's division by c2_sqrt through
+  // div_rn where it is exact (every beta2 in [0, 1); not with amsgrad, whose old max may be
+  // infinite): the same for the whole warp, one instantiation of the lane update each
   const bool scaled = a.grad_scale != nullptr;
-  if (!kAms && ts.sc.c2_rcp_exact) {  // the same for the whole warp
-    if (scaled) {
-      update_lane_8bit<kAms, true, true>(s, ts, gscale, oa1, oa2, oa3, c1, c2, c3, p, g, m, v, h, na1, na2, na3);
-    } else {
-      update_lane_8bit<kAms, true, false>(s, ts, gscale, oa1, oa2, oa3, c1, c2, c3, p, g, m, v, h, na1, na2, na3);
+  const auto update = [&](auto rcp, auto prep) {
+    update_lane_8bit<kAms, decltype(rcp)::value, decltype(prep)::value>(scaled, s, ts, gscale, oa1, oa2, oa3, c1, c2,
+                                                                         c3, p, g, m, v, h, na1, na2, na3);
+  };
+  const auto by_prep = [&](auto rcp) {
+    switch (grad_prep(a)) {
+      case kPrepPlain: update(rcp, std::integral_constant<int, kPrepPlain>{}); break;
+      case kPrepScaled: update(rcp, std::integral_constant<int, kPrepScaled>{}); break;
+      default: update(rcp, std::integral_constant<int, kPrepAny>{}); break;
     }
-  } else if (scaled) {
-    update_lane_8bit<kAms, false, true>(s, ts, gscale, oa1, oa2, oa3, c1, c2, c3, p, g, m, v, h, na1, na2, na3);
+  };
+  if (!kAms && ts.sc.c2_rcp_exact) {
+    by_prep(std::true_type{});
   } else {
-    update_lane_8bit<kAms, false, false>(s, ts, gscale, oa1, oa2, oa3, c1, c2, c3, p, g, m, v, h, na1, na2, na3);
+    by_prep(std::false_type{});
   }
   na1 = warp_max(na1);
   na2 = warp_max(na2);

@@ -91,8 +91,8 @@ inline void check_group(const GroupArgs& g, const at::Device& dev, bool eight_bi
 // The tensors of one parameter that the step writes, and its gradient, must not share memory:
 // the kernels treat them as separate arrays, so an overlap would corrupt them without a word.
 // Only tensors of one storage are compared in detail (at::get_overlap_status; a non-dense view
-// of a shared storage counts as overlapping).  The same parameter twice in one call (torch warns
-// about duplicate parameters and updates them twice) is two slots and passes.
+// of a shared storage counts as overlapping).  Across the parameters of a call:
+// check_slots_disjoint.
 inline void check_no_overlap(const ParamSlot& s, const std::string& what) {
   const at::Tensor* t[] = {&s.param,   &s.grad,    &s.state1,  &s.state2, &s.state3,
                            &s.absmax1, &s.absmax2, &s.absmax3, &s.step,   &s.gnorm_vec};
@@ -106,6 +106,52 @@ inline void check_no_overlap(const ParamSlot& s, const std::string& what) {
       TORCH_CHECK(at::get_overlap_status(*t[i], *t[j]) == at::MemOverlapStatus::No, "adamw8: the ", kNames[i],
                   " and the ", kNames[j], " of ", what, " share memory; the step needs each as its own tensor");
     }
+  }
+}
+
+// Across the parameters of one call: nothing one parameter's step writes (its parameter and
+// state) may share memory with what another's writes.  Two slots of one tensor (the same
+// parameter passed twice, say) would be updated by two threads at once on the GPU, each from
+// what it read, and the result would depend on their timing.  Byte ranges are sorted and swept;
+// where two ranges of one storage meet, at::get_overlap_status decides (as check_no_overlap).
+// `params_only`: the flat form, whose state regions check_layout_disjoint has found disjoint.
+inline void check_slots_disjoint(const std::vector<ParamSlot>& slots, bool params_only) {
+  static constexpr const char* kNames[] = {"parameter", "state1",  "state2",  "state3", "absmax1",
+                                           "absmax2",   "absmax3", "step",    "gnorm_vec"};
+  struct Range {
+    uintptr_t lo, hi;
+    const at::Tensor* t;
+    int32_t slot, what;
+  };
+  std::vector<Range> r;
+  r.reserve(slots.size() * 4);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const ParamSlot& s = slots[i];
+    const at::Tensor* t[] = {&s.param, &s.state1, &s.state2, &s.state3, &s.absmax1,
+                             &s.absmax2, &s.absmax3, &s.step, &s.gnorm_vec};
+    for (int k = 0; k < (params_only ? 1 : 9); ++k) {
+      if (!t[k]->defined() || t[k]->numel() == 0) continue;
+      int64_t extent = 1;  // elements from the first to the last one addressed (strides are >= 0)
+      for (int64_t d = 0; d < t[k]->dim(); ++d) extent += (t[k]->size(d) - 1) * t[k]->stride(d);
+      const auto lo = reinterpret_cast<uintptr_t>(t[k]->const_data_ptr());
+      r.push_back({lo, lo + static_cast<uintptr_t>(extent * t[k]->itemsize()), t[k], static_cast<int32_t>(i), k});
+    }
+  }
+  std::sort(r.begin(), r.end(), [](const Range& a, const Range& b) { return a.lo < b.lo; });
+  uintptr_t reach = 0;  // the largest end so far
+  for (size_t j = 0; j < r.size(); ++j) {
+    if (j > 0 && r[j].lo < reach) {  // meets an earlier range: compare with each that reaches it
+      for (size_t i = j; i-- > 0;) {
+        if (r[i].hi <= r[j].lo || r[i].slot == r[j].slot) continue;
+        const Range &a = r[i].slot < r[j].slot ? r[i] : r[j], &b = r[i].slot < r[j].slot ? r[j] : r[i];
+        TORCH_CHECK(!a.t->storage().is_alias_of(b.t->storage()) ||
+                        at::get_overlap_status(*a.t, *b.t) == at::MemOverlapStatus::No,
+                    "adamw8: the ", kNames[a.what], " of params[", a.slot, "] and the ", kNames[b.what], " of params[",
+                    b.slot, "] share memory (the same tensor twice in one call?); each parameter's step needs its "
+                    "own tensors");
+      }
+    }
+    reach = std::max(reach, r[j].hi);
   }
 }
 
@@ -203,6 +249,7 @@ inline void check_call(const std::vector<ParamSlot>& slots, const GroupArgs& g) 
                 "adamw8: either every parameter of a call has state3 (amsgrad) or none has; ", what, " differs");
     check_slot(slots[i], g, what);
   }
+  if (slots.size() > 1) check_slots_disjoint(slots, g.steps_flat.defined());
   check_group(g, dev, sdtype == at::kByte);
 }
 

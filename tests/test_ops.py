@@ -291,3 +291,69 @@ def test_flat_layout_opcheck_and_bad_layouts():
         for layout, match in overlaps:
             with pytest.raises(RuntimeError, match=match):
                 torch.ops.adamw8.fused_step_multi(*fake, layout)
+
+
+def _multi_lists(params, states, h):
+    """fused_step_multi's arguments in the list form (a tensor per parameter and state)."""
+    def col(key):
+        return [s[key] for s in states] if states[0][key] is not None else []
+    return (params, [torch.randn_like(p) for p in params], col("state1"), col("state2"), col("state3"), col("absmax1"),
+            col("absmax2"), col("absmax3"), states[0]["qmap1"], states[0]["qmap2"], [s["step"] for s in states], [], h)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("eight", [True, False], ids=["8bit", "32bit"])
+def test_tensors_shared_between_parameters_of_one_call_are_refused(device, eight):
+    """One tensor in two slots of a call (the same parameter passed twice, one state for two
+    parameters, overlapping views) would be written by two threads at once on the GPU, each
+    from what it read.  Refused before anything is written, in both forms and in the fake
+    kernel; views of one buffer that do not overlap pass."""
+    buf = torch.randn(900, device=device)
+    p = torch.randn(300, device=device)
+
+    def states_for(params):
+        ss = [make_state(q, eight, False) for q in params]
+        for s in ss[1:]:
+            s["qmap1"], s["qmap2"] = ss[0]["qmap1"], ss[0]["qmap2"]
+        return ss
+
+    share = r"the {} of params\[0\] and the {} of params\[1\] share memory \(the same tensor twice in one call\?\)"
+    cases = [("same parameter", [p, p], None, share.format("parameter", "parameter")),
+             ("overlapping views", [buf[:300], buf[200:500]], None, share.format("parameter", "parameter")),
+             ("one state1", [p, torch.randn(300, device=device)], "state1", share.format("state1", "state1"))]
+    for name, params, shared, match in cases:
+        states = states_for(params)
+        if shared:
+            states[1][shared] = states[0][shared]
+        args = _multi_lists(params, states, hyper(device))
+        watched = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a])
+                   if isinstance(t, torch.Tensor)]
+        before = [t.clone() for t in watched]
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.adamw8.fused_step_multi(*args)
+        assert all(torch.equal(b, t) for b, t in zip(before, watched)), name  # nothing written
+        if name != "overlapping views":  # a fake tensor has no memory: only the same tensor twice is seen
+            with FakeTensorMode() as mode:
+                memo = {}
+                fake = [[memo.setdefault(id(t), mode.from_tensor(t)) for t in a] if isinstance(a, list)
+                        else memo.setdefault(id(a), mode.from_tensor(a)) if isinstance(a, torch.Tensor) else a
+                        for a in args]
+                with pytest.raises(RuntimeError, match=match):
+                    torch.ops.adamw8.fused_step_multi(*fake)
+    # the flat form (the optimizer's): the same parameter at two slots
+    states = states_for([p, p])
+    args, lists, _ = flat_args([p, p], [torch.randn_like(p)] * 2, states, hyper(device))
+    before = p.clone()
+    with pytest.raises(RuntimeError, match=share.format("parameter", "parameter")):
+        torch.ops.adamw8.fused_step_multi(*args)
+    assert torch.equal(p, before)
+    with FakeTensorMode() as mode:
+        memo = {}
+        fake = [[memo.setdefault(id(t), mode.from_tensor(t)) for t in a] if isinstance(a, list) and a
+                and isinstance(a[0], torch.Tensor) else memo.setdefault(id(a), mode.from_tensor(a))
+                if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError, match=share.format("parameter", "parameter")):
+            torch.ops.adamw8.fused_step_multi(*fake)
+    # disjoint views of one buffer are separate parameters
+    params = [buf[:300], buf[300:600], buf[600:]]
+    torch.ops.adamw8.fused_step_multi(*_multi_lists(params, states_for(params), hyper(device)))

@@ -169,6 +169,40 @@ def _check_no_overlap(slot: dict, what: str) -> None:
                  f"the {na} and the {nb} of {what} share memory; the step needs each as its own tensor")
 
 
+def _check_slots_disjoint(per_slot: list) -> None:
+    """check_slots_disjoint's twin (csrc/fused_step_checks.h): what one parameter's step writes
+    shares no memory with what another's writes.  `per_slot`: [(tensor or None, name), ...] per
+    parameter.  Real tensors: byte ranges sorted and swept, _share_memory where two meet; fake
+    ones (torch.compile) have no memory, so there only the same tensor twice counts."""
+    ranges, fakes = [], {}
+
+    def fail(a, b):
+        (ia, na), (ib, nb) = sorted((a, b))
+        _fail(f"the {na} of params[{ia}] and the {nb} of params[{ib}] share memory (the same tensor twice in one "
+              "call?); each parameter's step needs its own tensors")
+
+    for i, ts in enumerate(per_slot):
+        for t, name in ts:
+            if t is None or t.numel() == 0:
+                continue
+            if is_fake(t):
+                first = fakes.setdefault(id(t), (i, name))
+                if first[0] != i:
+                    fail(first, (i, name))
+                continue
+            extent = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+            lo = t.data_ptr()
+            ranges.append((lo, lo + extent * t.element_size(), i, name, t))
+    ranges.sort(key=lambda r: r[0])
+    reach = 0
+    for j, (lo, hi, i, name, t) in enumerate(ranges):
+        if j and lo < reach:
+            for lo2, hi2, i2, name2, t2 in ranges[j - 1::-1]:
+                if hi2 > lo and i2 != i and _share_memory(t2, t):
+                    fail((i2, name2), (i, name))
+        reach = max(reach, hi)
+
+
 def _check_layout_disjoint(a: StepArgs) -> None:
     """check_layout_disjoint's twin: no two parameters share a slot or state elements."""
     n = len(a.params)
@@ -423,6 +457,8 @@ def _check_flat(a: StepArgs) -> None:
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         _fail(f"params must be float32, bfloat16 or float16, got {dtype}")
     _check_layout_disjoint(a)
+    if n > 1:  # the state regions are disjoint by the layout: the parameters remain
+        _check_slots_disjoint([[(p, "parameter")] for p in a.params])
     _check_shared(a, dev, eight)
 
 
@@ -459,6 +495,8 @@ def check_call(a: StepArgs) -> None:
             f"either every parameter of a call has state3 (amsgrad) or none has; {what} differs",
         )
         _check_slot(s, a, what)
+    if len(ss) > 1:
+        _check_slots_disjoint([[(s[key], name) for key, name in _WRITTEN if key != "grads"] for s in ss])
     _check_shared(a, first["params"].device, first["state1"].dtype == torch.uint8)
 
 

@@ -1,0 +1,114 @@
+"""What `mode="reduce-overhead"` costs over the eager step, and how much of it is the copy of
+the gradients into the CUDA graph's static inputs (benchmarks/RESULTS.md, second H200 session:
+1.37-1.54x eager on the 160 M set).
+
+The compiled step takes the parameters and the state as static addresses (the optimizer marks
+the state; Dynamo marks parameters), but not the gradients, which each backward may make anew,
+so CUDA-graph trees copy every gradient into the graph's own buffer before each replay.  This
+measures, on the 160 M set (111 tensors, AdamW8bit, fp32), median ms per step by CUDA events:
+
+  eager                        opt.step()
+  graphs, grads copied         torch.compile(opt.step, mode="reduce-overhead"), grads as they are
+  graphs, grads static         the same gradients marked with torch._dynamo.mark_static_address
+                               (guard=False) before compiling
+  graphs, new grads each step  grads static at compile time, then new gradient tensors every step
+                               (zero_grad(set_to_none=True) and a backward, imitated): the CUDA-graph
+                               re-recordings this causes are counted
+
+    python scripts/reduce_overhead_probe.py [--steps 30]
+
+Needs a CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import adamw8  # noqa: E402
+from bench_step import SETS, shapes  # noqa: E402
+
+
+def median_ms(fn, steps: int, before=None) -> float:
+    times = []
+    for _ in range(steps):
+        if before is not None:
+            before()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def make(shapes_):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(s, device="cuda", generator=g) * 0.02) for s in shapes_]
+    for p in ps:
+        p.grad = torch.randn(p.shape, device="cuda", generator=g) * 1e-3
+    return ps
+
+
+def counters() -> dict:
+    from torch._dynamo.utils import counters as c
+
+    return {k: v for k, v in c["inductor"].items() if "cudagraph" in k}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=30)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("reduce_overhead_probe: needs a CUDA device", file=sys.stderr)
+        return 2
+    sh = shapes(SETS["gpt2-160m"])
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | gpt2-160m: {len(sh)} tensors, "
+          f"AdamW8bit, fp32 | median of {args.steps} steps")
+    rows = []
+
+    ps = make(sh)
+    opt = adamw8.AdamW8bit(ps, lr=1e-3)
+    opt.step()
+    eager = median_ms(opt.step, args.steps)
+    rows.append(("eager", eager, ""))
+
+    torch._dynamo.reset()
+    step = torch.compile(opt.step, mode="reduce-overhead", fullgraph=True)
+    median_ms(step, 5)
+    rows.append(("graphs, grads copied", median_ms(step, args.steps), ""))
+
+    torch._dynamo.reset()
+    for p in ps:
+        torch._dynamo.mark_static_address(p.grad, guard=False)
+    step = torch.compile(opt.step, mode="reduce-overhead", fullgraph=True)
+    median_ms(step, 5)
+    rows.append(("graphs, grads static", median_ms(step, args.steps), ""))
+
+    def new_grads():  # what zero_grad(set_to_none=True) and a backward leave: new tensors
+        for p in ps:
+            p.grad = None
+        for p in ps:
+            p.grad = torch.empty_like(p).normal_(0, 1e-3)
+
+    c0 = counters()
+    t = median_ms(step, args.steps, before=new_grads)
+    c1 = counters()
+    changed = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1 if c1.get(k, 0) != c0.get(k, 0)}
+    rows.append(("graphs, new grads each step", t, f"counters: {changed or 'unchanged'}"))
+
+    print("\n| case | ms/step | vs eager | note |\n|---|---|---|---|")
+    for name, ms, note in rows:
+        print(f"| {name} | {ms:.3f} | {ms / eager:.3f}x | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -374,3 +374,37 @@ def test_param_groups_changed_by_hand_are_taken_in():
         step()
         twin.step()
     assert torch.equal(a, twin_a)
+
+
+def test_a_tensor_lr_is_taken_as_its_value_with_a_warning():
+    """A tensor lr becomes the group's number; a later in-place change to the user's tensor
+    is not seen, so each place a user hands one over says so (construction, add_param_group,
+    group["lr"] = tensor), and the step keeps following group["lr"], as the reference does."""
+    from adamw8.ops import reference as R
+    from conftest import hyper, make_state, op_args
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(300))
+    lr = torch.tensor(1e-2)
+    with pytest.warns(UserWarning, match=r"lr was given as a tensor.*in-place change to that tensor"):
+        opt = adamw8.AdamW32bit([p], lr=lr, weight_decay=0.0)
+    assert type(opt.param_groups[0]["lr"]) is float
+    q, s = p.detach().clone(), make_state(p.detach(), False, False)
+    for value in (None, 5e-2):  # the user's tensor changed in place, then group["lr"] set
+        if value is not None:
+            lr.fill_(0.5)  # not seen: the group keeps its number
+            opt.param_groups[0]["lr"] = value
+        g = torch.randn(300)
+        p.grad = g.clone()
+        opt.step()
+        R.fused_step_reference(*op_args(q, g, s, hyper("cpu", lr=value or 1e-2, wd=0.0)))
+        assert torch.equal(p.detach(), q)
+    with pytest.warns(UserWarning, match="lr was given as a tensor"):
+        opt.param_groups[0]["lr"] = torch.tensor(1e-3)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3) and type(opt.param_groups[0]["lr"]) is float
+    with pytest.warns(UserWarning, match="lr was given as a tensor"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(3))], "lr": torch.tensor(2e-3)})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a float lr says nothing
+        adamw8.AdamW32bit([torch.nn.Parameter(torch.randn(3))], lr=1e-3)

@@ -26,7 +26,7 @@ from ..ops import StepArgs
 from . import state_dict as sd_io
 from .buckets import Bucket, is_sharded, local, pack
 from .config import HYPER_KEYS, Options, as_float32_scalar, check_bool, check_hyper, resolve_options
-from .groups import HyperTensors, ParamGroup, hyper_values, normalise
+from .groups import HyperTensors, ParamGroup, hyper_values, normalise, warn_if_tensor_lr
 from .manager import GlobalOptimManager
 
 _PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -86,6 +86,7 @@ class AdamWBase(torch.optim.Optimizer):
         # attribute store on an optimizer
         self._stepped = [False]
         self._paged_out = [False]  # page_out() was called and no page-in since (paging.py)
+        warn_if_tensor_lr(lr)
         defaults = dict(lr=normalise("lr", lr), betas=normalise("betas", betas), eps=normalise("eps", eps),
                         weight_decay=normalise("weight_decay", weight_decay), amsgrad=amsgrad)
         super().__init__(params, defaults)
@@ -97,6 +98,7 @@ class AdamWBase(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict) -> None:
+        warn_if_tensor_lr(param_group.get("lr"))
         if any(k in param_group for k in HYPER_KEYS):  # the defaults were checked in __init__
             check_hyper(**{k: param_group.get(k, self.defaults[k]) for k in HYPER_KEYS})
         if "amsgrad" in param_group:
@@ -351,6 +353,7 @@ class AdamWBase(torch.optim.Optimizer):
                     check_bool("amsgrad", g["amsgrad"])
                 except (TypeError, ValueError) as e:
                     raise type(e)(f"param_groups[{i}]: {e}") from None
+                warn_if_tensor_lr(g["lr"], stacklevel=4)
                 g = ParamGroup({k: normalise(k, v) if k in HYPER_KEYS else v for k, v in g.items()}).attach(self)
             groups.append(g)
         self._check_disjoint([g["params"] for g in groups])

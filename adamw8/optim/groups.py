@@ -23,6 +23,7 @@ a step captured in a CUDA graph reads the tensor's new value on every replay.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
@@ -32,6 +33,17 @@ from .config import HYPER_KEYS, check_betas, check_bool, check_real
 
 def _as_number(value):
     return float(value.detach().reshape(()).cpu()) if isinstance(value, Tensor) else value
+
+
+def warn_if_tensor_lr(value, stacklevel: int = 3) -> None:
+    """A tensor lr is taken as its value (group["lr"] stays a number): say so where a user hands
+    one over, since a later in-place change to that tensor (what code written for torch's
+    capturable optimizers does) would otherwise be ignored without a word."""
+    if isinstance(value, Tensor):
+        warnings.warn("adamw8: lr was given as a tensor; the optimizer takes its value now, so a later in-place "
+                      "change to that tensor (fill_, copy_) is not seen. Set group['lr'] instead, as LR schedulers "
+                      "do: it reaches the kernels without a sync, and CUDA graphs replay the new value.",
+                      UserWarning, stacklevel=stacklevel)
 
 
 def normalise(key: str, value):
@@ -68,6 +80,8 @@ class ParamGroup(dict):
         owner = self.__dict__.get("_owner")
         opt = owner() if owner is not None else None
         if opt is not None and key in HYPER_KEYS:
+            if key == "lr":
+                warn_if_tensor_lr(value)
             value = normalise(key, value)  # a bad value fails here, before any step uses it
         elif opt is not None and key == "amsgrad":
             check_bool("amsgrad", value)

@@ -398,7 +398,10 @@ __device__ __forceinline__ uint32_t quantize_8bit(const Maps8& s, int which, flo
   const float* q = which == 1 ? s.q1 : s.q2;
   const float x = kBounded ? div_rn(value, absmax, rcp) : normalize(value, absmax);
   int nearest;
-  if constexpr (kPacked) {  // map 2's x is never negative (Maps8): its bucket is in the clear-sign half
+  if constexpr (kBounded) {  // |x| <= 1; map 2's x is never negative (Maps8): the clear-sign half
+    nearest = which == 1 ? packed_word_nearest(s.t.packed.word1[lut_bucket_bounded<false>(x)], x)
+                         : packed_word_nearest_clear_sign(s.t.packed.word2[lut_bucket_bounded<true>(x)], x);
+  } else if constexpr (kPacked) {  // map 2's x is never negative (Maps8): its bucket is in the clear-sign half
     nearest = packed_word_nearest((which == 1 ? s.t.packed.word1 : s.t.packed.word2)[lut_bucket(x)], x);
   } else {
     nearest = lut_nearest_search(which == 1 ? s.t.search.code1 : s.t.search.code2, q, x);

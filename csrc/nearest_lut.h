@@ -42,6 +42,19 @@ ADAMW8_HD int lut_bucket(float x) {
   return (bits >> 31) ? b + kLutHalf : b;
 }
 
+// lut_bucket for the fused step's bounded quotients (|x| <= 1: a state over its absmax, divided
+// with the division's bits), which never reach past the last bucket: no upper clamp.
+// kClearSign: x's sign bit is known clear (map 2's states, never negative, not even -0), so
+// the bucket is in the first half without a test.  The same bucket as lut_bucket for those x.
+template <bool kClearSign>
+ADAMW8_HD int lut_bucket_bounded(float x) {
+  const uint32_t bits = float_bits(x);
+  const int b = static_cast<int>((bits & 0x7fffffffu) >> kLutShift) - static_cast<int>(kLutKeyLo) + 1;
+  const int c = b > 0 ? b : 0;
+  if constexpr (kClearSign) return c;
+  return (bits >> 31) ? c + kLutHalf : c;
+}
+
 // The smallest and the largest float of bucket b.
 ADAMW8_HD void lut_bucket_range(int b, float& lo, float& hi) {
   const bool neg = b >= kLutHalf;
@@ -170,6 +183,11 @@ ADAMW8_HD uint32_t packed_word(const PackedEntry& e) {
 
 ADAMW8_HD int packed_word_nearest(uint32_t word, float x) {
   return static_cast<int>((word + packed_low(float_bits(x))) >> 16);
+}
+
+// packed_word_nearest of an x whose sign bit is clear: its adjusted low bits are its low bits.
+ADAMW8_HD int packed_word_nearest_clear_sign(uint32_t word, float x) {
+  return static_cast<int>((word + (float_bits(x) & 0xffffu)) >> 16);
 }
 
 }  // namespace adamw8

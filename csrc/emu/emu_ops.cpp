@@ -15,7 +15,8 @@
 //       floats (every `stride`-th bit pattern; 1: all 2^32) whose nearest code
 //       differs from the exact rule by any route the map takes: nearest_lut.h's
 //       table with the CPU's step count and with the CUDA kernels' search until it
-//       stops, the CPU's threshold and packed routes, the CUDA kernels' packed route.
+//       stops, the CPU's threshold and packed routes, the CUDA kernels' packed route and
+//       its bounded form (|x| <= 1).
 //   adamw8_emu::lut_routes(Tensor qmap) -> int[]
 //       [CPU threshold route, its span, CPU packed route, CUDA packed route]
 //   adamw8_emu::div_rn_mismatches(float b, int lo, int hi) -> int
@@ -158,6 +159,11 @@ int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
                (cpu.has_thresholds() && cpu.nearest_by_thresholds(x) != want) +
                (cpu.has_packed() && cpu.nearest_packed(x) != want) +
                (cuda.ok && packed_word_nearest(cuda.word[lut_bucket(x)], x) != want) +
+               // the update kernels' bounded route, on its domain |x| <= 1 (clear sign: map 2's)
+               (cuda.ok && std::fabs(x) <= 1.0f &&
+                packed_word_nearest(cuda.word[lut_bucket_bounded<false>(x)], x) != want) +
+               (cuda.ok && std::fabs(x) <= 1.0f && !(bits >> 31) &&
+                packed_word_nearest_clear_sign(cuda.word[lut_bucket_bounded<true>(x)], x) != want) +
                (cpu.has_planes() && std::fabs(x) <= 1.0f && cpu.nearest_by_planes(x) != want);  // the route's domain
     }
     bad += local;

@@ -121,9 +121,7 @@ def _libstdcxx_link_args():
     libstdc++.so.6), whatever the toolchain has; where it is not found, -l:libstdc++.so.6."""
     if platform.system() != "Linux":
         return []
-    import torch  # noqa: F401  (loads the runtime whose path is taken)
-
-    return [_loaded_libstdcxx() or "-l:libstdc++.so.6"]
+    return [_loaded_libstdcxx() or "-l:libstdc++.so.6"]  # torch is loaded: cpp_extension's import
 
 
 LINK_ARGS = ["-fopenmp", *_libstdcxx_link_args()]

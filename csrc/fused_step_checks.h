@@ -88,23 +88,30 @@ inline void check_group(const GroupArgs& g, const at::Device& dev, bool eight_bi
   }
 }
 
+// The tensors of a slot the overlap checks compare, and their names in messages: the parameter
+// first, then its gradient (read only), then what the step writes.
+constexpr int kSlotTensors = 10;
+constexpr const char* kSlotTensorNames[kSlotTensors] = {"parameter", "grad",    "state1",  "state2", "state3",
+                                                        "absmax1",   "absmax2", "absmax3", "step",   "gnorm_vec"};
+inline std::array<const at::Tensor*, kSlotTensors> slot_tensors(const ParamSlot& s) {
+  return {&s.param, &s.grad, &s.state1, &s.state2, &s.state3, &s.absmax1, &s.absmax2, &s.absmax3, &s.step,
+          &s.gnorm_vec};
+}
+
 // The tensors of one parameter that the step writes, and its gradient, must not share memory:
 // the kernels treat them as separate arrays, so an overlap would corrupt them without a word.
 // Only tensors of one storage are compared in detail (at::get_overlap_status; a non-dense view
 // of a shared storage counts as overlapping).  Across the parameters of a call:
 // check_slots_disjoint.
 inline void check_no_overlap(const ParamSlot& s, const std::string& what) {
-  const at::Tensor* t[] = {&s.param,   &s.grad,    &s.state1,  &s.state2, &s.state3,
-                           &s.absmax1, &s.absmax2, &s.absmax3, &s.step,   &s.gnorm_vec};
-  static constexpr const char* kNames[] = {"parameter", "grad",    "state1", "state2", "state3",
-                                           "absmax1",   "absmax2", "absmax3", "step",  "gnorm_vec"};
-  constexpr int kCount = sizeof(kNames) / sizeof(kNames[0]);
-  for (int i = 0; i < kCount; ++i) {
+  const auto t = slot_tensors(s);
+  for (int i = 0; i < kSlotTensors; ++i) {
     if (!t[i]->defined() || t[i]->numel() == 0) continue;
-    for (int j = i + 1; j < kCount; ++j) {
+    for (int j = i + 1; j < kSlotTensors; ++j) {
       if (!t[j]->defined() || t[j]->numel() == 0 || !t[i]->storage().is_alias_of(t[j]->storage())) continue;
-      TORCH_CHECK(at::get_overlap_status(*t[i], *t[j]) == at::MemOverlapStatus::No, "adamw8: the ", kNames[i],
-                  " and the ", kNames[j], " of ", what, " share memory; the step needs each as its own tensor");
+      TORCH_CHECK(at::get_overlap_status(*t[i], *t[j]) == at::MemOverlapStatus::No, "adamw8: the ",
+                  kSlotTensorNames[i], " and the ", kSlotTensorNames[j], " of ", what,
+                  " share memory; the step needs each as its own tensor");
     }
   }
 }
@@ -116,8 +123,6 @@ inline void check_no_overlap(const ParamSlot& s, const std::string& what) {
 // where two ranges of one storage meet, at::get_overlap_status decides (as check_no_overlap).
 // `params_only`: the flat form, whose state regions check_layout_disjoint has found disjoint.
 inline void check_slots_disjoint(const std::vector<ParamSlot>& slots, bool params_only) {
-  static constexpr const char* kNames[] = {"parameter", "state1",  "state2",  "state3", "absmax1",
-                                           "absmax2",   "absmax3", "step",    "gnorm_vec"};
   struct Range {
     uintptr_t lo, hi;
     const at::Tensor* t;
@@ -126,11 +131,9 @@ inline void check_slots_disjoint(const std::vector<ParamSlot>& slots, bool param
   std::vector<Range> r;
   r.reserve(slots.size() * 4);
   for (size_t i = 0; i < slots.size(); ++i) {
-    const ParamSlot& s = slots[i];
-    const at::Tensor* t[] = {&s.param, &s.state1, &s.state2, &s.state3, &s.absmax1,
-                             &s.absmax2, &s.absmax3, &s.step, &s.gnorm_vec};
-    for (int k = 0; k < (params_only ? 1 : 9); ++k) {
-      if (!t[k]->defined() || t[k]->numel() == 0) continue;
+    const auto t = slot_tensors(slots[i]);
+    for (int k = 0; k < (params_only ? 1 : kSlotTensors); ++k) {
+      if (k == 1 || !t[k]->defined() || t[k]->numel() == 0) continue;  // the gradient is only read
       int64_t extent = 1;  // elements from the first to the last one addressed (strides are >= 0)
       for (int64_t d = 0; d < t[k]->dim(); ++d) extent += (t[k]->size(d) - 1) * t[k]->stride(d);
       const auto lo = reinterpret_cast<uintptr_t>(t[k]->const_data_ptr());
@@ -146,9 +149,9 @@ inline void check_slots_disjoint(const std::vector<ParamSlot>& slots, bool param
         const Range &a = r[i].slot < r[j].slot ? r[i] : r[j], &b = r[i].slot < r[j].slot ? r[j] : r[i];
         TORCH_CHECK(!a.t->storage().is_alias_of(b.t->storage()) ||
                         at::get_overlap_status(*a.t, *b.t) == at::MemOverlapStatus::No,
-                    "adamw8: the ", kNames[a.what], " of params[", a.slot, "] and the ", kNames[b.what], " of params[",
-                    b.slot, "] share memory (the same tensor twice in one call?); each parameter's step needs its "
-                    "own tensors");
+                    "adamw8: the ", kSlotTensorNames[a.what], " of params[", a.slot, "] and the ",
+                    kSlotTensorNames[b.what], " of params[", b.slot, "] share memory (the same tensor twice in one "
+                    "call?); each parameter's step needs its own tensors");
       }
     }
     reach = std::max(reach, r[j].hi);

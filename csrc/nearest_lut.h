@@ -32,12 +32,16 @@ constexpr uint32_t kLutKeyOne = 127u << kLutMantBits;         // key of 1.0
 constexpr int kLutHalf = static_cast<int>(kLutKeyOne - kLutKeyLo) + 2;  // buckets per sign
 constexpr int kLutSize = 2 * kLutHalf;                        // 6,148
 
+// The bucket of |x| within its sign's half, before the upper clamp (below 2^-24: 0).
+ADAMW8_HD int lut_half_bucket(uint32_t bits) {
+  const int b = static_cast<int>((bits & 0x7fffffffu) >> kLutShift) - static_cast<int>(kLutKeyLo) + 1;
+  return b > 0 ? b : 0;
+}
+
 // Bucket of x: [0, kLutHalf) for a clear sign bit, [kLutHalf, kLutSize) for a set one.
 ADAMW8_HD int lut_bucket(float x) {
   const uint32_t bits = float_bits(x);
-  const int key = static_cast<int>((bits & 0x7fffffffu) >> kLutShift);
-  int b = key - static_cast<int>(kLutKeyLo) + 1;  // below 2^-24: 0 or less
-  b = b > 0 ? b : 0;
+  int b = lut_half_bucket(bits);
   b = b < kLutHalf - 1 ? b : kLutHalf - 1;
   return (bits >> 31) ? b + kLutHalf : b;
 }
@@ -49,10 +53,9 @@ ADAMW8_HD int lut_bucket(float x) {
 template <bool kClearSign>
 ADAMW8_HD int lut_bucket_bounded(float x) {
   const uint32_t bits = float_bits(x);
-  const int b = static_cast<int>((bits & 0x7fffffffu) >> kLutShift) - static_cast<int>(kLutKeyLo) + 1;
-  const int c = b > 0 ? b : 0;
-  if constexpr (kClearSign) return c;
-  return (bits >> 31) ? c + kLutHalf : c;
+  const int b = lut_half_bucket(bits);
+  if constexpr (kClearSign) return b;
+  return (bits >> 31) ? b + kLutHalf : b;
 }
 
 // The smallest and the largest float of bucket b.

@@ -48,8 +48,8 @@ import torch, adamw8
 print('torch', torch.__version__, '|', torch.cuda.get_device_name())
 print('ops without a compiled CUDA kernel (running the reference):', adamw8.ops._missing['cuda'] or 'none')
 " 2>&1 | tee -a "$LOG/env.txt"
-# the extension uses the process's C++ runtime: a crash inside C++ error-message formatting was
-# seen in two device builds on 2026-11-26 and not reproduced since (tests/test_fallback.py)
+# the extension uses the process's C++ runtime: a copy of its own crashed C++ error-message
+# formatting in device builds on 2026-11-26 and 2026-11-27 (setup.py, tests/test_fallback.py)
 python3 -m pytest -q -p no:cacheprovider tests/test_fallback.py -k runtime > "$LOG/runtime_check.log" 2>&1 \
   || { grep -E "^E " "$LOG/runtime_check.log" | head -8; grep -h "LINK_ARGS\|libstdc" "$LOG/build.log" | head -3; }
 tail -1 "$LOG/runtime_check.log" | tee -a "$LOG/env.txt"

@@ -69,13 +69,14 @@ NVCC_FLAGS = ["-O3", "--fmad=false", "-lineinfo", "-std=c++20"]
 
 
 def _min_blocks_8bit():
-    """ADAMW8_MIN_BLOCKS_8BIT=N (1-8): compile the 8-bit update kernels for at least N resident
-    blocks per SM (csrc/fused_step_cuda.h); unset: no minimum, ptxas's choice."""
+    """ADAMW8_MIN_BLOCKS_8BIT=N (0-8): compile the 8-bit update kernels for at least N resident
+    blocks per SM (csrc/fused_step_cuda.h; 0: no minimum, ptxas's choice); unset: the header's
+    default, 3."""
     raw = os.environ.get("ADAMW8_MIN_BLOCKS_8BIT")
     if raw is None:
         return []
-    if not raw.isdigit() or not 1 <= int(raw) <= 8:
-        raise RuntimeError(f"adamw8: ADAMW8_MIN_BLOCKS_8BIT must be an integer from 1 to 8, got {raw!r}")
+    if not raw.isdigit() or not 0 <= int(raw) <= 8:
+        raise RuntimeError(f"adamw8: ADAMW8_MIN_BLOCKS_8BIT must be an integer from 0 to 8, got {raw!r}")
     return [f"-DADAMW8_MIN_BLOCKS_8BIT={int(raw)}"]
 
 

@@ -154,18 +154,57 @@ ADAMW8_HD float div_rn(float a, float b, float rb) {
   return fmaf(r, rb, q0);
 }
 
+// 1 / b rounded to nearest, div_rn's reciprocal, for b with a biased exponent in [1, 252] (every
+// absmax div_rn_absmax admits).  On the GPU it is the fast path of nvcc's own 1.0f / b
+// (__frcp_rn: MUFU.RCP, then one Newton step as two multiply-adds), which nvcc takes for exactly
+// those b, without its range test and the branch around the slow path; the residual b * y - 1
+// is zero or at least 2^-48 in magnitude, so the flush to zero of its negation there changes
+// nothing.  scripts/check_kernels.py checks that the two instruction sequences are the same;
+// the GPU tests compare the kernels with the CPU's division.  Elsewhere: the division.
+ADAMW8_HD float rcp_rn(float b) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(b));
+  const float e = fmaf(b, y, -1.0f);
+  return fmaf(y, -e, y);
+#else
+  return 1.0f / b;
+#endif
+}
+
 // A block's absmax the bounded quantizers divide by through div_rn (CPU and CUDA): in
 // [2^-64, 2^64] its reciprocal and div_rn's residuals stay normal, so quotients from 2^-36 up
 // get the division's bits.
 ADAMW8_HD bool div_rn_absmax(float absmax) { return absmax >= 0x1p-64f && absmax <= 0x1p64f; }
 
+// sqrtf(v) for a finite v >= +0 where `ok` stays true.  On the GPU it is the fast path of
+// nvcc's own sqrtf (MUFU.RSQ, then s = v * r corrected by two multiply-adds with r / 2), which
+// nvcc takes for exactly v in [2^-101, FLT_MAX], without its range test's branch around the
+// slow path; v = +0 gives +0 (the reciprocal root, +inf, capped at 2^64 first: at most 2^50.5
+// elsewhere).  For v in (0, 2^-101) `ok` is cleared and the result is not sqrtf's: the caller
+// runs the update again with kFastRoot off.  Elsewhere sqrtf, with the same `ok` (so the
+// emulated kernels take the same second run).
+ADAMW8_HD float sqrt_fast(float v, bool& ok) {
+  ok = ok && float_bits(v) - 1u >= 0x0cffffffu;  // v is +0 or at least 2^-101 (bits 0x0d000000)
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  r = fminf(r, 0x1p64f);
+  const float s0 = v * r, h = r * 0.5f;
+  return fmaf(fmaf(-s0, s0, v), h, s0);
+#else
+  return sqrtf(v);
+#endif
+}
+
 // Decoupled weight decay first (torch.optim.AdamW order), then the Adam step
 // with the new, unquantized m and vh (= v, or max(vmax, v) with amsgrad).
 // kRcp: sqrt(vh) / c2_sqrt through div_rn (the same bits; only where c2_rcp_exact: then
 // sqrt(vh) is +0 or in [2^-75, 2^64] and the quotient in range); otherwise a division.
-template <bool kRcp = false>
-ADAMW8_HD float update_param(const AdamScalars& s, float p, float m, float vh) {
-  const float r = sqrtf(vh);
+// kFastRoot: sqrt(vh) by sqrt_fast, which clears `root_ok` where the result is not sqrtf's.
+template <bool kRcp = false, bool kFastRoot = false>
+ADAMW8_HD float update_param(const AdamScalars& s, float p, float m, float vh, bool& root_ok) {
+  const float r = kFastRoot ? sqrt_fast(vh, root_ok) : sqrtf(vh);
   const float denom = (kRcp ? div_rn(r, s.c2_sqrt, s.c2_rcp) : r / s.c2_sqrt) + s.eps;
   const float q = m / denom;
   const float pd = p * s.decay;
@@ -191,8 +230,8 @@ ADAMW8_HD bool update_is_finite(float m, float v) {
 // CUDA; the reference mirrors it).  In: `g` (unscaled, clipped), the old `p`,
 // `m`, `v` and, with amsgrad, the old max `vh`.  Out: the new values, with the
 // non-finite rule applied (moments reset, parameter kept).
-template <bool kAms, bool kRcp = false>
-ADAMW8_HD void adamw_element(const AdamScalars& s, float g, float& p, float& m, float& v, float& vh) {
+template <bool kAms, bool kRcp = false, bool kFastRoot = false>
+ADAMW8_HD void adamw_element(const AdamScalars& s, float g, float& p, float& m, float& v, float& vh, bool& root_ok) {
   update_moments(s, g, m, v);
   const bool ok = update_is_finite(m, v);
   m = ok ? m : 0.0f;
@@ -202,8 +241,15 @@ ADAMW8_HD void adamw_element(const AdamScalars& s, float g, float& p, float& m, 
   } else {
     vh = v;
   }
-  const float pn = update_param<kRcp>(s, p, m, vh);
+  const float pn = update_param<kRcp, kFastRoot>(s, p, m, vh, root_ok);
   p = ok ? pn : p;
+}
+
+// adamw_element with sqrtf: every kernel but the CUDA 8-bit one's first try.
+template <bool kAms, bool kRcp = false>
+ADAMW8_HD void adamw_element(const AdamScalars& s, float g, float& p, float& m, float& v, float& vh) {
+  bool root_ok = true;
+  adamw_element<kAms, kRcp, false>(s, g, p, m, v, vh, root_ok);
 }
 
 // max that propagates NaN (torch.amax's rule), for absmax reductions: a NaN in

@@ -19,12 +19,14 @@ constexpr int kUnit = 32 * kPerLane;      // elements per warp and unit: one abs
 // over the classic 4 KB but within the 32 KB that CUDA >= 12.1 allows (docs/design.md).
 constexpr int kMaxTensorsPerLaunch = 64;
 // Blocks per SM the 8-bit update kernels are compiled for (__launch_bounds__' second
-// argument).  0, the default, sets none: ptxas takes 80 registers (3 blocks of 256 threads
-// fit an SM; an explicit 1 would let it take 102).  4 caps them at 64: 4 blocks, no spills,
-// about 4.5% more SASS.  A build option, ADAMW8_MIN_BLOCKS_8BIT (setup.py), until a GPU
-// measurement picks one (scripts/gpu_session.sh measures both).
+// argument).  3, the default, caps them at 80 registers with no spills (check_kernels.py):
+// the occupancy the 8-bit step was measured at on 2026-11-27.  Without a minimum (0) ptxas
+// takes 102-118 for the non-amsgrad kernels, whose eight element updates it now interleaves
+// (no branch per element around a slow path): 2 blocks.  4 caps them at 64 (no gain on the H200,
+// 2026-11-27).  A build option, ADAMW8_MIN_BLOCKS_8BIT (setup.py; scripts/gpu_variant.sh
+// measures one against the default).
 #ifndef ADAMW8_MIN_BLOCKS_8BIT
-#define ADAMW8_MIN_BLOCKS_8BIT 0
+#define ADAMW8_MIN_BLOCKS_8BIT 3
 #endif
 constexpr int kMinBlocks8 = ADAMW8_MIN_BLOCKS_8BIT;
 // The 32-bit update kernels, compiled for 4 blocks per SM (64 registers; no spills,

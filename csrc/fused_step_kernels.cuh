@@ -117,11 +117,22 @@ __device__ __forceinline__ void load8_codes(const uint8_t* __restrict__ p, uint3
     c[4 + k] = (r.y >> (8 * k)) & 0xffu;
   }
 }
-__device__ __forceinline__ void store8_codes(uint8_t* __restrict__ p, const uint32_t (&c)[kPerLane]) {
+// A lane's 8 codes as two words (byte k of word w: element 4w + k), each code taken from byte
+// kByte of its value (the bounded route's sums keep it in byte 2, the other routes in byte 0):
+// three byte permutes per word.
+template <int kByte>
+__device__ __forceinline__ uint2 pack8_codes(const uint32_t (&c)[kPerLane]) {
+  constexpr unsigned kPair = kByte | ((kByte + 4) << 4);  // bytes 0, 1: byte kByte of a, of b
+  uint32_t w[2];
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    w[k] = __byte_perm(__byte_perm(c[4 * k], c[4 * k + 1], kPair), __byte_perm(c[4 * k + 2], c[4 * k + 3], kPair),
+                       0x5410);
+  }
   uint2 r;
-  r.x = c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24);
-  r.y = c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24);
-  st_u2(p, r);
+  r.x = w[0];
+  r.y = w[1];
+  return r;
 }
 
 // Row-major index -> offsets of a non-contiguous param (po) and grad (go).
@@ -139,11 +150,19 @@ __device__ __forceinline__ void strided_offsets(const StridedDesc& d, int64_t i,
 }
 
 // ------------------------------------------------------------------ reductions
-template <typename V>
-__device__ __forceinline__ V warp_max(V x) {
+// The warp's largest value of lanes' maxima that are never NaN and never -0 (the unit loop's
+// maxima of |m|, v and vh, from +0; the scratch maxima made of them).  float: fmaxf, which is
+// then the larger value, one instruction a step where a compare and a select took two.
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+__device__ __forceinline__ double warp_max(double x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    const V y = __shfl_xor_sync(0xffffffffu, x, o);
+    const double y = __shfl_xor_sync(0xffffffffu, x, o);
     x = y > x ? y : x;
   }
   return x;
@@ -321,11 +340,13 @@ struct Maps8 {
   float thr1[256];  // the thresholds (nearest_lut.h), 255 used: packed route only
   float thr2[256];
   union {
-    // packed route: one packed_word per bucket (nearest_lut.h); for map 2 only the buckets of
-    // a clear sign bit, as the states it quantizes (v, amsgrad's max) are never negative, not
-    // even -0 (b2*v + (1-b2)*g*g with a non-negative second term; max(old, v) >= v)
+    // packed route: one packed_word per bucket (nearest_lut.h); map 1's set-sign half from
+    // kLutNegBase, with the bounded route's sign clamp folded in (packed_entry_clamped); for
+    // map 2 only the buckets of a clear sign bit, as the states it quantizes (v, amsgrad's max)
+    // are never negative, not even -0 (b2*v + (1-b2)*g*g with a non-negative second term;
+    // max(old, v) >= v)
     struct {
-      uint32_t word1[kLutSize];
+      uint32_t word1[kLutWords1];
       uint32_t word2[kLutHalf];
     } packed;
     struct {  // search route: the floor index of each bucket's smallest value
@@ -351,6 +372,7 @@ __device__ __forceinline__ void load_maps(const LaunchArgs& a, Maps8& s) {
   int bad = 0;
   for (int k = threadIdx.x; k < 255; k += blockDim.x) bad |= !(s.q1[k] < s.q1[k + 1]) || !(s.q2[k] < s.q2[k + 1]);
   bool packed = !__syncthreads_or(bad);
+  const int clamp1 = sign_clamp_code(s.q1);  // every thread: a binary descent
   if (packed) {
     for (int k = threadIdx.x; k < 255; k += blockDim.x) {
       s.thr1[k] = nearest_threshold(s.q1, k);
@@ -359,8 +381,8 @@ __device__ __forceinline__ void load_maps(const LaunchArgs& a, Maps8& s) {
     __syncthreads();
     bad = 0;
     for (int b = threadIdx.x; b < kLutSize; b += blockDim.x) {
-      const PackedEntry e1 = packed_entry(s.q1, s.thr1, b);
-      s.t.packed.word1[b] = packed_word(e1);
+      const PackedEntry e1 = packed_entry_clamped(s.q1, s.thr1, b, clamp1);
+      s.t.packed.word1[packed_slot(b)] = packed_word(e1);
       bad |= !e1.ok;
       if (b < kLutHalf) {
         const PackedEntry e2 = packed_entry(s.q2, s.thr2, b);
@@ -378,55 +400,60 @@ __device__ __forceinline__ void load_maps(const LaunchArgs& a, Maps8& s) {
   }
   if (threadIdx.x == 0) {
     s.packed = packed ? 1 : 0;
-    s.clamp1 = sign_clamp_code(s.q1);
+    s.clamp1 = clamp1;
   }
   __syncthreads();
 }
 
-// The nearest code of value / absmax in map `which` (1 or 2) by one route, then finish_code.
-// kBounded (the packed route only): value / absmax by div_rn with rcp = 1 / absmax, for a
-// finite value with |value| <= absmax in [2^-64, 2^64], and the sign fix as a clamp
-// (s.clamp1 >= 0: sign_clamp_code).  div_rn gives the division's bits down
-// to quotients of 2^-36 and stays within 2^-86 of it below, so a smaller quotient lands in
-// bucket 0 either way, which holds no threshold on the packed route; the sign of a zero
-// quotient does not matter (the nearest code of -0 is that of +0, and finish_code reads the
-// value's sign).
-template <bool kPacked, bool kBounded>
-__device__ __forceinline__ uint32_t quantize_8bit(const Maps8& s, int which, float value, float absmax, float rcp,
-                                                  bool is_signed) {
-  static_assert(kPacked || !kBounded, "the bounded quotient needs the packed route");
+// The code of value / absmax in map `which` (1 or 2) by the packed route or the search route,
+// then finish_code: any value.  (The fused step's states mostly take the bounded route,
+// quantize_lane_bounded.)  On the packed route map 2's x is never negative (Maps8): its bucket
+// is in the clear-sign half; map 1's clamped set-sign half gives the codes finish_code would.
+template <bool kPacked>
+__device__ __forceinline__ uint32_t quantize_8bit(const Maps8& s, int which, float value, float absmax, bool is_signed) {
   const float* q = which == 1 ? s.q1 : s.q2;
-  const float x = kBounded ? div_rn(value, absmax, rcp) : normalize(value, absmax);
+  const float x = normalize(value, absmax);
   int nearest;
-  if constexpr (kBounded) {  // |x| <= 1; map 2's x is never negative (Maps8): the clear-sign half
-    nearest = which == 1 ? packed_word_nearest(s.t.packed.word1[lut_bucket_bounded<false>(x)], x)
-                         : packed_word_nearest_clear_sign(s.t.packed.word2[lut_bucket_bounded<true>(x)], x);
-  } else if constexpr (kPacked) {  // map 2's x is never negative (Maps8): its bucket is in the clear-sign half
-    nearest = packed_word_nearest((which == 1 ? s.t.packed.word1 : s.t.packed.word2)[lut_bucket(x)], x);
+  if constexpr (kPacked) {
+    nearest = packed_word_nearest(which == 1 ? s.t.packed.word1[packed_slot(lut_bucket(x))] : s.t.packed.word2[lut_bucket(x)], x);
   } else {
     nearest = lut_nearest_search(which == 1 ? s.t.search.code1 : s.t.search.code2, q, x);
-  }
-  if constexpr (kBounded) {  // finish_code for a value that is not NaN, without reading the map
-    if (is_signed) return static_cast<uint32_t>((float_bits(value) >> 31) && nearest > s.clamp1 ? s.clamp1 : nearest);
-    return static_cast<uint32_t>(positive_floor(nearest, value));
   }
   return static_cast<uint32_t>(finish_code(q, nearest, value, is_signed));
 }
 
-// A lane's codes of m, v (and vh) with the unit's new absmax, by one route.
-template <bool kPacked, bool kBounded, bool kAms>
+// A lane's codes of m, v (and vh) with the unit's new absmax by the packed or the search route:
+// in byte 0 of c1, c2, c3.
+template <bool kPacked, bool kAms>
 __device__ __forceinline__ void quantize_lane(const Maps8& s, const float (&m)[kPerLane], const float (&v)[kPerLane],
                                               const float (&h)[kPerLane], float na1, float na2, float na3,
                                               uint32_t (&c1)[kPerLane], uint32_t (&c2)[kPerLane],
                                               uint32_t (&c3)[kPerLane]) {
-  const float r1 = kBounded ? 1.0f / na1 : 0.0f;  // once per unit and lane
-  const float r2 = kBounded ? 1.0f / na2 : 0.0f;
-  const float r3 = kBounded && kAms ? 1.0f / na3 : 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
-    c1[j] = quantize_8bit<kPacked, kBounded>(s, 1, m[j], na1, r1, true);
-    c2[j] = quantize_8bit<kPacked, kBounded>(s, 2, v[j], na2, r2, false);
-    if constexpr (kAms) c3[j] = quantize_8bit<kPacked, kBounded>(s, 2, h[j], na3, r3, false);
+    c1[j] = quantize_8bit<kPacked>(s, 1, m[j], na1, true);
+    c2[j] = quantize_8bit<kPacked>(s, 2, v[j], na2, false);
+    if constexpr (kAms) c3[j] = quantize_8bit<kPacked>(s, 2, h[j], na3, false);
+  }
+}
+
+// The bounded route (nearest_lut.h, packed_sum_*): states that are finite, at most their absmax,
+// with the absmax in [2^-64, 2^64] (div_rn_absmax) and map 1's sign fix a clamp (s.clamp1 >= 0),
+// divided by div_rn (the division's bits down to quotients of 2^-36; a smaller quotient lands in
+// bucket 0 either way, which holds no threshold on the packed route).  The codes in byte 2 of
+// c1, c2, c3.
+template <bool kAms>
+__device__ __forceinline__ void quantize_lane_bounded(const Maps8& s, const float (&m)[kPerLane],
+                                                      const float (&v)[kPerLane], const float (&h)[kPerLane],
+                                                      float na1, float na2, float na3, uint32_t (&c1)[kPerLane],
+                                                      uint32_t (&c2)[kPerLane], uint32_t (&c3)[kPerLane]) {
+  const float r1 = rcp_rn(na1), r2 = rcp_rn(na2);  // once per unit and lane
+  const float r3 = kAms ? rcp_rn(na3) : 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    c1[j] = packed_sum_signed(s.t.packed.word1, float_bits(m[j]), float_bits(div_rn(m[j], na1, r1)));
+    c2[j] = packed_sum_unsigned(s.t.packed.word2, float_bits(v[j]), float_bits(div_rn(v[j], na2, r2)));
+    if constexpr (kAms) c3[j] = packed_sum_unsigned(s.t.packed.word2, float_bits(h[j]), float_bits(div_rn(h[j], na3, r3)));
   }
 }
 
@@ -443,26 +470,36 @@ __device__ __forceinline__ void write_unit_8bit(const LaunchArgs& a, const Maps8
   uint8_t* __restrict__ c3p = static_cast<uint8_t*>(ta.state3);
   store_p<T>(a, ta, off, full, p);
   uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
+  uint2 w1, w2, w3;
   // m, v and vh are finite (the non-finite rule; an infinite old vh makes na3 infinite) and
   // bounded by their absmax (the unit's or the tensor's maximum)
   if (s.packed && s.clamp1 >= 0 && div_rn_absmax(na1) && div_rn_absmax(na2) && (!kAms || div_rn_absmax(na3))) {
-    quantize_lane<true, true, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);  // the same for the whole warp
-  } else if (s.packed) {  // the same for the whole block
-    quantize_lane<true, false, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);
+    quantize_lane_bounded<kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);  // the same for the whole warp
+    w1 = pack8_codes<2>(c1);
+    w2 = pack8_codes<2>(c2);
+    w3 = kAms ? pack8_codes<2>(c3) : w2;
   } else {
-    quantize_lane<false, false, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);
+    if (s.packed) {  // the same for the whole block
+      quantize_lane<true, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);
+    } else {
+      quantize_lane<false, kAms>(s, m, v, h, na1, na2, na3, c1, c2, c3);
+    }
+    w1 = pack8_codes<0>(c1);
+    w2 = pack8_codes<0>(c2);
+    w3 = kAms ? pack8_codes<0>(c3) : w2;
   }
   if (full) {
-    store8_codes(c1p + off, c1);
-    store8_codes(c2p + off, c2);
-    if constexpr (kAms) store8_codes(c3p + off, c3);
+    st_u2(c1p + off, w1);
+    st_u2(c2p + off, w2);
+    if constexpr (kAms) st_u2(c3p + off, w3);
   } else {
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       if (off + j < ta.numel) {
-        c1p[off + j] = static_cast<uint8_t>(c1[j]);
-        c2p[off + j] = static_cast<uint8_t>(c2[j]);
-        if constexpr (kAms) c3p[off + j] = static_cast<uint8_t>(c3[j]);
+        const int sh = 8 * (j & 3);
+        c1p[off + j] = static_cast<uint8_t>((j < 4 ? w1.x : w1.y) >> sh);
+        c2p[off + j] = static_cast<uint8_t>((j < 4 ? w2.x : w2.y) >> sh);
+        if constexpr (kAms) c3p[off + j] = static_cast<uint8_t>((j < 4 ? w3.x : w3.y) >> sh);
       }
     }
   }
@@ -475,6 +512,10 @@ __device__ __forceinline__ void write_unit_8bit(const LaunchArgs& a, const Maps8
 }
 
 // A lane's dequantize, element update and running maxima (unit_8bit).
+// kRcp (no amsgrad): the division by c2_sqrt through div_rn, and the square root by sqrt_fast,
+// which clears root_ok where its result is not sqrtf's (the caller then runs the lane again
+// without kRcp): no branch per element around a slow path, so the compiler interleaves the
+// eight elements' arithmetic.
 template <bool kAms, bool kRcp, int kPrep>
 __device__ __forceinline__ void update_lane_8bit(bool scaled, const Maps8& s, const TensorScalars& ts,
                                                  float gscale, float oa1, float oa2, float oa3,
@@ -482,13 +523,15 @@ __device__ __forceinline__ void update_lane_8bit(bool scaled, const Maps8& s, co
                                                  const uint32_t (&c3)[kPerLane], float (&p)[kPerLane],
                                                  const float (&g)[kPerLane], float (&m)[kPerLane],
                                                  float (&v)[kPerLane], float (&h)[kPerLane], float& na1, float& na2,
-                                                 float& na3) {
+                                                 float& na3, bool& root_ok) {
+  static_assert(!(kAms && kRcp), "sqrt_fast takes a finite root; amsgrad's old max may be infinite");
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     float mj = dequantize_value(s.q1, static_cast<uint8_t>(c1[j]), oa1);
     float vj = dequantize_value(s.q2, static_cast<uint8_t>(c2[j]), oa2);
     float hj = kAms ? dequantize_value(s.q2, static_cast<uint8_t>(c3[j]), oa3) : 0.0f;
-    adamw_element<kAms, kRcp>(ts.sc, prep_grad<kPrep>(scaled, gscale, ts.gnorm_scale, g[j]), p[j], mj, vj, hj);
+    adamw_element<kAms, kRcp, kRcp>(ts.sc, prep_grad<kPrep>(scaled, gscale, ts.gnorm_scale, g[j]), p[j], mj, vj, hj,
+                                    root_ok);
     m[j] = mj;
     v[j] = vj;
     h[j] = hj;
@@ -536,13 +579,15 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
   }
   float m[kPerLane], v[kPerLane], h[kPerLane];
   float na1 = 0.0f, na2 = 0.0f, na3 = 0.0f;
-  // the gradient's preparation (GradPrep) and adamw_element's division by c2_sqrt through
+  // the gradient's preparation (GradPrep), and adamw_element's division by c2_sqrt through
   // div_rn where it is exact (every beta2 in [0, 1); not with amsgrad, whose old max may be
-  // infinite): the same for the whole warp, one instantiation of the lane update each
+  // infinite) with its root by sqrt_fast (kRcp): the same for the whole warp, one
+  // instantiation of the lane update each
   const bool scaled = a.grad_scale != nullptr;
+  bool root_ok = true;
   const auto update = [&](auto rcp, auto prep) {
     update_lane_8bit<kAms, decltype(rcp)::value, decltype(prep)::value>(scaled, s, ts, gscale, oa1, oa2, oa3, c1, c2,
-                                                                         c3, p, g, m, v, h, na1, na2, na3);
+                                                                         c3, p, g, m, v, h, na1, na2, na3, root_ok);
   };
   const auto by_prep = [&](auto rcp) {
     switch (grad_prep(a)) {
@@ -551,9 +596,14 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
       default: update(rcp, std::integral_constant<int, kPrepAny>{}); break;
     }
   };
-  if (!kAms && ts.sc.c2_rcp_exact) {
-    by_prep(std::true_type{});
-  } else {
+  if constexpr (!kAms) {
+    if (ts.sc.c2_rcp_exact) by_prep(std::true_type{});
+  }
+  if (kAms || !ts.sc.c2_rcp_exact || !root_ok) {
+    if (!root_ok) {  // a square root sqrt_fast does not take (v in (0, 2^-101)): the lane again
+      load_pg<T>(a, ta, off, full, p, g);
+      na1 = na2 = na3 = 0.0f;
+    }
     by_prep(std::false_type{});
   }
   na1 = warp_max(na1);

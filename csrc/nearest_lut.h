@@ -46,18 +46,6 @@ ADAMW8_HD int lut_bucket(float x) {
   return (bits >> 31) ? b + kLutHalf : b;
 }
 
-// lut_bucket for the fused step's bounded quotients (|x| <= 1: a state over its absmax, divided
-// with the division's bits), which never reach past the last bucket: no upper clamp.
-// kClearSign: x's sign bit is known clear (map 2's states, never negative, not even -0), so
-// the bucket is in the first half without a test.  The same bucket as lut_bucket for those x.
-template <bool kClearSign>
-ADAMW8_HD int lut_bucket_bounded(float x) {
-  const uint32_t bits = float_bits(x);
-  const int b = lut_half_bucket(bits);
-  if constexpr (kClearSign) return b;
-  return (bits >> 31) ? b + kLutHalf : b;
-}
-
 // The smallest and the largest float of bucket b.
 ADAMW8_HD void lut_bucket_range(int b, float& lo, float& hi) {
   const bool neg = b >= kLutHalf;
@@ -188,9 +176,64 @@ ADAMW8_HD int packed_word_nearest(uint32_t word, float x) {
   return static_cast<int>((word + packed_low(float_bits(x))) >> 16);
 }
 
-// packed_word_nearest of an x whose sign bit is clear: its adjusted low bits are its low bits.
-ADAMW8_HD int packed_word_nearest_clear_sign(uint32_t word, float x) {
-  return static_cast<int>((word + (float_bits(x) & 0xffffu)) >> 16);
+// ------------------------------------------------- the CUDA kernels' bounded route
+// The update kernels quantize their states (finite, |value| <= absmax, absmax in [2^-64, 2^64])
+// through the packed words in shared memory, with as few instructions as the words allow:
+// - map 1's table keeps its set-sign half from kLutNegBase, a power of two, so a bucket's
+//   byte offset takes the sign as an or (packed_slot maps lut_bucket's index there);
+// - the sign fix of the bounded route (sign_clamp_code: a value with its sign bit set gets
+//   min(code, clamp)) is folded into that half (packed_entry_clamped): the code of a set sign
+//   bit is a step function of x still, so the clamp costs nothing per value;
+// - the word is read at a byte offset from x's bits (packed_half_offset: a mask, a shifted add
+//   and a max), and the code stays in bits 16..23 of word + low bits (packed_sum_*), which the
+//   kernels pack into bytes with byte permutes; no shift.
+constexpr int kLutNegBase = 4096;
+static_assert(kLutNegBase >= kLutHalf && (kLutNegBase & (kLutNegBase - 1)) == 0, "the sign half is an or");
+constexpr int kLutWords1 = kLutNegBase + kLutHalf;  // map 1's table, both halves
+
+ADAMW8_HD int packed_slot(int b) { return b < kLutHalf ? b : b - kLutHalf + kLutNegBase; }
+
+// packed_entry with the sign clamp folded into the set-sign half (clamp < 0: none). A bucket
+// whose code reaches the clamp holds it, with no threshold inside; one below keeps its entry
+// (its threshold, if any, moves it at most to the clamp).  The non-bounded route's finish_code
+// leaves such codes as they are (sign_fix: a negative value with a sign-set code), so both
+// routes share the table.
+ADAMW8_HD PackedEntry packed_entry_clamped(const float* q, const float* thr, int b, int clamp) {
+  PackedEntry e = packed_entry(q, thr, b);
+  if (clamp >= 0 && b >= kLutHalf && e.code >= clamp) {
+    e.code = static_cast<uint8_t>(clamp);
+    e.low = 0xffffu;
+    e.ok = true;
+  }
+  return e;
+}
+
+// Byte offset of the bucket of |x| (bits xb, |x| <= 1) in its sign's half: 4 * lut_half_bucket,
+// whose upper clamp |x| <= 1 never reaches.
+ADAMW8_HD uint32_t packed_half_offset(uint32_t xb) {
+  const int k4 = static_cast<int>((xb & 0x7fff0000u) >> (kLutShift - 2)) - static_cast<int>((kLutKeyLo - 1u) << 2);
+  return static_cast<uint32_t>(k4 > 0 ? k4 : 0);
+}
+
+ADAMW8_HD uint32_t packed_word_at(const uint32_t* words, uint32_t byte_offset) {
+  return *reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(words) + byte_offset);
+}
+
+// Map 1 (signed; word1 from packed_entry_clamped): vb the value's bits, xb those of
+// div_rn(value, absmax, 1 / absmax).  The half is the value's sign: it differs from x's only for
+// value -0 (div_rn gives +0), and the low bits (xb ^ s) are then those of -0, whose code (that
+// of +0, clamped) is the one finish_code gives -0.  Code in bits 16..23.
+ADAMW8_HD uint32_t packed_sum_signed(const uint32_t* word1, uint32_t vb, uint32_t xb) {
+  const uint32_t s = static_cast<uint32_t>(static_cast<int32_t>(vb) >> 31);
+  const uint32_t off = packed_half_offset(xb) | (s & static_cast<uint32_t>(4 * kLutNegBase));
+  return packed_word_at(word1, off) + ((xb ^ s) & 0xffffu);
+}
+
+// Map 2 (unsigned: v and amsgrad's max, never negative, not even -0, so x's sign bit is
+// clear): positive_floor as a max where the value is not +0.  Code in bits 16..23.
+ADAMW8_HD uint32_t packed_sum_unsigned(const uint32_t* word2, uint32_t vb, uint32_t xb) {
+  const uint32_t sum = packed_word_at(word2, packed_half_offset(xb)) + (xb & 0xffffu);
+  return vb != 0u && sum < 0x10000u ? 0x10000u : sum;
 }
 
 }  // namespace adamw8

@@ -1,20 +1,25 @@
-"""SASS instructions of one 8-bit element update (benchmarks/RESULTS.md, "CUDA kernels").
+"""SASS instructions of the 8-bit element update (benchmarks/RESULTS.md, "CUDA kernels").
 
-    python scripts/sass_element.py [--arch sm_90]
+    python scripts/sass_element.py [--arch sm_90] [--list unit-fp32]
 
-Compiles one-element kernels built from the update kernels' own functions (adamw8_math.h,
-fused_step_kernels.cuh: dequantize, adamw_element, quantize_8bit) with the extension's nvcc
-flags, and counts the instructions of each kernel's main path (from its entry to its first
-unconditional EXIT, slow-path calls excluded) in the SASS that cuobjdump prints:
+Compiles small kernels built from the update kernels' own functions (adamw8_math.h,
+fused_step_kernels.cuh) with the extension's nvcc flags, and counts the instructions that run
+on each kernel's main path in the SASS cuobjdump prints: from the entry (for the unit kernels,
+from the barrier after the maps are loaded) to the first unconditional EXIT, following every
+branch as the common case takes it: a conditional branch over code that calls a slow path is
+taken, any other falls through.  Rows:
 
-* search: the search route (any sorted map), dividing;
-* packed: the packed route, dividing;
-* bounded: the packed route with div_rn for the normalisation and for sqrt(vh)/c2_sqrt and the
-  sign fix as a clamp, what the update kernels run for the dynamic maps.
+* search / packed / bounded: one element (dequantize, adamw_element, both quantizations) by
+  the search route (any sorted map), the packed route with divisions, and the bounded route
+  (div_rn, the packed sums of nearest_lut.h, sqrt_fast), what the update kernels run for the
+  dynamic maps.  The reciprocals of the absmax are kernel arguments here.
+* unit fp32 / unit bf16: a lane's whole unit of the update kernel's common case (bounded
+  route, no amsgrad, no AMP scale, no clipping): the loads, eight element updates, the warp
+  maxima, the reciprocals, the quantizations and the stores, per element (count / 8).  The
+  per-tensor scalars come from memory (the update kernel keeps them in registers: about 1.5
+  per element of this count are their loads).
 
-The reciprocals of the unit's absmax are kernel arguments here (the kernels compute them once
-per unit and lane, about 3 instructions per element more).  Needs nvcc and cuobjdump (on PATH,
-in $CUDA_HOME/bin, or the copy the triton wheel ships).
+Needs nvcc and cuobjdump (on PATH, in $CUDA_HOME/bin, or the copy the triton wheel ships).
 """
 
 from __future__ import annotations
@@ -35,27 +40,86 @@ KERNEL = r"""
 #include "fused_step_kernels.cuh"
 using namespace adamw8;
 using namespace adamw8::cuda;
-template <bool kPacked, bool kBounded>
+
+__device__ __forceinline__ void load_tables(Maps8& s, const uint32_t* maps) {
+  // from memory, so the compiler cannot fold a table read
+  for (int i = threadIdx.x; i < static_cast<int>(sizeof(Maps8) / 4); i += blockDim.x) {
+    reinterpret_cast<uint32_t*>(&s)[i] = maps[i];
+  }
+  __syncthreads();
+}
+
+// one element; kRoute 0: search, 1: packed, 2: bounded
+template <int kRoute>
 __global__ void elem(const float* p_, const float* g_, const uint8_t* c1_, const uint8_t* c2_, float oa1, float oa2,
                      AdamScalars sc, float na1, float na2, float r1, float r2, float* pout, uint8_t* o1,
-                     uint8_t* o2) {
+                     uint8_t* o2, const uint32_t* maps) {
   __shared__ Maps8 s;
+  load_tables(s, maps);
   const int i = threadIdx.x;
   float p = p_[i], g = g_[i];
   float m = dequantize_value(s.q1, c1_[i], oa1), v = dequantize_value(s.q2, c2_[i], oa2), h = 0.0f;
-  adamw_element<false, kBounded>(sc, g, p, m, v, h);
-  o1[i] = quantize_8bit<kPacked, kBounded>(s, 1, m, na1, r1, true);
-  o2[i] = quantize_8bit<kPacked, kBounded>(s, 2, v, na2, r2, false);
-  pout[i] = p;
+  bool ok = true;
+  if constexpr (kRoute == 2) {
+    adamw_element<false, true, true>(sc, g, p, m, v, h, ok);
+    o1[i] = static_cast<uint8_t>(packed_sum_signed(s.t.packed.word1, float_bits(m), float_bits(div_rn(m, na1, r1))) >> 16);
+    o2[i] = static_cast<uint8_t>(packed_sum_unsigned(s.t.packed.word2, float_bits(v), float_bits(div_rn(v, na2, r2))) >> 16);
+  } else {
+    adamw_element<false>(sc, g, p, m, v, h);
+    o1[i] = quantize_8bit<kRoute == 1>(s, 1, m, na1, true);
+    o2[i] = quantize_8bit<kRoute == 1>(s, 2, v, na2, false);
+  }
+  pout[i] = ok ? p : 0.0f;
 }
-#define INST(P, B) template __global__ void elem<P, B>(const float*, const float*, const uint8_t*, \
-    const uint8_t*, float, float, AdamScalars, float, float, float, float, float*, uint8_t*, uint8_t*);
-INST(false, false)
-INST(true, false)
-INST(true, true)
+template __global__ void elem<0>(const float*, const float*, const uint8_t*, const uint8_t*, float, float, AdamScalars,
+                                 float, float, float, float, float*, uint8_t*, uint8_t*, const uint32_t*);
+template __global__ void elem<1>(const float*, const float*, const uint8_t*, const uint8_t*, float, float, AdamScalars,
+                                 float, float, float, float, float*, uint8_t*, uint8_t*, const uint32_t*);
+template __global__ void elem<2>(const float*, const float*, const uint8_t*, const uint8_t*, float, float, AdamScalars,
+                                 float, float, float, float, float*, uint8_t*, uint8_t*, const uint32_t*);
+
+// a lane's unit, as unit_8bit and write_unit_8bit run it in the common case
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocks8) unit(const T* p_, const T* g_, uint8_t* c1_, uint8_t* c2_,
+                                                             float oa1, float oa2, const AdamScalars* scp, T* pout,
+                                                             const uint32_t* maps) {
+  __shared__ Maps8 s;
+  load_tables(s, maps);
+  const TensorScalars ts{*scp, 1.0f};
+  const int64_t off = (threadIdx.x & 31) * kPerLane;
+  float p[kPerLane], g[kPerLane], m[kPerLane], v[kPerLane], h[kPerLane];
+  uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
+  Elem<T>::load8(g_ + off, g);
+  Elem<T>::load8(p_ + off, p);
+  load8_codes(c1_ + off, c1);
+  load8_codes(c2_ + off, c2);
+  float na1 = 0.0f, na2 = 0.0f, na3 = 0.0f;
+  bool ok = true;
+  update_lane_8bit<false, true, kPrepPlain>(false, s, ts, 1.0f, oa1, oa2, 0.0f, c1, c2, c3, p, g, m, v, h, na1, na2,
+                                            na3, ok);
+  if (!ok) {
+    Elem<T>::load8(g_ + off, g);
+    Elem<T>::load8(p_ + off, p);
+    na1 = na2 = 0.0f;
+    update_lane_8bit<false, false, kPrepPlain>(false, s, ts, 1.0f, oa1, oa2, 0.0f, c1, c2, c3, p, g, m, v, h, na1,
+                                               na2, na3, ok);
+  }
+  na1 = warp_max(na1);
+  na2 = warp_max(na2);
+  Elem<T>::store8(pout + off, p);
+  quantize_lane_bounded<false>(s, m, v, h, na1, na2, 0.0f, c1, c2, c3);
+  st_u2(c1_ + off, pack8_codes<2>(c1));
+  st_u2(c2_ + off, pack8_codes<2>(c2));
+}
+template __global__ void unit<float>(const float*, const float*, uint8_t*, uint8_t*, float, float, const AdamScalars*,
+                                     float*, const uint32_t*);
+template __global__ void unit<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, uint8_t*, uint8_t*, float,
+                                             float, const AdamScalars*, __nv_bfloat16*, const uint32_t*);
 """
 
-VARIANTS = {"elemILb0ELb0E": "search", "elemILb1ELb0E": "packed", "elemILb1ELb1E": "bounded"}
+# mangled-name piece -> (row, elements the kernel updates per thread)
+VARIANTS = {"4elemILi0E": ("search", 1), "4elemILi1E": ("packed", 1), "4elemILi2E": ("bounded", 1),
+            "4unitIfE": ("unit fp32", 8), "4unitI13__nv_bfloat16E": ("unit bf16", 8)}
 
 
 def find_tool(name: str) -> str:
@@ -75,22 +139,45 @@ def find_tool(name: str) -> str:
 
 
 def main_path(fn_text: str) -> list[str]:
-    """The instructions from the entry to the first unconditional EXIT, NOPs left out."""
-    out = []
+    """The instructions the common case runs, from the barrier after the tables are loaded to the
+    first unconditional EXIT (module docstring), NOPs left out."""
+    prog = []
     for line in fn_text.split("\n"):
-        if not re.search(r"/\*[0-9a-f]{4,}\*/", line):
+        m = re.match(r"^\s*/\*([0-9a-f]{4,})\*/\s*(.*?)\s*;", line)
+        if m:
+            prog.append((int(m.group(1), 16), m.group(2).strip()))
+    where = {addr: i for i, (addr, _) in enumerate(prog)}
+    out, i, started = [], 0, False
+    while i < len(prog):
+        op = prog[i][1]
+        if op.startswith("NOP"):
+            i += 1
             continue
-        op = re.sub(r"^\s*/\*[0-9a-f]+\*/\s*", "", line).split(";")[0].strip()
-        if not op.startswith("NOP"):
-            out.append(op)
-        if re.match(r"^EXIT\b", op):  # an EXIT with no predicate
+        if not started:
+            started = op.startswith("BAR")
+            i += 1
+            continue
+        out.append(op)
+        if re.match(r"^EXIT\b", op):
             break
+        br = re.match(r"^(@!?U?P\w+\s+)?BRA\s+(?:!?U?P\w+,\s*)?(?:`\()?\s*(0x[0-9a-f]+)", op)
+        if br:
+            target = where[int(br.group(2), 16)]
+            if br.group(1) is None or (target > i and any(o.startswith("CALL") for _, o in prog[i + 1:target])):
+                i = target
+                continue
+        i += 1
     return out
+
+
+def opcode(ins: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0].split(".")[0]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--list", metavar="ROW", help="print the main path of one row (e.g. 'unit fp32')")
     args = ap.parse_args(argv)
     nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,18 +189,24 @@ def main(argv=None) -> int:
         subprocess.run(cmd, check=True)
         sass = subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True).stdout
     ver = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    print(f"# {ver} | {args.arch} | one 8-bit element (update, two quantizations), main path")
-    print("| variant | SASS instructions | most frequent |")
-    print("|---|---|---|")
+    rows = {}
     for fn in re.split(r"\n\s*Function : ", sass)[1:]:
         name = fn.split("\n")[0]
-        variant = next((v for k, v in VARIANTS.items() if k in name), None)
-        if variant is None:
-            continue
-        ins = main_path(fn)
-        ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", i).split()[0].split(".")[0] for i in ins)
+        hit = next((v for k, v in VARIANTS.items() if k in name), None)
+        if hit is not None:
+            rows[hit[0]] = (main_path(fn), hit[1])
+    if args.list:
+        for ins in rows[args.list][0]:
+            print(ins)
+        return 0
+    print(f"# {ver} | {args.arch} | the 8-bit update's main path (module docstring)")
+    print("| kernel | SASS instructions | per element | most frequent |")
+    print("|---|---|---|---|")
+    for row, _ in VARIANTS.values():
+        ins, per = rows[row]
+        ops = collections.Counter(opcode(i) for i in ins)
         top = ", ".join(f"{k} {n}" for k, n in ops.most_common(6))
-        print(f"| {variant} | {len(ins)} | {top} |")
+        print(f"| {row} | {len(ins)} | {len(ins) / per:.1f} | {top} |")
     return 0
 
 

@@ -315,7 +315,8 @@ def test_a_planted_defect_is_caught():
         shutil.copytree(ROOT / "csrc", src)
         k = src / "fused_step_kernels.cuh"
         text = k.read_text()
-        planted = re.sub(r"for \(int o = 16; o > 0; o >>= 1\) \{", "for (int o = 8; o > 0; o >>= 1) {", text, count=1)
+        planted = re.sub(r"for \(int o = 16; o > 0; o >>= 1\) x = fmaxf", "for (int o = 8; o > 0; o >>= 1) x = fmaxf", text,
+                         count=1)
         assert planted != text, "the warp max to plant the defect in was not found"
         k.write_text(planted)
         _build("adamw8_emu_defect", src)

@@ -11,7 +11,7 @@
 //   - warp shuffles: each lane writes its value to its warp's buffer, a warp
 //     barrier, each lane reads its partner's, a second warp barrier;
 //   - bf16/fp16 conversions through c10's (the CPU kernels' own), 128-bit vector
-//     types, the streaming load/store intrinsics as plain accesses, __umulhi.
+//     types, the streaming load/store intrinsics as plain accesses, __umulhi, __byte_perm.
 // What it cannot show: real concurrency (races, memory ordering), launch limits,
 // CUDA's own pow and division, streams, graphs, speed.  Those need the GPU and
 // compute-sanitizer (scripts/gpu_check.sh).
@@ -66,6 +66,13 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
   return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
 }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+// byte n of the result: byte (s >> 4n) & 7 of y:x (PRMT's default mode)
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const uint64_t v = (static_cast<uint64_t>(y) << 32) | x;
+  unsigned r = 0;
+  for (int n = 0; n < 4; ++n) r |= static_cast<unsigned>((v >> (8 * ((s >> (4 * n)) & 7u))) & 0xffu) << (8 * n);
+  return r;
+}
 inline unsigned __umulhi(unsigned a, unsigned b) {
   return static_cast<unsigned>((static_cast<uint64_t>(a) * b) >> 32);
 }

@@ -15,8 +15,8 @@
 //       floats (every `stride`-th bit pattern; 1: all 2^32) whose nearest code
 //       differs from the exact rule by any route the map takes: nearest_lut.h's
 //       table with the CPU's step count and with the CUDA kernels' search until it
-//       stops, the CPU's threshold and packed routes, the CUDA kernels' packed route and
-//       its bounded form (|x| <= 1).
+//       stops, the CPU's threshold, packed and plane routes, the CUDA kernels' packed route
+//       and its bounded form (|x| <= 1; with finish_code, which they fold in part into the table).
 //   adamw8_emu::lut_routes(Tensor qmap) -> int[]
 //       [CPU threshold route, its span, CPU packed route, CUDA packed route]
 //   adamw8_emu::div_rn_mismatches(float b, int lo, int hi) -> int
@@ -97,33 +97,46 @@ at::Tensor emu_dequantize(const at::Tensor& codes, const at::Tensor& absmax, con
   return c.values;
 }
 
-// The CUDA kernels' packed table for one map, built on the host by the functions the
-// kernels' blocks run (nearest_lut.h); `ok`: every bucket's entry is valid (the kernels need
-// that of map 1, and of map 2's clear-sign half only).
+// The CUDA kernels' packed tables of one map, built on the host by the functions the kernels'
+// blocks run (nearest_lut.h, load_maps): as map 1 (word1: both sign halves, the set-sign one
+// from kLutNegBase with the sign clamp folded in; ok1: every entry valid) and as map 2 (word2:
+// the plain clear-sign half the kernels keep; ok2: its entries valid).
 struct CudaPacked {
-  std::vector<uint32_t> word = std::vector<uint32_t>(kLutSize);
-  bool ok = false;
+  std::vector<uint32_t> word1 = std::vector<uint32_t>(kLutWords1);
+  std::vector<uint32_t> word2 = std::vector<uint32_t>(kLutHalf);
+  int clamp = -1;
+  bool ok1 = false, ok2 = false;
   explicit CudaPacked(const float* q) {
     for (int k = 0; k < 255; ++k) {
       if (!(q[k] < q[k + 1])) return;
     }
     float thr[256] = {};
     for (int k = 0; k < 255; ++k) thr[k] = nearest_threshold(q, k);
-    ok = true;
+    clamp = sign_clamp_code(q);
+    ok1 = ok2 = true;
     for (int b = 0; b < kLutSize; ++b) {
-      const PackedEntry e = packed_entry(q, thr, b);
-      word[b] = packed_word(e);
-      ok = ok && e.ok;
+      const PackedEntry e1 = packed_entry_clamped(q, thr, b, clamp);
+      word1[packed_slot(b)] = packed_word(e1);
+      ok1 = ok1 && e1.ok;
+      if (b < kLutHalf) {
+        const PackedEntry e2 = packed_entry(q, thr, b);
+        word2[b] = packed_word(e2);
+        ok2 = ok2 && e2.ok;
+      }
     }
   }
+  bool ok() const { return ok1 && ok2; }
 };
+
+// The code in a bounded-route sum (nearest_lut.h: bits 16..23).
+int bounded_code(uint32_t sum) { return static_cast<int>((sum >> 16) & 0xffu); }
 
 std::vector<int64_t> lut_routes(const at::Tensor& qmap) {
   TORCH_CHECK(qmap.scalar_type() == at::kFloat && qmap.numel() == 256 && qmap.is_contiguous() && qmap.is_cpu(),
               "adamw8_emu: qmap must be a contiguous float32 CPU tensor of 256 values");
   const NearestCodeLut cpu(qmap.data_ptr<float>());
   const CudaPacked cuda(qmap.data_ptr<float>());
-  return {cpu.has_thresholds() ? 1 : 0, cpu.span(), cpu.has_packed() ? 1 : 0, cuda.ok ? 1 : 0, cpu.has_planes() ? 1 : 0};
+  return {cpu.has_thresholds() ? 1 : 0, cpu.span(), cpu.has_packed() ? 1 : 0, cuda.ok() ? 1 : 0, cpu.has_planes() ? 1 : 0};
 }
 
 int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
@@ -155,19 +168,29 @@ int64_t lut_mismatches(const at::Tensor& qmap, int64_t stride) {
       while (f < 254 && q[f + 1] <= x) ++f;
       while (f > 0 && q[f] > x) --f;
       const int want = f + static_cast<int>((x - q[f]) > (q[f + 1] - x));
+      const bool clear = !(bits >> 31), bounded = std::fabs(x) <= 1.0f;
       local += (cpu.nearest(x) != want) + (lut_nearest_search(table.data(), q, x) != want) +
                (cpu.has_thresholds() && cpu.nearest_by_thresholds(x) != want) +
                (cpu.has_packed() && cpu.nearest_packed(x) != want) +
-               (cuda.ok && packed_word_nearest(cuda.word[lut_bucket(x)], x) != want) +
-               // the update kernels' bounded route, on its domain |x| <= 1 (clear sign: map 2's)
-               (cuda.ok && std::fabs(x) <= 1.0f &&
-                packed_word_nearest(cuda.word[lut_bucket_bounded<false>(x)], x) != want) +
-               (cuda.ok && std::fabs(x) <= 1.0f && !(bits >> 31) &&
-                packed_word_nearest_clear_sign(cuda.word[lut_bucket_bounded<true>(x)], x) != want) +
-               (cpu.has_planes() && std::fabs(x) <= 1.0f && cpu.nearest_by_planes(x) != want);  // the route's domain
+               (cpu.has_planes() && bounded && cpu.nearest_by_planes(x) != want) +  // the route's domain
+               // the CUDA kernels' packed route: map 1 (the clamp folded in: what finish_code
+               // makes of the code), map 2 (clear-sign x only)
+               (cuda.ok1 && finish_code(q, packed_word_nearest(cuda.word1[packed_slot(lut_bucket(x))], x), x, true) !=
+                                finish_code(q, want, x, true)) +
+               (cuda.ok2 && clear && packed_word_nearest(cuda.word2[lut_bucket(x)], x) != want) +
+               // and its bounded route, on its domain |x| <= 1 (value x, absmax 1)
+               (cuda.ok1 && cuda.clamp >= 0 && bounded &&
+                bounded_code(packed_sum_signed(cuda.word1.data(), bits, bits)) != finish_code(q, want, x, true)) +
+               (cuda.ok2 && clear && bounded &&
+                bounded_code(packed_sum_unsigned(cuda.word2.data(), bits, bits)) != finish_code(q, want, x, false));
     }
     bad += local;
   });
+  // where the value and its quotient differ in more than scale: value -0, whose quotient by
+  // div_rn is +0, and a positive value whose quotient underflows to +0
+  const int z = quantize_nearest(q, 0.0f);
+  if (cuda.ok1 && cuda.clamp >= 0) bad += bounded_code(packed_sum_signed(cuda.word1.data(), 0x80000000u, 0u)) != finish_code(q, z, -0.0f, true);
+  if (cuda.ok2) bad += bounded_code(packed_sum_unsigned(cuda.word2.data(), 1u, 0u)) != finish_code(q, z, 0x1p-149f, false);
   return bad.load();
 }
 

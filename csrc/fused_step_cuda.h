@@ -144,5 +144,12 @@ inline void place_scratch(LaunchArgs& a, void* base, int64_t units, bool clip, b
 int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bool amsgrad, void* stream,
                       int blocks_per_sm = 0);
 
+// The kernels' fast paths of the IEEE operations (adamw8_math.h: rcp_rn, sqrt_fast) against
+// the operations themselves, over every float on the device: adds to counts[0] the floats v
+// (finite, >= +0) where sqrt_fast's `ok` differs from its stated range or, within it, its bits
+// from __fsqrt_rn's, and to counts[1] those with a biased exponent in [1, 252] where rcp_rn
+// differs from __frcp_rn.  Asynchronous on `stream`; returns the cudaError_t of the launch.
+int launch_fast_path_check(unsigned long long* counts, void* stream);
+
 }  // namespace cuda
 }  // namespace adamw8

@@ -16,6 +16,16 @@ def _to(s: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
 
 
+def test_fast_paths_equal_the_ieee_operations():
+    """The 8-bit kernels' square root and reciprocal without a branch per element (adamw8_math.h:
+    sqrt_fast, rcp_rn; the fast paths of nvcc's own sqrtf and 1.0f / b) give the IEEE
+    operations' bits (__fsqrt_rn, __frcp_rn) for every float in their ranges, and sqrt_fast
+    flags exactly the roots outside its range: all 2^32 bit patterns, on the device."""
+    counts = torch.zeros(2, dtype=torch.int64, device="cuda")
+    torch.ops.adamw8._cuda_fast_path_check(counts)
+    assert counts.tolist() == [0, 0]
+
+
 @pytest.mark.parametrize("eight, amsgrad, block_wise, percentile",
                          [(False, False, True, 100), (False, True, True, 100), (True, False, True, 100),
                           (True, True, True, 100), (True, False, False, 100), (True, True, True, 10),

@@ -90,10 +90,27 @@ void run_cuda(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
       tpl);
 }
 
+// adamw8::_cuda_fast_path_check(counts): launch_fast_path_check into a CUDA int64 tensor of 2
+// (tests/test_cuda.py: zeros after the call).
+void fast_path_check(const at::Tensor& counts) {
+  TORCH_CHECK(counts.is_cuda() && counts.scalar_type() == at::kLong && counts.numel() == 2 && counts.is_contiguous(),
+              "adamw8: _cuda_fast_path_check takes a contiguous CUDA int64 tensor of 2 counters");
+  c10::cuda::CUDAGuard device_guard(counts.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(counts.device().index()).stream();
+  const int err = cuda::launch_fast_path_check(reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream);
+  TORCH_CHECK(err == 0, "adamw8: launching the fast-path check failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(adamw8, CUDA, m) { m.impl("fused_step_multi", &fused_step_multi_op<run_cuda>); }
+TORCH_LIBRARY_IMPL(adamw8, CUDA, m) {
+  m.impl("fused_step_multi", &fused_step_multi_op<run_cuda>);
+  m.impl("_cuda_fast_path_check", &fast_path_check);
+}
 
-TORCH_LIBRARY_FRAGMENT(adamw8, m) { m.def("_cuda_tuning(int[] table) -> int[]", &cuda_tuning); }
+TORCH_LIBRARY_FRAGMENT(adamw8, m) {
+  m.def("_cuda_tuning(int[] table) -> int[]", &cuda_tuning);
+  m.def("_cuda_fast_path_check(Tensor(a!) counts) -> ()");
+}
 
 }  // namespace adamw8

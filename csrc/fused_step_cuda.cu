@@ -59,27 +59,6 @@ int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bo
   return static_cast<int>(err);
 }
 
-namespace {
-__global__ void __launch_bounds__(kThreads) fast_path_check_kernel(unsigned long long* counts) {
-  unsigned long long bad_root = 0, bad_rcp = 0;
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (uint64_t{1} << 32); i += stride) {
-    const uint32_t b = static_cast<uint32_t>(i);
-    const float x = __uint_as_float(b);
-    if (b <= 0x7f7fffffu) {  // sqrt_fast's inputs: finite, >= +0
-      bool ok = true;
-      const float r = sqrt_fast(x, ok);
-      const bool in_range = b == 0u || b >= 0x0d000000u;
-      bad_root += ok != in_range || (ok && __float_as_uint(r) != __float_as_uint(__fsqrt_rn(x)));
-    }
-    const uint32_t e = (b >> 23) & 0xffu;
-    bad_rcp += e >= 1u && e <= 252u && __float_as_uint(rcp_rn(x)) != __float_as_uint(__frcp_rn(x));
-  }
-  if (bad_root != 0) atomicAdd(counts, bad_root);
-  if (bad_rcp != 0) atomicAdd(counts + 1, bad_rcp);
-}
-}  // namespace
-
 int launch_fast_path_check(unsigned long long* counts, void* stream) {
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);

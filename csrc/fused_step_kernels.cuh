@@ -151,12 +151,11 @@ __device__ __forceinline__ void strided_offsets(const StridedDesc& d, int64_t i,
 
 // ------------------------------------------------------------------ reductions
 // The warp's largest value of lanes' maxima that are never NaN and never -0 (the unit loop's
-// maxima of |m|, v and vh, from +0; the scratch maxima made of them).  float: fmaxf, which is
-// then the larger value, one instruction a step where a compare and a select took two.
+// maxima of |m|, v and vh, from +0; the scratch maxima made of them): such floats order as
+// their bits do, so it is one warp reduction of the bits (REDUX on sm_80 and later), where five
+// shuffles and five compare-and-selects took ten instructions.
 __device__ __forceinline__ float warp_max(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
+  return bits_float(__reduce_max_sync(0xffffffffu, float_bits(x)));
 }
 
 __device__ __forceinline__ double warp_max(double x) {
@@ -781,6 +780,30 @@ __global__ void finish_kernel(const __grid_constant__ LaunchArgs a) {
   finish_work(a);
 }
 
+
+// The fast paths of the IEEE operations the 8-bit kernels take (adamw8_math.h: sqrt_fast,
+// rcp_rn) against the operations, over all 2^32 floats: counts[0] += the v (finite, >= +0)
+// where sqrt_fast's flag differs from its stated range or, within it, its bits from
+// __fsqrt_rn's; counts[1] += the b with a biased exponent in [1, 252] where rcp_rn's bits differ
+// from __frcp_rn's (launch_fast_path_check; tests/test_cuda.py).
+__global__ void __launch_bounds__(kThreads) fast_path_check_kernel(unsigned long long* counts) {
+  unsigned long long bad_root = 0, bad_rcp = 0;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (uint64_t{1} << 32); i += stride) {
+    const uint32_t b = static_cast<uint32_t>(i);
+    const float x = bits_float(b);
+    if (b <= 0x7f7fffffu) {  // sqrt_fast's inputs: finite, >= +0
+      bool ok = true;
+      const float r = sqrt_fast(x, ok);
+      const bool in_range = b == 0u || b >= 0x0d000000u;
+      bad_root += ok != in_range || (ok && float_bits(r) != float_bits(__fsqrt_rn(x)));
+    }
+    const uint32_t e = (b >> 23) & 0xffu;
+    bad_rcp += e >= 1u && e <= 252u && float_bits(rcp_rn(x)) != float_bits(__frcp_rn(x));
+  }
+  if (bad_root != 0) atomicAdd(counts, bad_root);
+  if (bad_rcp != 0) atomicAdd(counts + 1, bad_rcp);
+}
 
 // ------------------------------------------------------------ the sequence
 using KernelFn = void (*)(const LaunchArgs);

@@ -308,15 +308,15 @@ def test_division_free_quotient_equals_the_division(emu):
 
 
 def test_a_planted_defect_is_caught():
-    """The emulation can fail: a warp max over 16 lanes instead of 32 (a classic shuffle
-    bug) built from a modified copy of the kernel source gives different 8-bit state."""
+    """The emulation can fail: a warp max that reduces nothing (each lane keeps its own
+    maximum as the unit's absmax) built from a modified copy of the kernel source gives
+    different 8-bit state."""
     with tempfile.TemporaryDirectory() as tmp:
         src = pathlib.Path(tmp) / "csrc"
         shutil.copytree(ROOT / "csrc", src)
         k = src / "fused_step_kernels.cuh"
         text = k.read_text()
-        planted = re.sub(r"for \(int o = 16; o > 0; o >>= 1\) x = fmaxf", "for (int o = 8; o > 0; o >>= 1) x = fmaxf", text,
-                         count=1)
+        planted = text.replace("__reduce_max_sync(0xffffffffu, float_bits(x))", "float_bits(x)", 1)
         assert planted != text, "the warp max to plant the defect in was not found"
         k.write_text(planted)
         _build("adamw8_emu_defect", src)

@@ -8,10 +8,11 @@
 //     block runs at a time (and one launch at a time: launches are serialised);
 //   - __syncthreads (and __syncthreads_or): a barrier of the block's threads; a thread that returns
 //     from the kernel leaves it (arrive_and_drop), as exited threads do on a GPU;
-//   - warp shuffles: each lane writes its value to its warp's buffer, a warp
-//     barrier, each lane reads its partner's, a second warp barrier;
+//   - warp shuffles and reductions: each lane writes its value to its warp's buffer, a warp
+//     barrier, each lane reads its partner's (or all 32), a second warp barrier;
 //   - bf16/fp16 conversions through c10's (the CPU kernels' own), 128-bit vector
-//     types, the streaming load/store intrinsics as plain accesses, __umulhi, __byte_perm.
+//     types, the streaming load/store intrinsics as plain accesses, __umulhi, __byte_perm,
+//     the IEEE __fsqrt_rn and __frcp_rn.
 // What it cannot show: real concurrency (races, memory ordering), launch limits,
 // CUDA's own pow and division, streams, graphs, speed.  Those need the GPU and
 // compute-sanitizer (scripts/gpu_check.sh).
@@ -21,6 +22,7 @@
 #include <c10/util/Half.h>
 
 #include <atomic>
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -66,6 +68,8 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
   return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
 }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline float __fsqrt_rn(float x) { return std::sqrt(x); }
+inline float __frcp_rn(float x) { return 1.0f / x; }
 // byte n of the result: byte (s >> 4n) & 7 of y:x (PRMT's default mode)
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
   const uint64_t v = (static_cast<uint64_t>(y) << 32) | x;
@@ -147,6 +151,20 @@ inline V __shfl_xor_sync(unsigned mask, V value, int lane_mask, int width = 32) 
   warp.arrive_and_wait();
   V out;
   std::memcpy(&out, &slot, sizeof(V));
+  return out;
+}
+
+// Every lane's value, then the largest: the exchange of __shfl_xor_sync.
+inline unsigned __reduce_max_sync(unsigned mask, unsigned value) {
+  if (mask != 0xffffffffu) throw std::logic_error("cuda_emu: only full-warp reductions are emulated");
+  auto& c = adamw8_emu::ctx;
+  const unsigned tid = c.thread.x, base = tid - (tid & 31u);
+  std::barrier<>& warp = *c.sync->warps[tid >> 5];
+  c.sync->exchange[tid] = value;
+  warp.arrive_and_wait();
+  unsigned out = 0;
+  for (unsigned l = 0; l < 32; ++l) out = std::max(out, static_cast<unsigned>(c.sync->exchange[base + l]));
+  warp.arrive_and_wait();
   return out;
 }
 

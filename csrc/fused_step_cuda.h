@@ -19,20 +19,24 @@ constexpr int kUnit = 32 * kPerLane;      // elements per warp and unit: one abs
 // over the classic 4 KB but within the 32 KB that CUDA >= 12.1 allows (docs/design.md).
 constexpr int kMaxTensorsPerLaunch = 64;
 // Blocks per SM the 8-bit update kernels are compiled for (__launch_bounds__' second
-// argument).  3, the default, caps them at 80 registers with no spills (check_kernels.py):
-// the occupancy the 8-bit step was measured at on 2026-11-27.  Without a minimum (0) ptxas
-// takes 102-118 for the non-amsgrad kernels, whose eight element updates it now interleaves
-// (no branch per element around a slow path): 2 blocks.  4 caps them at 64 (no gain on the H200,
-// 2026-11-27).  A build option, ADAMW8_MIN_BLOCKS_8BIT (setup.py; scripts/gpu_variant.sh
-// measures one against the default).
+// argument).  0, the default, sets none: ptxas takes 102-118 registers for the non-amsgrad
+// kernels, whose eight element updates it interleaves (no branch per element around a slow
+// path): 2 blocks of 256 threads per SM, no spills.  3 caps them at 80 (the occupancy of the
+// 2026-11-27 measurements, when ptxas took 79-80 unbounded) with 84-100 bytes of spill stores
+// in the fp32 kernels; 4 (64 registers) gained nothing on the H200 on 2026-11-27.  A build
+// option, ADAMW8_MIN_BLOCKS_8BIT (setup.py; scripts/gpu_variant.sh measures one against the
+// default).
 #ifndef ADAMW8_MIN_BLOCKS_8BIT
-#define ADAMW8_MIN_BLOCKS_8BIT 3
+#define ADAMW8_MIN_BLOCKS_8BIT 0
 #endif
 constexpr int kMinBlocks8 = ADAMW8_MIN_BLOCKS_8BIT;
-// The 32-bit update kernels, compiled for 4 blocks per SM (64 registers; no spills,
-// check_kernels.py): this latency-bound kernel wants the warps, and the bf16/fp16 ones took 66
-// registers without it, which fits 3 blocks of 256 threads.
+// Blocks per SM the 32-bit update kernels are compiled for (min_blocks_32 in
+// fused_step_kernels.cuh): 4 (64 registers) where that needs no spills, fp32 and fp16
+// parameters without amsgrad (this latency-bound kernel wants the warps); 3 for bf16 parameters
+// (66 registers without a bound; at 64, one spill and one fill per unit) and for every amsgrad
+// kernel (92-124 bytes of spill stores at 64).  check_kernels.py checks that none spills.
 constexpr int kMinBlocks32 = 4;
+constexpr int kMinBlocks32Wide = 3;
 constexpr int kMaxDims = 4;               // dims of a non-contiguous param/grad, after merging
 constexpr int kMaxStrided = 8;            // non-contiguous tensors per launch
 

@@ -77,23 +77,34 @@ def ptx_accesses(nvcc, flags, tmp, source):
 def ptxas_report(nvcc, flags, tmp, source):
     res = subprocess.run([nvcc, *flags, "-cubin", "-Xptxas", "-v", source, "-o", os.path.join(tmp, "k.cubin")],
                          check=True, capture_output=True, text=True)
-    out, cur = {}, None
+    # ptxas prints, per entry function: "Compiling entry function 'K'", "Function properties for
+    # K" and its stack and spill line, "Used N registers"; then the same properties block for
+    # each non-inlined function it calls (e.g. __internal_accurate_pow), whose line must not
+    # be taken for the kernel's: a stack and spill line belongs to the function named just
+    # before it.
+    out, cur, props = {}, None, None
     for line in res.stderr.splitlines():
         m = re.search(r"Compiling entry function '(\S+)'", line)
         if m:
             cur = m.group(1)
             out[cur] = {}
             continue
-        if cur is None:
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            props = m.group(1)
             continue
         m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m:
-            out[cur].update(stack=int(m.group(1)), spill_st=int(m.group(2)), spill_ld=int(m.group(3)))
+        if m and props in out:
+            out[props].update(stack=int(m.group(1)), spill_st=int(m.group(2)), spill_ld=int(m.group(3)))
+            continue
         m = re.search(r"Used (\d+) registers", line)
-        if m:
+        if m and cur is not None:
             out[cur]["regs"] = int(m.group(1))
             sm = re.search(r"(\d+) bytes smem", line)
             out[cur]["smem"] = int(sm.group(1)) if sm else 0
+    for name, r in out.items():
+        if "stack" not in r:
+            raise SystemExit(f"check_kernels: no stack and spill line for {name} in ptxas's report")
     return out
 
 

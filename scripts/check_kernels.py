@@ -77,13 +77,18 @@ def ptx_accesses(nvcc, flags, tmp, source):
 def ptxas_report(nvcc, flags, tmp, source):
     res = subprocess.run([nvcc, *flags, "-cubin", "-Xptxas", "-v", source, "-o", os.path.join(tmp, "k.cubin")],
                          check=True, capture_output=True, text=True)
+    return parse_ptxas(res.stderr)
+
+
+def parse_ptxas(text: str) -> dict:
+    """Registers, shared memory, stack and spills per entry function from ptxas -v's report."""
     # ptxas prints, per entry function: "Compiling entry function 'K'", "Function properties for
     # K" and its stack and spill line, "Used N registers"; then the same properties block for
     # each non-inlined function it calls (e.g. __internal_accurate_pow), whose line must not
     # be taken for the kernel's: a stack and spill line belongs to the function named just
     # before it.
     out, cur, props = {}, None, None
-    for line in res.stderr.splitlines():
+    for line in text.splitlines():
         m = re.search(r"Compiling entry function '(\S+)'", line)
         if m:
             cur = m.group(1)

@@ -19,15 +19,16 @@ constexpr int kUnit = 32 * kPerLane;      // elements per warp and unit: one abs
 // over the classic 4 KB but within the 32 KB that CUDA >= 12.1 allows (docs/design.md).
 constexpr int kMaxTensorsPerLaunch = 64;
 // Blocks per SM the 8-bit update kernels are compiled for (__launch_bounds__' second
-// argument).  0, the default, sets none: ptxas takes 102-118 registers for the non-amsgrad
-// kernels, whose eight element updates it interleaves (no branch per element around a slow
-// path): 2 blocks of 256 threads per SM, no spills.  3 caps them at 80 (the occupancy of the
-// 2026-11-27 measurements, when ptxas took 79-80 unbounded) with 84-100 bytes of spill stores
-// in the fp32 kernels; 4 (64 registers) gained nothing on the H200 on 2026-11-27.  A build
+// argument).  3, the default, caps them at 80 registers, with no spills (check_kernels.py):
+// the occupancy of the 2026-11-27 measurements.  Their eight element updates are interleaved
+// (no branch per element around a slow path), which took 102-118 registers uncapped, 2 blocks,
+// and spilled at 80 until the per-warp values (unit and tensor indices, per-tensor scalars)
+// moved to uniform registers (for_each_unit).  0 sets no cap (ptxas's choice: 80-100, one
+// kernel spilling); 4 (64 registers) gained nothing on the H200 on 2026-11-27.  A build
 // option, ADAMW8_MIN_BLOCKS_8BIT (setup.py; scripts/gpu_variant.sh measures one against the
 // default).
 #ifndef ADAMW8_MIN_BLOCKS_8BIT
-#define ADAMW8_MIN_BLOCKS_8BIT 0
+#define ADAMW8_MIN_BLOCKS_8BIT 3
 #endif
 constexpr int kMinBlocks8 = ADAMW8_MIN_BLOCKS_8BIT;
 // Blocks per SM the 32-bit update kernels are compiled for (min_blocks_32 in

@@ -185,7 +185,10 @@ __device__ __forceinline__ void for_each_unit(const LaunchArgs& a, Body&& body) 
   const int64_t total = a.unit_start[a.ntensors];
   const int64_t ub = total * blockIdx.x / gridDim.x;
   const int64_t ue = total * (blockIdx.x + 1) / gridDim.x;
-  const int warp = static_cast<int>(threadIdx.x >> 5);
+  // the warp's index as a warp reduction: its result is warp-uniform to the compiler, so the
+  // unit and tensor indices, the per-tensor scalars and the tensor's fields derived from it
+  // live in uniform registers, not in each thread's
+  const int warp = static_cast<int>(__reduce_max_sync(0xffffffffu, threadIdx.x >> 5));
   int ti = -1;
   for (int64_t u = ub + warp; u < ue; u += kWarps) {
     bool fresh = false;

@@ -31,13 +31,10 @@ constexpr int kMaxTensorsPerLaunch = 64;
 #define ADAMW8_MIN_BLOCKS_8BIT 3
 #endif
 constexpr int kMinBlocks8 = ADAMW8_MIN_BLOCKS_8BIT;
-// Blocks per SM the 32-bit update kernels are compiled for (min_blocks_32 in
-// fused_step_kernels.cuh): 4 (64 registers) where that needs no spills, fp32 and fp16
-// parameters without amsgrad (this latency-bound kernel wants the warps); 3 for bf16 parameters
-// (66 registers without a bound; at 64, one spill and one fill per unit) and for every amsgrad
-// kernel (92-124 bytes of spill stores at 64).  check_kernels.py checks that none spills.
+// The 32-bit update kernels, compiled for 4 blocks per SM (64 registers, no spills:
+// check_kernels.py): this latency-bound kernel wants the warps.  The bf16 and amsgrad ones
+// spilled at 64 until the per-warp values moved to uniform registers (for_each_unit).
 constexpr int kMinBlocks32 = 4;
-constexpr int kMinBlocks32Wide = 3;
 constexpr int kMaxDims = 4;               // dims of a non-contiguous param/grad, after merging
 constexpr int kMaxStrided = 8;            // non-contiguous tensors per launch
 

@@ -676,13 +676,8 @@ struct SharedFor<true> {
 template <bool kEight>
 using SharedOf = typename SharedFor<kEight>::type;
 
-template <typename T, bool kAms>
-constexpr int min_blocks_32() {
-  return !kAms && !std::is_same_v<T, __nv_bfloat16> ? kMinBlocks32 : kMinBlocks32Wide;
-}
-
 template <typename T, bool kEight, bool kAms, int kPass>
-__global__ void __launch_bounds__(kThreads, kEight ? kMinBlocks8 : min_blocks_32<T, kAms>())
+__global__ void __launch_bounds__(kThreads, kEight ? kMinBlocks8 : kMinBlocks32)
     fused_step_kernel(const __grid_constant__ LaunchArgs a) {
   if (skipped(a)) return;
   __shared__ SharedOf<kEight> smem;  // the maps and tables (8-bit only)

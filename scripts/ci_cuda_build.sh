@@ -4,7 +4,8 @@
 #   - the tracked tree copied to a scratch directory, so this build's adamw8/_C does not
 #     replace the CPU build of the checkout;
 #   - setup.py finds the toolkit root itself (CUDA_HOME; the nvcc on PATH may be a wrapper);
-#   - then: import adamw8 with no GPU, the CUDA ops registered, and the CPU suite.
+#   - then: import adamw8 with no GPU, the CUDA ops registered, the 8-bit update's SASS
+#     instructions per element within their budget, and the CPU suite.
 # Skipped, with a message, where there is no nvcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +34,8 @@ missing = adamw8.ops._missing["cuda"]  # the kernel-bearing ops without a compil
 assert not missing, f"CUDA kernels missing from the build: {missing}"
 print("torch", torch.__version__, "| every op has its compiled CUDA kernel:", adamw8.ops._OPS)
 PY
+# The 8-bit update's instructions per element (scripts/sass_element.py; cuobjdump from the
+# triton wheel the CUDA torch brings): a budget about 5% over today's count (79.8 fp32, 82.1
+# bf16), so a change that puts a branch or a slow path back into the element loop fails here.
+"$VENV/bin/python" "$TREE/scripts/sass_element.py" --budget "unit fp32=84" --budget "unit bf16=86"
 "$VENV/bin/python" -m pytest -q -x tests

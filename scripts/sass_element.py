@@ -1,6 +1,6 @@
 """SASS instructions of the 8-bit element update (benchmarks/RESULTS.md, "CUDA kernels").
 
-    python scripts/sass_element.py [--arch sm_90] [--list unit-fp32]
+    python scripts/sass_element.py [--arch sm_90] [--list 'unit fp32'] [--budget 'unit fp32=84' ...]
 
 Compiles small kernels built from the update kernels' own functions (adamw8_math.h,
 fused_step_kernels.cuh) with the extension's nvcc flags, and counts the instructions that run
@@ -18,6 +18,10 @@ taken, any other falls through.  Rows:
   maxima, the reciprocals, the quantizations and the stores, per element (count / 8).  The
   per-tensor scalars come from memory (the update kernel keeps them in registers: about 1.5
   per element of this count are their loads).
+
+With --budget ROW=N it exits 1 when a row's count per element is over N (CI's CUDA build runs
+it, so a change that puts a branch or a slow path back into the element loop fails there), and
+0 with a note where nvcc or cuobjdump is missing.
 
 Needs nvcc and cuobjdump (on PATH, in $CUDA_HOME/bin, or the copy the triton wheel ships).
 """
@@ -122,7 +126,7 @@ VARIANTS = {"4elemILi0E": ("search", 1), "4elemILi1E": ("packed", 1), "4elemILi2
             "4unitIfE": ("unit fp32", 8), "4unitI13__nv_bfloat16E": ("unit bf16", 8)}
 
 
-def find_tool(name: str) -> str:
+def find_tool(name: str) -> str | None:
     cands = [shutil.which(name)]
     cuda = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
     cands.append(os.path.join(cuda, "bin", name))
@@ -135,7 +139,7 @@ def find_tool(name: str) -> str:
     for c in cands:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
-    sys.exit(f"sass_element: {name} not found (PATH, $CUDA_HOME/bin, triton's backends/nvidia/bin)")
+    return None
 
 
 def main_path(fn_text: str) -> list[str]:
@@ -178,8 +182,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--list", metavar="ROW", help="print the main path of one row (e.g. 'unit fp32')")
+    ap.add_argument("--budget", metavar="ROW=N", action="append", default=[],
+                    help="fail when ROW's instructions per element exceed N (repeatable)")
     args = ap.parse_args(argv)
+    budgets = {}
+    for b in args.budget:
+        row, _, n = b.rpartition("=")
+        if row not in {r for r, _ in VARIANTS.values()}:
+            ap.error(f"--budget: no row {row!r}")
+        budgets[row] = float(n)
     nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
+    if nvcc is None or cuobjdump is None:
+        missing = "nvcc" if nvcc is None else "cuobjdump"
+        if budgets:
+            print(f"sass_element: {missing} not found; nothing checked")
+            return 0
+        sys.exit(f"sass_element: {missing} not found (PATH, $CUDA_HOME/bin, triton's backends/nvidia/bin)")
     with tempfile.TemporaryDirectory() as tmp:
         src, cubin = pathlib.Path(tmp) / "elem.cu", pathlib.Path(tmp) / "elem.cubin"
         src.write_text(KERNEL)
@@ -202,12 +220,17 @@ def main(argv=None) -> int:
     print(f"# {ver} | {args.arch} | the 8-bit update's main path (module docstring)")
     print("| kernel | SASS instructions | per element | most frequent |")
     print("|---|---|---|---|")
+    over = []
     for row, _ in VARIANTS.values():
         ins, per = rows[row]
         ops = collections.Counter(opcode(i) for i in ins)
         top = ", ".join(f"{k} {n}" for k, n in ops.most_common(6))
         print(f"| {row} | {len(ins)} | {len(ins) / per:.1f} | {top} |")
-    return 0
+        if row in budgets and len(ins) / per > budgets[row]:
+            over.append(f"{row}: {len(ins) / per:.1f} instructions per element, over the budget of {budgets[row]:g}")
+    for o in over:
+        print(f"sass_element: FAIL: {o}")
+    return 1 if over else 0
 
 
 if __name__ == "__main__":

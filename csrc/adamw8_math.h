@@ -159,8 +159,9 @@ ADAMW8_HD float div_rn(float a, float b, float rb) {
 // (__frcp_rn: MUFU.RCP, then one Newton step as two multiply-adds), which nvcc takes for exactly
 // those b, without its range test and the branch around the slow path; the residual b * y - 1
 // is zero or at least 2^-48 in magnitude, so the flush to zero of its negation there changes
-// nothing.  scripts/check_kernels.py checks that the two instruction sequences are the same;
-// the GPU tests compare the kernels with the CPU's division.  Elsewhere: the division.
+// nothing.  The two instruction sequences were compared in cuobjdump's SASS (docs/design.md);
+// tests/test_cuda.py compares rcp_rn with __frcp_rn for every such b on the device
+// (fast_path_check_kernel).  Elsewhere: the division.
 ADAMW8_HD float rcp_rn(float b) {
 #if defined(__CUDA_ARCH__)
   float y;

@@ -135,6 +135,11 @@ __device__ __forceinline__ uint2 pack8_codes(const uint32_t (&c)[kPerLane]) {
   return r;
 }
 
+// Code j of a lane's packed codes (pack8_codes), for the tail's byte stores.
+__device__ __forceinline__ uint8_t code_at(uint2 w, int j) {
+  return static_cast<uint8_t>((j < 4 ? w.x : w.y) >> (8 * (j & 3)));
+}
+
 // Row-major index -> offsets of a non-contiguous param (po) and grad (go).
 __device__ __forceinline__ void strided_offsets(const StridedDesc& d, int64_t i, int64_t& po, int64_t& go) {
   po = 0;
@@ -498,10 +503,9 @@ __device__ __forceinline__ void write_unit_8bit(const LaunchArgs& a, const Maps8
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       if (off + j < ta.numel) {
-        const int sh = 8 * (j & 3);
-        c1p[off + j] = static_cast<uint8_t>((j < 4 ? w1.x : w1.y) >> sh);
-        c2p[off + j] = static_cast<uint8_t>((j < 4 ? w2.x : w2.y) >> sh);
-        if constexpr (kAms) c3p[off + j] = static_cast<uint8_t>((j < 4 ? w3.x : w3.y) >> sh);
+        c1p[off + j] = code_at(w1, j);
+        c2p[off + j] = code_at(w2, j);
+        if constexpr (kAms) c3p[off + j] = code_at(w3, j);
       }
     }
   }

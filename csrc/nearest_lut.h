@@ -230,7 +230,8 @@ ADAMW8_HD uint32_t packed_sum_signed(const uint32_t* word1, uint32_t vb, uint32_
 }
 
 // Map 2 (unsigned: v and amsgrad's max, never negative, not even -0, so x's sign bit is
-// clear): positive_floor as a max where the value is not +0.  Code in bits 16..23.
+// clear): positive_floor as code 1 where the code is 0 and the value is not +0.  Code in bits
+// 16..23.
 ADAMW8_HD uint32_t packed_sum_unsigned(const uint32_t* word2, uint32_t vb, uint32_t xb) {
   const uint32_t sum = packed_word_at(word2, packed_half_offset(xb)) + (xb & 0xffffu);
   return vb != 0u && sum < 0x10000u ? 0x10000u : sum;

@@ -136,36 +136,41 @@ inline int __syncthreads_or(int predicate) {
   return any;
 }
 
+// One warp exchange: each lane writes its 8-byte slot, a warp barrier, `read` takes what it
+// needs of the warp's 32 slots, a second warp barrier (no lane writes again before every lane
+// has read).
+template <typename Read>
+inline auto warp_exchange(uint64_t slot, Read&& read) {
+  auto& c = adamw8_emu::ctx;
+  const unsigned tid = c.thread.x;
+  std::barrier<>& warp = *c.sync->warps[tid >> 5];
+  c.sync->exchange[tid] = slot;
+  warp.arrive_and_wait();
+  const auto out = read(&c.sync->exchange[tid - (tid & 31u)]);
+  warp.arrive_and_wait();
+  return out;
+}
+
 template <typename V>
 inline V __shfl_xor_sync(unsigned mask, V value, int lane_mask, int width = 32) {
   static_assert(sizeof(V) <= 8, "shuffle of at most 8 bytes");
   if (mask != 0xffffffffu || width != 32) throw std::logic_error("cuda_emu: only full-warp shuffles are emulated");
-  auto& c = adamw8_emu::ctx;
-  const unsigned tid = c.thread.x, lane = tid & 31u, base = tid - lane;
-  std::barrier<>& warp = *c.sync->warps[tid >> 5];
+  const unsigned partner = (adamw8_emu::ctx.thread.x & 31u) ^ static_cast<unsigned>(lane_mask);
   uint64_t slot = 0;
   std::memcpy(&slot, &value, sizeof(V));
-  c.sync->exchange[tid] = slot;
-  warp.arrive_and_wait();
-  slot = c.sync->exchange[base + (lane ^ static_cast<unsigned>(lane_mask))];
-  warp.arrive_and_wait();
+  slot = warp_exchange(slot, [&](const uint64_t* w) { return w[partner]; });
   V out;
   std::memcpy(&out, &slot, sizeof(V));
   return out;
 }
 
-// Every lane's value, then the largest: the exchange of __shfl_xor_sync.
 inline unsigned __reduce_max_sync(unsigned mask, unsigned value) {
   if (mask != 0xffffffffu) throw std::logic_error("cuda_emu: only full-warp reductions are emulated");
-  auto& c = adamw8_emu::ctx;
-  const unsigned tid = c.thread.x, base = tid - (tid & 31u);
-  std::barrier<>& warp = *c.sync->warps[tid >> 5];
-  c.sync->exchange[tid] = value;
-  warp.arrive_and_wait();
-  unsigned out = 0;
-  for (unsigned l = 0; l < 32; ++l) out = std::max(out, static_cast<unsigned>(c.sync->exchange[base + l]));
-  warp.arrive_and_wait();
-  return out;
+  return warp_exchange(value, [](const uint64_t* w) {
+    unsigned out = 0;
+    for (int l = 0; l < 32; ++l) out = std::max(out, static_cast<unsigned>(w[l]));
+    return out;
+  });
 }
 
 namespace adamw8_emu {

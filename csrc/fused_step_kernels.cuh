@@ -155,13 +155,37 @@ __device__ __forceinline__ void strided_offsets(const StridedDesc& d, int64_t i,
 }
 
 // ------------------------------------------------------------------ reductions
+// The warp's largest of 32 unsigned values: one warp reduction (REDUX) on sm_80 and later; on
+// sm_75 (Turing, the oldest architecture CUDA 13 and torch's CUDA wheels build for), which has
+// no __reduce_max_sync, five shuffles and five compare-and-selects.  The emulation (host code)
+// runs the reduction; tests/test_emulation.py also builds it with ADAMW8_WARP_REDUX=0, and
+// scripts/check_kernels.py --archs compiles the kernels for every architecture torch lists.
+#ifndef ADAMW8_WARP_REDUX
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define ADAMW8_WARP_REDUX 1
+#else
+#define ADAMW8_WARP_REDUX 0
+#endif
+#endif
+
+__device__ __forceinline__ uint32_t warp_max_u32(uint32_t x) {
+#if ADAMW8_WARP_REDUX
+  return __reduce_max_sync(0xffffffffu, x);
+#else
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const uint32_t y = __shfl_xor_sync(0xffffffffu, x, o);
+    x = y > x ? y : x;
+  }
+  return x;
+#endif
+}
+
 // The warp's largest value of lanes' maxima that are never NaN and never -0 (the unit loop's
 // maxima of |m|, v and vh, from +0; the scratch maxima made of them): such floats order as
-// their bits do, so it is one warp reduction of the bits (REDUX on sm_80 and later), where five
-// shuffles and five compare-and-selects took ten instructions.
-__device__ __forceinline__ float warp_max(float x) {
-  return bits_float(__reduce_max_sync(0xffffffffu, float_bits(x)));
-}
+// their bits do, so it is the warp's largest of the bits (with REDUX one instruction, where five
+// shuffles and five compare-and-selects took ten).
+__device__ __forceinline__ float warp_max(float x) { return bits_float(warp_max_u32(float_bits(x))); }
 
 __device__ __forceinline__ double warp_max(double x) {
 #pragma unroll
@@ -190,10 +214,10 @@ __device__ __forceinline__ void for_each_unit(const LaunchArgs& a, Body&& body) 
   const int64_t total = a.unit_start[a.ntensors];
   const int64_t ub = total * blockIdx.x / gridDim.x;
   const int64_t ue = total * (blockIdx.x + 1) / gridDim.x;
-  // the warp's index as a warp reduction: its result is warp-uniform to the compiler, so the
-  // unit and tensor indices, the per-tensor scalars and the tensor's fields derived from it
-  // live in uniform registers, not in each thread's
-  const int warp = static_cast<int>(__reduce_max_sync(0xffffffffu, threadIdx.x >> 5));
+  // the warp's index as a warp reduction: with REDUX its result is warp-uniform to the
+  // compiler, so the unit and tensor indices, the per-tensor scalars and the tensor's fields
+  // derived from it live in uniform registers, not in each thread's
+  const int warp = static_cast<int>(warp_max_u32(threadIdx.x >> 5));
   int ti = -1;
   for (int64_t u = ub + warp; u < ue; u += kWarps) {
     bool fresh = false;
@@ -680,8 +704,18 @@ struct SharedFor<true> {
 template <bool kEight>
 using SharedOf = typename SharedFor<kEight>::type;
 
+// The update kernels' blocks per SM (__launch_bounds__).  sm_75 (Turing) has 64 KB of shared
+// memory and 1024 threads per SM: one 8-bit block (45 KB of tables) fits, so its registers are
+// not capped for more, and the 32-bit kernel is compiled for 3 blocks (80 registers), where 4
+// (64 registers) spill without the uniform warp index (warp_max_u32).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+constexpr int kBoundBlocks8 = 1, kBoundBlocks32 = 3;
+#else
+constexpr int kBoundBlocks8 = kMinBlocks8, kBoundBlocks32 = kMinBlocks32;
+#endif
+
 template <typename T, bool kEight, bool kAms, int kPass>
-__global__ void __launch_bounds__(kThreads, kEight ? kMinBlocks8 : kMinBlocks32)
+__global__ void __launch_bounds__(kThreads, kEight ? kBoundBlocks8 : kBoundBlocks32)
     fused_step_kernel(const __grid_constant__ LaunchArgs a) {
   if (skipped(a)) return;
   __shared__ SharedOf<kEight> smem;  // the maps and tables (8-bit only)

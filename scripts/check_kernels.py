@@ -5,9 +5,13 @@
   - every update kernel reads and writes full units with 128-bit accesses (ld/st.global...v4
     in the PTX; cuobjdump is not on the CI machines), and the 8-bit ones move codes with
     64-bit accesses (v2);
-  - registers and static shared memory per kernel, recorded.
+  - registers and static shared memory per kernel, recorded;
+  - the other architectures torch's CUDA 13 wheels are built for (OTHER_ARCHS: sm_75 Turing
+    up to sm_120), where a user's build may compile the kernels (TORCH_CUDA_ARCH_LIST, or the
+    GPU at hand): each source compiles and no kernel spills.  An architecture the toolkit does
+    not know is skipped with a note.
 
-    python scripts/check_kernels.py [--out report.md]
+    python scripts/check_kernels.py [--out report.md] [--archs sm_75,sm_80 | --archs none]
 
 Exits 1 when a rule fails, 0 (with a note) where there is no CUDA toolkit.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import os
 import re
 import runpy
@@ -25,6 +30,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = [os.path.join(ROOT, "csrc", f) for f in ("fused_step_cuda.cu", "quantize_cuda.cu")]
+# torch.cuda.get_arch_list() of torch's CUDA 13 wheels, less sm_90 (checked in full above)
+OTHER_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_100", "sm_120")
 
 
 def build_flags():
@@ -78,6 +85,42 @@ def ptxas_report(nvcc, flags, tmp, source):
     res = subprocess.run([nvcc, *flags, "-cubin", "-Xptxas", "-v", source, "-o", os.path.join(tmp, "k.cubin")],
                          check=True, capture_output=True, text=True)
     return parse_ptxas(res.stderr)
+
+
+def with_arch(flags, arch):
+    return [f for f in flags if not f.startswith("-arch=")] + [f"-arch={arch}"]
+
+
+def other_archs(nvcc, flags, archs, tmp):
+    """Compiles every source for each of `archs` (two at a time); returns (problems, notes).  A
+    source that does not compile, or a kernel that spills, is a problem."""
+    known = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True).stdout.split()
+    problems, notes, jobs = [], [], []
+    for arch in archs:
+        if known and arch.replace("sm_", "compute_") not in known:
+            notes.append(f"{arch}: not known to this nvcc, skipped")
+            continue
+        for source in SOURCES:
+            jobs.append((arch, source))
+
+    def run(job):
+        arch, source = job
+        out = os.path.join(tmp, f"{arch}-{os.path.basename(source)}.cubin")
+        return job, subprocess.run([nvcc, *with_arch(flags, arch), "-cubin", "-Xptxas", "-v", source, "-o", out],
+                                   capture_output=True, text=True)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for (arch, source), res in pool.map(run, jobs):
+            name = os.path.basename(source)
+            if res.returncode != 0:
+                err = next((line for line in res.stderr.splitlines() if "error" in line), res.stderr.strip()[-300:])
+                problems.append(f"{arch} {name}: does not compile: {err}")
+                continue
+            report = parse_ptxas(res.stderr)
+            problems += [f"{arch} {p}" for p in check({}, report)]
+            notes.append(f"{arch} {name}: {len(report)} kernels, at most "
+                         f"{max((r.get('regs', 0) for r in report.values()), default=0)} registers")
+    return problems, notes
 
 
 def parse_ptxas(text: str) -> dict:
@@ -137,7 +180,11 @@ def check(ptx, sass):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="also write the report (markdown) here")
+    ap.add_argument("--archs", default=",".join(OTHER_ARCHS),
+                    help="the other architectures to compile for, comma-separated, or 'none' "
+                         "(default: %(default)s)")
     args = ap.parse_args(argv)
+    archs = [] if args.archs == "none" else [a.strip() for a in args.archs.split(",") if a.strip()]
     nvcc, flags = build_flags()
     if nvcc is None:
         print("check_kernels: no CUDA toolkit found; nothing checked")
@@ -147,6 +194,7 @@ def main(argv=None) -> int:
         for source in SOURCES:
             ptx.update(ptx_accesses(nvcc, flags, tmp, source))
             sass.update(ptxas_report(nvcc, flags, tmp, source))
+        arch_problems, arch_notes = other_archs(nvcc, flags, archs, tmp)
     lines = ["| kernel | registers | smem B | stack B | spills B | ld v4 | st v4 | ld v2 | st v2 | scalar ld/st | PTX instr |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in sorted(ptx, key=short):
@@ -159,7 +207,9 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(report + "\n")
-    problems = check(ptx, sass)
+    for note in arch_notes:
+        print("check_kernels:", note)
+    problems = check(ptx, sass) + arch_problems
     for p in problems:
         print("check_kernels: FAIL:", p, file=sys.stderr)
     print(f"check_kernels: {len(ptx)} kernels, {len(problems)} problems")

@@ -23,11 +23,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = ["-O2", "-std=c++20", "-ffp-contract=off", "-fopenmp", "-fvisibility=hidden"]
 
 
-def _build(name: str, src_dir: pathlib.Path) -> None:
+def _build(name: str, src_dir: pathlib.Path, defines: tuple[str, ...] = ()) -> None:
     from torch.utils.cpp_extension import load
 
-    load(name=name, sources=[str(src_dir / "emu" / "emu_ops.cpp")], extra_cflags=FLAGS + [f"-DADAMW8_EMU_NS={name}"],
-         extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    load(name=name, sources=[str(src_dir / "emu" / "emu_ops.cpp")],
+         extra_cflags=FLAGS + [f"-DADAMW8_EMU_NS={name}", *defines], extra_ldflags=["-fopenmp"],
+         is_python_module=False, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -316,12 +317,30 @@ def test_a_planted_defect_is_caught():
         shutil.copytree(ROOT / "csrc", src)
         k = src / "fused_step_kernels.cuh"
         text = k.read_text()
-        planted = text.replace("__reduce_max_sync(0xffffffffu, float_bits(x))", "float_bits(x)", 1)
+        planted = text.replace("warp_max_u32(float_bits(x))", "float_bits(x)", 1)
         assert planted != text, "the warp max to plant the defect in was not found"
         k.write_text(planted)
         _build("adamw8_emu_defect", src)
     with pytest.raises(AssertionError, match="differs"):
         run_both(torch.ops.adamw8_emu_defect.fused_step_multi, torch.float32, [4097], True, False)
+
+
+@pytest.fixture(scope="module")
+def emu_shuffles():
+    """The kernels as nvcc builds them for sm_75, which has no warp reduction instruction:
+    warp_max_u32 by shuffles (ADAMW8_WARP_REDUX=0), for the absmax and the warp index."""
+    _build("adamw8_emu_shfl", ROOT / "csrc", ("-DADAMW8_WARP_REDUX=0",))
+    return torch.ops.adamw8_emu_shfl
+
+
+@pytest.mark.parametrize("eight, ams, block_wise", [FORMATS[0], FORMATS[3], FORMATS[4]],
+                         ids=[FORMAT_IDS[0], FORMAT_IDS[3], FORMAT_IDS[4]])
+def test_kernels_without_warp_reductions(emu_shuffles, eight, ams, block_wise):
+    """The sm_75 form of the warp maxima equals the CPU kernels bit for bit: 32-bit, 8-bit with
+    amsgrad (three block maxima a unit) and one absmax per tensor (the scratch maxima)."""
+    run_both(emu_shuffles.fused_step_multi, torch.float32, SIZES, eight, ams, block_wise)
+    run_both(emu_shuffles.fused_step_multi, torch.bfloat16, [70 * 256 + 3, 5, 9 * 256], eight, ams, block_wise,
+             sms=1, steps=2)
 
 
 def test_emulation_runs_the_built_source():

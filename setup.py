@@ -60,6 +60,24 @@ def _build_cuda() -> bool:
     return CUDA_ROOT is not None and bool(glob.glob(os.path.join(HERE, "csrc", "*.cu")))
 
 
+def default_arch_list():
+    """The TORCH_CUDA_ARCH_LIST for a CUDA build that names none, or None to leave it unset.
+    cpp_extension then compiles for the GPUs it sees, and with none (a build machine, a
+    container build, a cluster's login node) stops with a bare IndexError (torch 2.14).  With no
+    GPU: every architecture this torch was built for from sm_75 on (the oldest CUDA 13 builds
+    for, and the oldest scripts/check_kernels.py compiles the kernels for in CI), the newest
+    also as PTX: sm_75 ... sm_120 for torch's CUDA 13 wheels."""
+    import torch
+
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.device_count() > 0:
+        return None
+    archs = sorted({a[3:] for a in torch.cuda.get_arch_list() if a.startswith("sm_") and a[3:].isdigit()
+                    and int(a[3:]) >= 75}, key=int)
+    if not archs:
+        return None
+    return ";".join(f"{a[:-1]}.{a[-1]}" for a in archs) + "+PTX"
+
+
 # -ffp-contract=off / --fmad=false: no fused multiply-add, so the kernels and the
 # PyTorch reference round identically (csrc/adamw8_math.h).  The C++ standard of
 # the host code is torch's choice (BuildExtension passes the one its headers need);
@@ -132,6 +150,11 @@ def _extension():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = CXX_FLAGS
     if _build_cuda():
+        archs = default_arch_list()
+        if archs is not None:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+            print(f"adamw8: no GPU visible and TORCH_CUDA_ARCH_LIST unset: building the CUDA kernels for {archs} "
+                  "(torch's own list; set TORCH_CUDA_ARCH_LIST, e.g. 9.0 for an H100, to build faster)")
         cu = sorted(glob.glob(os.path.join("csrc", "*.cu")))
         cuda_cpp = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         return cpp_extension.CUDAExtension(

@@ -20,6 +20,7 @@
 #include "../fused_step_checks.h"
 #include "../fused_step_cuda.h"
 #include "../fused_step_plan.h"
+#include "launch_error.h"
 
 namespace adamw8 {
 namespace {
@@ -84,8 +85,7 @@ void run_cuda(const std::vector<ParamSlot>& slots, const GroupArgs& g) {
       slots, g,
       [&](const cuda::LaunchArgs& a, cuda::ParamType type, bool eight, bool ams) {
         const int err = cuda::launch_fused_step(a, type, eight, ams, stream, bps);
-        TORCH_CHECK(err == 0, "adamw8: launching the CUDA kernels failed: ",
-                    cudaGetErrorString(static_cast<cudaError_t>(err)));
+        TORCH_CHECK(err == 0, "adamw8: launching the CUDA kernels failed: ", launch_error(err, dev.index()));
       },
       tpl);
 }
@@ -98,7 +98,7 @@ void fast_path_check(const at::Tensor& counts) {
   c10::cuda::CUDAGuard device_guard(counts.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(counts.device().index()).stream();
   const int err = cuda::launch_fast_path_check(reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream);
-  TORCH_CHECK(err == 0, "adamw8: launching the fast-path check failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+  TORCH_CHECK(err == 0, "adamw8: launching the fast-path check failed: ", launch_error(err, counts.device().index()));
 }
 
 }  // namespace

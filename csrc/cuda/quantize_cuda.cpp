@@ -9,6 +9,7 @@
 
 #include "../quantize_cuda.h"
 #include "../quantize_ops.h"
+#include "launch_error.h"
 
 namespace adamw8 {
 namespace {
@@ -20,7 +21,7 @@ void run(const QuantCall& c, bool dequant) {
   const at::Tensor scratch = quant_scratch(c, dequant);
   const int err = cuda::launch_quantize(quant_args(c, scratch), dequant, stream);
   TORCH_CHECK(err == 0, "adamw8: launching the CUDA ", dequant ? "dequantize" : "quantize",
-              " kernels failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+              " kernels failed: ", launch_error(err, c.codes.device().index()));
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, const at::Tensor& qmap, bool block_wise,

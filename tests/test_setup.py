@@ -1,0 +1,53 @@
+"""setup.py's build decisions that need no compiler: the architectures of a CUDA build on a
+machine without a GPU."""
+
+from __future__ import annotations
+
+import pathlib
+import runpy
+
+import pytest
+import torch
+from torch.utils import cpp_extension
+
+SETUP = runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "setup.py"), run_name="adamw8_setup")
+WHEEL_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch's CUDA 13 wheels
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    def set_up(gpus: int, archs: list[str], env: str | None = None):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(archs))
+        if env is None:
+            monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+        else:
+            monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", env)
+        return SETUP["default_arch_list"]()
+
+    return set_up
+
+
+def test_no_gpu_builds_for_every_architecture_torch_runs_on(machine, monkeypatch):
+    """Without a GPU and without TORCH_CUDA_ARCH_LIST, cpp_extension has no architecture to
+    build for (torch 2.14 stops with an IndexError); setup.py names torch's own list, in a form
+    cpp_extension turns into one -gencode per architecture and PTX for the newest."""
+    archs = machine(0, WHEEL_ARCHS)
+    assert archs == "7.5;8.0;8.6;9.0;10.0;12.0+PTX"
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", archs)
+    flags = cpp_extension._get_cuda_arch_flags()
+    for cc in ("75", "80", "86", "90", "100", "120"):
+        assert f"-gencode=arch=compute_{cc},code=sm_{cc}" in flags, flags
+    assert "-gencode=arch=compute_120,code=compute_120" in flags, flags
+
+
+def test_a_given_list_or_a_visible_gpu_is_left_to_cpp_extension(machine):
+    assert machine(0, WHEEL_ARCHS, env="9.0") is None
+    assert machine(1, WHEEL_ARCHS) is None  # cpp_extension builds for the GPUs it sees
+
+
+def test_only_plain_sm_architectures_are_named(machine):
+    assert machine(0, ["sm_90a", "compute_90", "sm_80", "sm_100a", "sm_86"]) == "8.0;8.6+PTX"
+    # a CUDA 12 wheel's older architectures: the kernels are checked from sm_75 on
+    assert machine(0, ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]) == "7.5;8.0;8.6;9.0+PTX"
+    assert machine(0, []) is None  # a CPU build of torch lists none

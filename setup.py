@@ -60,19 +60,35 @@ def _build_cuda() -> bool:
     return CUDA_ROOT is not None and bool(glob.glob(os.path.join(HERE, "csrc", "*.cu")))
 
 
+MIN_ARCH = 75  # sm_75: the oldest architecture CUDA 13 builds for and check_kernels.py checks
+
+
 def default_arch_list():
-    """The TORCH_CUDA_ARCH_LIST for a CUDA build that names none, or None to leave it unset.
-    cpp_extension then compiles for the GPUs it sees, and with none (a build machine, a
-    container build, a cluster's login node) stops with a bare IndexError (torch 2.14).  With no
-    GPU: every architecture this torch was built for from sm_75 on (the oldest CUDA 13 builds
-    for, and the oldest scripts/check_kernels.py compiles the kernels for in CI), the newest
-    also as PTX: sm_75 ... sm_120 for torch's CUDA 13 wheels."""
+    """The TORCH_CUDA_ARCH_LIST for a CUDA build that names none: None to leave it unset, "" for
+    no CUDA kernels at all.  A list given by the user is theirs.  Otherwise cpp_extension
+    compiles for the GPUs it sees:
+      - where they are all sm_75 or later, that is its choice;
+      - a GPU older than sm_75 is left out (the kernels are not checked there, and before
+        Volta their launch record is larger than the 4 KB of kernel parameters CUDA allows),
+        and with no other GPU nothing CUDA is built (CUDA tensors run the PyTorch reference,
+        with a warning, and the rest of the package installs);
+      - with no GPU at all (a build machine, a container build, a cluster's login node)
+        cpp_extension stops with a bare IndexError (torch 2.14), so every architecture this
+        torch was built for from sm_75 on is named, the newest also as PTX: sm_75 ... sm_120
+        for torch's CUDA 13 wheels."""
     import torch
 
-    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.device_count() > 0:
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return None
+    gpus = torch.cuda.device_count()
+    if gpus > 0:
+        caps = sorted({tuple(torch.cuda.get_device_capability(i)) for i in range(gpus)})
+        keep = [c for c in caps if 10 * c[0] + c[1] >= MIN_ARCH]
+        if len(keep) == len(caps):
+            return None
+        return ";".join(f"{a}.{b}" for a, b in keep) + ("+PTX" if keep else "")
     archs = sorted({a[3:] for a in torch.cuda.get_arch_list() if a.startswith("sm_") and a[3:].isdigit()
-                    and int(a[3:]) >= 75}, key=int)
+                    and int(a[3:]) >= MIN_ARCH}, key=int)
     if not archs:
         return None
     return ";".join(f"{a[:-1]}.{a[-1]}" for a in archs) + "+PTX"
@@ -149,12 +165,16 @@ LINK_ARGS = ["-fopenmp", *_libstdcxx_link_args()]
 def _extension():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = CXX_FLAGS
-    if _build_cuda():
-        archs = default_arch_list()
-        if archs is not None:
-            os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-            print(f"adamw8: no GPU visible and TORCH_CUDA_ARCH_LIST unset: building the CUDA kernels for {archs} "
-                  "(torch's own list; set TORCH_CUDA_ARCH_LIST, e.g. 9.0 for an H100, to build faster)")
+    build_cuda = _build_cuda()
+    archs = default_arch_list() if build_cuda else None
+    if archs == "":
+        print("adamw8: every GPU here is older than sm_75, the oldest the CUDA kernels are built and checked for: "
+              "building without them (CUDA tensors run the PyTorch reference)")
+    elif archs is not None:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        print(f"adamw8: TORCH_CUDA_ARCH_LIST unset: building the CUDA kernels for {archs} (set it, e.g. 9.0 for an "
+              "H100, to choose)")
+    if build_cuda and archs != "":
         cu = sorted(glob.glob(os.path.join("csrc", "*.cu")))
         cuda_cpp = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         return cpp_extension.CUDAExtension(

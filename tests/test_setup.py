@@ -1,5 +1,5 @@
-"""setup.py's build decisions that need no compiler: the architectures of a CUDA build on a
-machine without a GPU."""
+"""setup.py's build decisions that need no compiler: the architectures a CUDA build compiles
+for where TORCH_CUDA_ARCH_LIST is unset."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ WHEEL_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch'
 
 @pytest.fixture
 def machine(monkeypatch):
-    def set_up(gpus: int, archs: list[str], env: str | None = None):
-        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    def set_up(gpus, archs: list[str], env: str | None = None):
+        """gpus: how many (of compute capability 9.0), or their capabilities."""
+        caps = [(9, 0)] * gpus if isinstance(gpus, int) else list(gpus)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(caps))
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: caps[i])
         monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(archs))
         if env is None:
             monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
@@ -44,6 +47,17 @@ def test_no_gpu_builds_for_every_architecture_torch_runs_on(machine, monkeypatch
 def test_a_given_list_or_a_visible_gpu_is_left_to_cpp_extension(machine):
     assert machine(0, WHEEL_ARCHS, env="9.0") is None
     assert machine(1, WHEEL_ARCHS) is None  # cpp_extension builds for the GPUs it sees
+    assert machine([(7, 5), (8, 0)], WHEEL_ARCHS) is None
+    assert machine([(6, 0)], WHEEL_ARCHS, env="6.0") is None  # the user's choice stands
+
+
+def test_gpus_older_than_sm75_are_left_out(machine):
+    """cpp_extension would compile for every visible GPU; one older than sm_75 is dropped, and
+    with none left no CUDA kernels are built ("": the package still installs)."""
+    assert machine([(7, 0), (9, 0)], WHEEL_ARCHS) == "9.0+PTX"
+    assert machine([(6, 0), (7, 5), (8, 6)], WHEEL_ARCHS) == "7.5;8.6+PTX"
+    assert machine([(6, 0)], WHEEL_ARCHS) == ""
+    assert machine([(7, 0), (7, 0)], WHEEL_ARCHS) == ""
 
 
 def test_only_plain_sm_architectures_are_named(machine):

@@ -156,10 +156,10 @@ __device__ __forceinline__ void strided_offsets(const StridedDesc& d, int64_t i,
 
 // ------------------------------------------------------------------ reductions
 // The warp's largest of 32 unsigned values: one warp reduction (REDUX) on sm_80 and later; on
-// sm_75 (Turing, the oldest architecture CUDA 13 and torch's CUDA wheels build for), which has
-// no __reduce_max_sync, five shuffles and five compare-and-selects.  The emulation (host code)
-// runs the reduction; tests/test_emulation.py also builds it with ADAMW8_WARP_REDUX=0, and
-// scripts/check_kernels.py --archs compiles the kernels for every architecture torch lists.
+// sm_75 (Turing, the oldest architecture CUDA 13 and torch's CUDA 13 wheels build for), which
+// has no __reduce_max_sync, five shuffles and five compare-and-selects.  The emulation (host
+// code) runs the reduction; tests/test_emulation.py also builds it with ADAMW8_WARP_REDUX=0, and
+// scripts/check_kernels.py compiles the kernels for sm_75 and the wheels' other architectures.
 #ifndef ADAMW8_WARP_REDUX
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define ADAMW8_WARP_REDUX 1

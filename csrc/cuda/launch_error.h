@@ -13,11 +13,14 @@ inline std::string launch_error(int err, int device) {
   std::string msg = cudaGetErrorString(static_cast<cudaError_t>(err));
   if (err == static_cast<int>(cudaErrorNoKernelImageForDevice)) {
     int major = 0, minor = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    const std::string cc = std::to_string(major) + "." + std::to_string(minor);
-    msg += " (adamw8 was built without code for this GPU, compute capability " + cc +
-           ": rebuild it with TORCH_CUDA_ARCH_LIST=" + cc + " in the environment; README, Install)";
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess) {
+      const std::string cc = std::to_string(major) + "." + std::to_string(minor);
+      msg += " (adamw8 was built without code for this GPU, compute capability " + cc +
+             ": rebuild it with TORCH_CUDA_ARCH_LIST=" + cc + " in the environment; README, Install)";
+    } else {
+      msg += " (adamw8 was built without code for this GPU: rebuild it with its TORCH_CUDA_ARCH_LIST; README, Install)";
+    }
   }
   return msg;
 }

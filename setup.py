@@ -14,6 +14,7 @@ ADAMW8_NO_CUDA=1 always forces a CPU-only build.
 import glob
 import os
 import platform
+import re
 import shutil
 import subprocess
 
@@ -58,6 +59,29 @@ def _build_cuda() -> bool:
     if os.environ.get("ADAMW8_NO_CUDA", "0") == "1" or torch.version.cuda is None:
         return False
     return CUDA_ROOT is not None and bool(glob.glob(os.path.join(HERE, "csrc", "*.cu")))
+
+
+def toolkit_release(root):
+    """The CUDA toolkit's release ("13.0") from `nvcc --version`, or None where it cannot say."""
+    try:
+        out = subprocess.run([os.path.join(root, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def toolkit_mismatch(release, torch_cuda):
+    """Why the toolkit cannot build kernels for this torch, or None.  cpp_extension refuses a
+    toolkit of another CUDA major version than torch's, with its message's placeholders
+    unfilled; this says it first, with the two ways out."""
+    if not release or not torch_cuda or release.split(".")[0] == torch_cuda.split(".")[0]:
+        return None
+    return (f"adamw8: the CUDA toolkit at {CUDA_ROOT} is CUDA {release}, and this torch was built with CUDA "
+            f"{torch_cuda}: the CUDA kernels need a toolkit of the same major version. Point CUDA_HOME at a CUDA "
+            f"{torch_cuda.split('.')[0]}.x toolkit, or set ADAMW8_NO_CUDA=1 to build without the CUDA kernels (CUDA "
+            "tensors then run the PyTorch reference).")
 
 
 MIN_ARCH = 75  # sm_75: the oldest architecture CUDA 13 builds for and check_kernels.py checks
@@ -166,6 +190,12 @@ def _extension():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = CXX_FLAGS
     build_cuda = _build_cuda()
+    if build_cuda:
+        import torch
+
+        mismatch = toolkit_mismatch(toolkit_release(CUDA_ROOT), torch.version.cuda)
+        if mismatch:
+            raise RuntimeError(mismatch)
     archs = default_arch_list() if build_cuda else None
     if archs == "":
         print("adamw8: every GPU here is older than sm_75, the oldest the CUDA kernels are built and checked for: "

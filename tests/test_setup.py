@@ -65,3 +65,33 @@ def test_only_plain_sm_architectures_are_named(machine):
     # a CUDA 12 wheel's older architectures: the kernels are checked from sm_75 on
     assert machine(0, ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]) == "7.5;8.0;8.6;9.0+PTX"
     assert machine(0, []) is None  # a CPU build of torch lists none
+
+
+def test_a_toolkit_of_another_major_version_is_refused_with_the_ways_out(tmp_path, monkeypatch):
+    """cpp_extension refuses a toolkit of another CUDA major version than torch's with its
+    message's placeholders unfilled; setup.py says it first, naming both versions and the two
+    ways out.  A fake toolkit root whose nvcc reports CUDA 12.4, under a torch of CUDA 13.0."""
+    root = tmp_path / "cuda-12.4"
+    (root / "bin").mkdir(parents=True)
+    (root / "include").mkdir()
+    (root / "include" / "cuda_runtime.h").write_text("")
+    nvcc = root / "bin" / "nvcc"
+    nvcc.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 12.4, V12.4.131'\n")
+    nvcc.chmod(0o755)
+    extension = SETUP["_extension"]
+    monkeypatch.setitem(extension.__globals__, "CUDA_ROOT", str(root))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.delenv("ADAMW8_NO_CUDA", raising=False)
+    assert SETUP["toolkit_release"](str(root)) == "12.4"
+    with pytest.raises(RuntimeError, match=r"CUDA 12\.4.*CUDA 13\.0.*CUDA 13\.x toolkit.*ADAMW8_NO_CUDA=1"):
+        extension()
+    monkeypatch.setenv("ADAMW8_NO_CUDA", "1")  # the way out: the C++ extension alone
+    assert all(not src.endswith(".cu") for src in extension().sources)
+
+
+def test_toolkits_of_the_same_major_version_pass():
+    mismatch = SETUP["toolkit_mismatch"]
+    assert mismatch("13.0", "13.0") is None
+    assert mismatch("13.2", "13.0") is None  # cpp_extension warns, and builds
+    assert mismatch(None, "13.0") is None  # nvcc did not say: cpp_extension decides
+    assert mismatch("12.8", "13.0") is not None

@@ -72,19 +72,23 @@ _warned: set = set()
 
 def set_pager(pager: Pager | None, device_type: str | None = None) -> None:
     """Install ``pager`` for ``device_type`` (default: its own); None removes it."""
+    if pager is not None and not isinstance(pager, Pager):
+        raise TypeError(f"adamw8: expected an adamw8.paging.Pager or None, got {type(pager).__name__}")
+    if device_type is not None and not isinstance(device_type, str):
+        raise TypeError(f"adamw8: device_type must be a str such as 'cuda', got {type(device_type).__name__}")
     key = device_type or (pager.device_type if pager is not None else None)
     if key is None:
         raise ValueError("adamw8: set_pager(None) needs the device_type to clear")
     if pager is None:
         _pagers.pop(key, None)
     else:
-        if not isinstance(pager, Pager):
-            raise TypeError(f"adamw8: expected an adamw8.paging.Pager, got {type(pager).__name__}")
         _pagers[key] = pager
 
 
-def pager_for(device: torch.device) -> Pager | None:
-    """The pager for ``device``, or None where paging is a no-op (with a one-time warning)."""
+def pager_for(device: torch.device | str) -> Pager | None:
+    """The pager for ``device`` (a torch.device or its name), or None where paging is a no-op
+    (with a one-time warning)."""
+    device = torch.device(device)
     if device.type in _pagers:
         return _pagers[device.type]
     if device.type == "cuda":

@@ -242,8 +242,24 @@ def test_on_the_cpu_paging_is_a_no_op_that_warns_once():
 def test_set_pager_checks_its_argument():
     with pytest.raises(TypeError, match="Pager"):
         paging.set_pager(object(), "cpu")
+    with pytest.raises(TypeError, match="Pager"):  # not an AttributeError on its device_type
+        paging.set_pager(3)
+    with pytest.raises(TypeError, match="device_type"):
+        paging.set_pager(None, torch.device("cpu"))
     with pytest.raises(ValueError, match="device_type"):
         paging.set_pager(None)
+
+
+def test_pager_for_takes_a_device_name():
+    pager = StandInPager()
+    paging.set_pager(pager, "cpu")
+    try:
+        assert paging.pager_for("cpu") is pager
+        assert paging.pager_for(torch.device("cpu")) is pager
+    finally:
+        paging.set_pager(None, "cpu")
+    with pytest.raises(RuntimeError):
+        paging.pager_for("no-such-device")
 
 
 # ---------------------------------------------------------------------------------- on a GPU

@@ -155,9 +155,10 @@ def test_hyperparameter_override_is_used(manager):
         (lambda m, p: m.override_config(p, "colour", 1), ValueError, "override key: expected one of"),
         (lambda m, p: m.override_config(p), ValueError, "expected key and value"),
         (lambda m, p: m.override_config([1.0], "lr", 1.0), TypeError, "expected tensors"),
+        (lambda m, p: m.override_config(3, "optim_bits", 32), TypeError, "a parameter or an iterable of them, got int"),
         (lambda m, p: m.register_module_override(torch.nn.Linear(2, 2), "nope", {}), ValueError, "has no tensor"),
     ],
-    ids=["bits", "lr", "key", "empty", "not-tensor", "module-attr"],
+    ids=["bits", "lr", "key", "empty", "not-tensor", "not-iterable", "module-attr"],
 )
 def test_manager_rejects_bad_overrides(manager, call, exc, match):
     with pytest.raises(exc, match=match):

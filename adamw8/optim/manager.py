@@ -76,7 +76,11 @@ class GlobalOptimManager:
         """Override config keys (``optim_bits``, ``lr``, ``betas``, ...) for one parameter or a list of them."""
         if isinstance(parameters, torch.Tensor):
             parameters = [parameters]
-        parameters = list(parameters)
+        try:
+            parameters = list(parameters)
+        except TypeError:
+            raise TypeError(f"override_config: expected a parameter or an iterable of them, got "
+                            f"{type(parameters).__name__}") from None
         for p in parameters:
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"override_config: expected tensors (parameters), got {type(p).__name__}")

@@ -222,7 +222,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="timed launches per candidate")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device must be cpu or cuda, got {args.device}")
     dt = device.type
     if dt not in tuning.FIELDS:
         ap.error(f"--device must be cpu or cuda, got {args.device}")
@@ -256,7 +259,10 @@ def main(argv=None) -> int:
     keys = [f"{f}/{d}/{b}" for f in args.formats for d in dtypes for b in tuning.BUCKETS]
 
     out = Path(args.out)
-    (out / "traces").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "traces").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {args.out}: cannot write there ({e.strerror or e})")
     before = tuning.get_table(dt)
     tuning.reset(dt)  # measure against the defaults, not an installed profile
     device_name = tuning.device_name(device)

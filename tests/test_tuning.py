@@ -226,6 +226,17 @@ def test_tune_on_cuda_without_a_gpu_says_so():
     assert r.returncode == 2 and "needs a CUDA device" in r.stderr
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "tpu"], "--device must be cpu or cuda, got tpu"),
+    (["--quick", "--out", "/proc/adamw8-tune"], "--out /proc/adamw8-tune: cannot write there"),
+    (["--reps", "0"], "--reps must be >= 1"),
+], ids=["device", "out", "reps"])
+def test_tune_refuses_bad_arguments_with_a_usage_error(argv, message):
+    """A usage error (exit 2, the argument named), not a traceback."""
+    r = subprocess.run([sys.executable, "-m", "adamw8.tune", *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 CUDA_BAD = {
     "blocks_per_sm too big": {"8bit/fp32/lt4m": {"blocks_per_sm": 65}},
     "tensors_per_launch 0": {"8bit/fp32/lt4m": {"tensors_per_launch": 0}},

@@ -276,3 +276,45 @@ def test_torch_checkpoints_that_do_not_fit_fail_clearly():
     run(tparams, adam, 1, seed=1)
     opt.load_state_dict(adam.state_dict())
     assert int(opt.state[params[0]]["step"]) == 1
+
+
+def test_nonfinite_checkpoint_state_warns_and_the_step_resets_only_those_elements():
+    """A checkpoint whose state holds NaN or inf loads with one warning naming where, and the
+    next step applies the non-finite rule to exactly those elements (moments reset, parameter
+    kept: for a NaN absmax, its whole 256-element block); every other element steps as from the
+    clean checkpoint, bit for bit.  A clean checkpoint loads without the warning."""
+    import warnings
+
+    params, opt = make("cpu", adamw8.AdamW8bit, {})
+    run(params, opt, 2, seed=1)
+    clean = opt.state_dict()
+    bad = copy.deepcopy(clean)
+    bad["state"][0]["absmax1"][3] = float("nan")  # 8-bit (5000 elements): block 3
+    bad["state"][2]["state2"][5] = float("inf")  # 32-bit (33 elements, under min_8bit_size)
+
+    def loaded(sd):
+        ps = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        o = adamw8.AdamW8bit(ps, lr=2e-3, min_8bit_size=1000)
+        o.load_state_dict(sd)
+        return ps, o
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        twin_params, twin = loaded(clean)
+    assert not [w for w in caught if "NaN or inf" in str(w.message)]
+    with pytest.warns(RuntimeWarning, match=r"NaN or inf for 2 parameter\(s\) \(first: param_groups\[0\]\['params'\]\[0\], "
+                                            r"absmax1: 1 of 20 values\)"):
+        bad_params, bad_opt = loaded(bad)
+    before = [p.detach().clone() for p in bad_params]
+    run(bad_params, bad_opt, 1, seed=3)
+    run(twin_params, twin, 1, seed=3)
+    kept = [torch.zeros(p.numel(), dtype=torch.bool) for p in params]
+    kept[0][3 * 256:4 * 256] = True
+    kept[2][5] = True
+    for p, t, b, k in zip(bad_params, twin_params, before, kept):
+        p, t, b = p.detach().reshape(-1), t.detach().reshape(-1), b.reshape(-1)
+        assert torch.equal(p[k], b[k])  # kept
+        assert torch.equal(p[~k], t[~k])  # as from the clean checkpoint
+        assert not torch.equal(t[k], b[k]) or not k.any()  # the clean twin did move them
+    assert torch.isfinite(bad_opt.state[bad_params[0]]["absmax1"]).all()
+    assert torch.isfinite(bad_opt.state[bad_params[2]]["state2"]).all()

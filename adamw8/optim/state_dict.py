@@ -15,6 +15,7 @@ parameter, whose 8-bit blocks are its shard's).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -174,6 +175,37 @@ def _import_param_state(opt, p: Tensor, conf: dict, amsgrad: bool, st: dict, whe
     return out
 
 
+def _nonfinite(st: dict) -> list[tuple[str, int, int]]:
+    """(key, non-finite count, size) of each float32 state or absmax tensor of an imported
+    parameter state that holds NaN or inf (a DTensor: its local shard)."""
+    found = []
+    for name in _STATE_KEYS + _ABSMAX_KEYS:
+        t = st.get(name)
+        if t is None or t.dtype != torch.float32:
+            continue
+        local = t.to_local() if hasattr(t, "to_local") else t
+        bad = int((~torch.isfinite(local)).sum().item())
+        if bad:
+            found.append((name, bad, local.numel()))
+    return found
+
+
+def _warn_nonfinite(found: dict) -> None:
+    """One warning for a checkpoint whose state holds NaN or inf: the step will reset those
+    elements (the non-finite rule) rather than spread them, so loading goes on, but not in
+    silence."""
+    where, items = next(iter(found.items()))
+    first = ", ".join(f"{name}: {bad} of {size} values" for name, bad, size in items)
+    warnings.warn(
+        f"load_state_dict: the checkpoint's state holds NaN or inf for {len(found)} parameter(s) (first: {where}, "
+        f"{first}). The next step resets the moments of those elements to 0 (8-bit state: every element of a "
+        "block whose absmax is not finite) and keeps their parameters, as it does for a non-finite gradient "
+        "(docs/design.md, Non-finite values).",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 def import_state_dict(opt, state_dict: dict) -> tuple[dict, list[dict]]:
     """Check and convert a whole state dict; returns (state by param, group values)."""
     if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
@@ -213,7 +245,7 @@ def import_state_dict(opt, state_dict: dict) -> tuple[dict, list[dict]]:
     for gi, (g, s) in enumerate(zip(groups, saved)):
         for pi, (p, saved_id) in enumerate(zip(g["params"], s["params"])):
             index[saved_id] = (gi, pi, p)
-    new_state = {}
+    new_state, nonfinite = {}, {}
     for key, st in state_dict["state"].items():
         if key not in index:
             raise ValueError(f"load_state_dict: state for parameter id {key!r}, which no group lists")
@@ -221,5 +253,11 @@ def import_state_dict(opt, state_dict: dict) -> tuple[dict, list[dict]]:
         group = groups[gi]
         amsgrad = group_values[gi].get("amsgrad", group["amsgrad"])
         conf = opt._config(gi, pi, p)
-        new_state[p] = _import_param_state(opt, p, conf, amsgrad, st, f"param_groups[{gi}]['params'][{pi}]")
+        where = f"param_groups[{gi}]['params'][{pi}]"
+        new_state[p] = _import_param_state(opt, p, conf, amsgrad, st, where)
+        found = _nonfinite(new_state[p])
+        if found:
+            nonfinite[where] = found
+    if nonfinite:
+        _warn_nonfinite(nonfinite)
     return new_state, group_values

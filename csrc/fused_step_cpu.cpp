@@ -137,11 +137,13 @@ void step_one(const ParamSlot& s, const GroupArgs& ga, const NearestCodeLut* lut
 void check_values(const GroupArgs& g) {
   // On the CPU the per-step scalars can be read for free, so check them too.
   const float* h = g.hyper.data_ptr<float>();
-  TORCH_CHECK(h[0] >= 0.0f, "adamw8: lr must be >= 0, got ", h[0]);
+  // lr, eps and weight_decay finite: an infinite lr or weight decay makes every parameter inf
+  // or NaN in one step
+  TORCH_CHECK(h[0] >= 0.0f && std::isfinite(h[0]), "adamw8: lr must be finite and >= 0, got ", h[0]);
   TORCH_CHECK(h[1] >= 0.0f && h[1] < 1.0f, "adamw8: beta1 must be in [0, 1), got ", h[1]);
   TORCH_CHECK(h[2] >= 0.0f && h[2] < 1.0f, "adamw8: beta2 must be in [0, 1), got ", h[2]);
-  TORCH_CHECK(h[3] >= 0.0f, "adamw8: eps must be >= 0, got ", h[3]);
-  TORCH_CHECK(h[4] >= 0.0f, "adamw8: weight_decay must be >= 0, got ", h[4]);
+  TORCH_CHECK(h[3] >= 0.0f && std::isfinite(h[3]), "adamw8: eps must be finite and >= 0, got ", h[3]);
+  TORCH_CHECK(h[4] >= 0.0f && std::isfinite(h[4]), "adamw8: weight_decay must be finite and >= 0, got ", h[4]);
 }
 
 void run_cpu(const std::vector<ParamSlot>& slots, const GroupArgs& g) {

@@ -156,6 +156,15 @@ def _seed():
     torch.manual_seed(1234)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_dynamo():
+    """Each module starts with Dynamo's caches empty: every compiled optimizer step is one more
+    compilation of torch.optim's step wrapper, and a module that compiles many (one per
+    optimizer) would otherwise use up torch's recompile limit for the modules after it
+    (docs/design.md, Compile)."""
+    torch._dynamo.reset()
+
+
 def check_against_reference(param, s, got_param, got, new, block_wise, eight, amsgrad, dtype):
     """Compare one op step (got_*) with the reference step (new = fp32 values, s = reference state)."""
     if eight:

@@ -159,3 +159,25 @@ def test_compiled_step_with_grad_scaler_attrs(device, fresh_dynamo):
             else:
                 assert v == snap["state"][k][name]
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_the_recompile_limit_is_shared_by_every_optimizers_step_and_a_reset_frees_it(fresh_dynamo):
+    """What the README says of many compiled optimizers in one process: each is one more
+    compilation of the same code, the ninth with fullgraph=True fails on torch's limit, and
+    with torch._dynamo.reset() before each, any number compile.  (Should torch change this,
+    the README is out of date.)"""
+    limit = torch._dynamo.config.recompile_limit
+
+    def compile_one():
+        p = torch.nn.Parameter(torch.randn(300))
+        opt = adamw8.AdamW8bit([p], min_8bit_size=0)
+        p.grad = torch.randn(300)
+        torch.compile(opt.step, fullgraph=True, backend="eager")()
+        return opt
+
+    keep = [compile_one() for _ in range(limit)]  # alive, as in a sweep that keeps its results
+    with pytest.raises(Exception, match="fullgraph"):
+        compile_one()
+    for _ in range(limit + 2):
+        torch._dynamo.reset()
+        keep.append(compile_one())

@@ -262,6 +262,8 @@ def test_every_dict_writer_of_a_group_reaches_the_device_tensor():
         g["lr"] = 1e40
     with pytest.raises(ValueError, match="float32 can hold"):
         adamw8.AdamW8bit([p], weight_decay=-1e39)
+    with pytest.raises(ValueError, match=r"lr: expected a finite value, got inf"):
+        g["lr"] = float("inf")  # a scheduler's overflow: refused where it is set
     for remove in (lambda: g.pop("lr"), lambda: g.__delitem__("betas"), g.clear, g.popitem):
         with pytest.raises(KeyError, match="kernels read"):
             remove()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import types
 
 import pytest
@@ -24,6 +25,10 @@ BAD_CTOR = [
     ("betas-len", dict(betas=(0.9,)), TypeError, "betas: expected a tuple of two floats"),
     ("wd", dict(weight_decay=-0.1), ValueError, "weight_decay: expected a value"),
     ("nan-lr", dict(lr=float("nan")), ValueError, "lr: expected a value"),
+    ("inf-lr", dict(lr=math.inf), ValueError, "lr: expected a finite value, got inf"),
+    ("inf-wd", dict(weight_decay=math.inf), ValueError, "weight_decay: expected a finite value, got inf"),
+    ("inf-eps", dict(eps=math.inf), ValueError, "eps: expected a finite value, got inf"),
+    ("inf-lr-tensor", dict(lr=torch.tensor(math.inf)), ValueError, "lr: expected a finite value"),
     ("bits", dict(optim_bits=16), ValueError, "optim_bits: expected 8 or 32, got 16"),
     ("pct-0", dict(percentile_clipping=0), ValueError, r"percentile_clipping: expected an int in 1..100"),
     ("pct-101", dict(percentile_clipping=101), ValueError, "percentile_clipping"),
@@ -199,10 +204,13 @@ def _op_cases(device):
         ("step-dtype", with_(10, torch.zeros((), dtype=torch.float32, device=d)), "step of param must be an int64 tensor"),
         ("hyper-shape", with_(12, torch.ones(4, device=d)), r"hyper must be a contiguous float32 tensor of shape \[5\]"),
         ("hyper-dtype", with_(12, hyper(d).double()), r"hyper must be a contiguous float32 tensor of shape \[5\]"),
-        ("lr-value", with_(12, hyper(d, lr=-1.0)), "lr must be >= 0"),
+        ("lr-value", with_(12, hyper(d, lr=-1.0)), "lr must be finite and >= 0"),
+        ("lr-inf-value", with_(12, hyper(d, lr=math.inf)), "lr must be finite and >= 0, got inf"),
         ("beta1-value", with_(12, hyper(d, beta1=1.0)), r"beta1 must be in \[0, 1\)"),
-        ("eps-value", with_(12, hyper(d, eps=-1.0)), "eps must be >= 0"),
-        ("wd-value", with_(12, hyper(d, wd=-1.0)), "weight_decay must be >= 0"),
+        ("eps-value", with_(12, hyper(d, eps=-1.0)), "eps must be finite and >= 0"),
+        ("eps-inf-value", with_(12, hyper(d, eps=math.inf)), "eps must be finite and >= 0, got inf"),
+        ("wd-value", with_(12, hyper(d, wd=-1.0)), "weight_decay must be finite and >= 0"),
+        ("wd-inf-value", with_(12, hyper(d, wd=math.inf)), "weight_decay must be finite and >= 0, got inf"),
         ("percentile", with_(14, 0), r"percentile must be in 1..100"),
         ("percentile-no-vec", with_(14, 90), r"percentile clipping \(percentile=90\) needs gnorm_vec"),
         ("gnorm-shape", lambda a: with_(14, 90)(with_(11, torch.zeros(99, device=d))(a)),

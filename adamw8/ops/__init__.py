@@ -10,6 +10,7 @@ silent.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -66,11 +67,11 @@ def _fused_step_multi_reference(*args, **kwargs):
     _note_reference("fused_step_multi", slots[0]["params"].device)
     # the values the CPU kernels check (fused_step_cpu.cpp check_values, lut_for), before writing
     lr, beta1, beta2, eps, wd = a.hyper.detach().cpu().tolist()
-    torch._check(lr >= 0, lambda: f"adamw8: lr must be >= 0, got {lr}")
+    torch._check(0 <= lr < math.inf, lambda: f"adamw8: lr must be finite and >= 0, got {lr}")
     torch._check(0 <= beta1 < 1, lambda: f"adamw8: beta1 must be in [0, 1), got {beta1}")
     torch._check(0 <= beta2 < 1, lambda: f"adamw8: beta2 must be in [0, 1), got {beta2}")
-    torch._check(eps >= 0, lambda: f"adamw8: eps must be >= 0, got {eps}")
-    torch._check(wd >= 0, lambda: f"adamw8: weight_decay must be >= 0, got {wd}")
+    torch._check(0 <= eps < math.inf, lambda: f"adamw8: eps must be finite and >= 0, got {eps}")
+    torch._check(0 <= wd < math.inf, lambda: f"adamw8: weight_decay must be finite and >= 0, got {wd}")
     for q in (a.qmap1, a.qmap2):
         if q is not None:
             reference.check_qmap(q)

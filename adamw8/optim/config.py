@@ -57,7 +57,10 @@ def check_real(name: str, value, *, low: float = 0.0, high: float | None = None,
         v = float(value)
     else:
         raise TypeError(f"{name}: expected a float or a 0-d tensor, got {type(value).__name__} ({value!r})")
-    if math.isfinite(v) and abs(v) > _FLOAT32_MAX:
+    if math.isinf(v):
+        raise ValueError(f"{name}: expected a finite value, got {v} (an infinite lr or weight decay makes every "
+                         "parameter inf or NaN in one step)")
+    if abs(v) > _FLOAT32_MAX:
         raise ValueError(f"{name}: expected a value float32 can hold (the kernels compute in float32), got {v}")
     bad = v != v or v < low or (high is not None and (v >= high if high_open else v > high))
     if bad:

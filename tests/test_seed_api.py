@@ -411,3 +411,33 @@ def test_a_tensor_lr_is_taken_as_its_value_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a float lr says nothing
         adamw8.AdamW32bit([torch.nn.Parameter(torch.randn(3))], lr=1e-3)
+
+
+def test_the_manager_holds_nothing_alive(manager):
+    """An override of a parameter is forgotten when the parameter dies (bnb keys it by id(p) for
+    good, so a later tensor at the same address inherited it), and a module override keeps no
+    module, nor its weight, alive (bnb's list kept them for the life of the process)."""
+    import gc
+    import weakref
+
+    p = torch.nn.Parameter(torch.zeros(10))
+    keep = torch.nn.Parameter(torch.zeros(10))
+    manager.override_config([p, keep], "optim_bits", 32)
+    assert set(manager.pid2config) == {id(p), id(keep)}
+    dead = id(p)
+    del p
+    gc.collect()
+    assert set(manager.pid2config) == {id(keep)} and dead not in manager.pid2config
+    assert manager.overrides_for(0, 0, keep) == {"optim_bits": 32}
+
+    emb = torch.nn.Embedding(1000, 64)
+    weight = weakref.ref(emb.weight)
+    manager.register_module_override(emb, "weight", {"optim_bits": 32})
+    assert manager.module_weight_config_triple == [(emb, "weight", {"optim_bits": 32})]
+    assert manager.overrides_for(0, 0, emb.weight) == {"optim_bits": 32}
+    opt = adamw8.AdamW8bit(emb.parameters(), min_8bit_size=0)
+    assert opt.state[emb.weight]["state1"].dtype == torch.float32  # the override is applied
+    del emb, opt
+    gc.collect()
+    assert weight() is None  # the manager kept neither the module nor its weight
+    assert manager.module_weight_config_triple == []

@@ -15,6 +15,12 @@ module override (``register_module_override``; bnb copies it over the others
 at the first step).  Overrides are read when a parameter's state is created: at
 construction, and again for parameters that have not stepped yet when an override is
 registered later (bnb's order of calls: optimizer first, then ``override_config``).
+
+Unlike bnb, the registry holds nothing alive: an override of a parameter is forgotten when the
+parameter dies (bnb keys it by ``id(p)`` for good, so a later tensor at the same address
+inherited it), and a module override holds its module weakly (bnb's list kept every such
+module, and its weights, for the life of the process: one embedding per model a notebook or a
+sweep made).
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ class GlobalOptimManager:
 
     def initialize(self) -> None:
         """Forget every override."""
+        for fin in getattr(self, "_pid_finalizers", {}).values():
+            fin.detach()
         self.pid2config: dict[int, dict] = {}
+        self._pid_finalizers: dict[int, weakref.finalize] = {}  # forget an override when its parameter dies
         self.index2config: dict[tuple[int, int], dict] = {}
-        self.module_weight_config_triple: list[tuple[torch.nn.Module, str, dict]] = []
+        self._module_overrides: list[tuple[weakref.ref, str, dict]] = []
         self.uses_config_override = False
         if not hasattr(self, "_optimizers"):
             self._optimizers = weakref.WeakSet()
@@ -51,6 +60,16 @@ class GlobalOptimManager:
     def _changed(self) -> None:
         for opt in list(self._optimizers):
             opt._overrides_changed()
+
+    @property
+    def module_weight_config_triple(self) -> list[tuple[torch.nn.Module, str, dict]]:
+        """bnb's list of module overrides, ``(module, param_name, config)``: those whose module is
+        alive (a copy; register_module_override adds to it)."""
+        return [(m, name, config) for ref, name, config in self._module_overrides if (m := ref()) is not None]
+
+    def _forget_parameter(self, pid: int) -> None:
+        self.pid2config.pop(pid, None)
+        self._pid_finalizers.pop(pid, None)
 
     @classmethod
     def get_instance(cls) -> GlobalOptimManager:
@@ -95,6 +114,8 @@ class GlobalOptimManager:
         self.uses_config_override = True
         for p in parameters:
             self.pid2config.setdefault(id(p), {}).update(key_value_dict)
+            if id(p) not in self._pid_finalizers:
+                self._pid_finalizers[id(p)] = weakref.finalize(p, self._forget_parameter, id(p))
         self._changed()
 
     def register_module_override(self, module: torch.nn.Module, param_name: str, config: dict) -> None:
@@ -108,14 +129,16 @@ class GlobalOptimManager:
         for k, v in config.items():
             check_override(k, v)
         self.uses_config_override = True
-        self.module_weight_config_triple.append((module, param_name, config))
+        self._module_overrides = [o for o in self._module_overrides if o[0]() is not None]  # drop the dead
+        self._module_overrides.append((weakref.ref(module), param_name, config))
         self._changed()
 
     def overrides_for(self, gindex: int, pindex: int, p: torch.Tensor) -> dict:
         """The merged overrides of one parameter (empty when it has none)."""
         merged: dict = dict(self.index2config.get((gindex, pindex), {}))
         merged.update(self.pid2config.get(id(p), {}))
-        for module, name, config in self.module_weight_config_triple:
-            if getattr(module, name, None) is p:
+        for ref, name, config in self._module_overrides:
+            module = ref()
+            if module is not None and getattr(module, name, None) is p:
                 merged.update(config)
         return merged

@@ -92,17 +92,45 @@ def train(name, opt_cls, model, data, args, device):
     return losses, statistics.median(warm), state_bytes_per_param(opt)
 
 
+def _int_in(low: int, high: int):
+    """argparse type: an int in [low, high], a usage error otherwise."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {v}")
+        return v
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < v < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {v}")
+    return v
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--ctx", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--steps", type=_int_in(1, 10**7), default=300)
+    ap.add_argument("--batch", type=_int_in(1, 65536), default=32)
+    ap.add_argument("--ctx", type=_int_in(1, 4096), default=64, help="characters per sequence")
+    ap.add_argument("--lr", type=_positive_float, default=3e-3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile(opt.step, fullgraph=True)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device: expected a torch device such as cpu or cuda, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available here")
     data = make_corpus(20000, args.seed)
     torch.manual_seed(args.seed)
     init = TinyLM(len(ALPHABET), ctx=args.ctx)

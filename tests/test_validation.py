@@ -53,6 +53,10 @@ def test_param_group_hyperparameters_are_checked():
     opt = adamw8.AdamW(P())
     with pytest.raises(ValueError, match="lr: expected"):
         opt.add_param_group({"params": P(), "lr": -1.0})
+    with pytest.raises(TypeError, match="expected a dict with a 'params' entry"):
+        opt.add_param_group({"lr": 1e-3})  # was a bare KeyError: 'params'
+    with pytest.raises(TypeError, match="expected a dict with a 'params' entry"):
+        opt.add_param_group(P())
     assert len(opt.param_groups) == 1
 
 

@@ -98,6 +98,9 @@ class AdamWBase(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict) -> None:
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError("add_param_group: expected a dict with a 'params' entry (a tensor or a list of them), "
+                            f"got {param_group!r:.200}")
         warn_if_tensor_lr(param_group.get("lr"))
         if any(k in param_group for k in HYPER_KEYS):  # the defaults were checked in __init__
             check_hyper(**{k: param_group.get(k, self.defaults[k]) for k in HYPER_KEYS})

@@ -184,7 +184,9 @@ def _nonfinite(st: dict) -> list[tuple[str, int, int]]:
         if t is None or t.dtype != torch.float32:
             continue
         local = t.to_local() if hasattr(t, "to_local") else t
-        bad = int((~torch.isfinite(local)).sum().item())
+        if bool(torch.isfinite(local.sum())):  # no temporary: a NaN or inf makes the sum NaN or inf
+            continue
+        bad = int((~torch.isfinite(local)).sum().item())  # also 0 where only the sum overflowed
         if bad:
             found.append((name, bad, local.numel()))
     return found

@@ -35,7 +35,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
-{ nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
+# setuptools' version too: pyproject.toml's license table is deprecated from setuptools 77 on (an
+# SPDX string, which older ones refuse, replaces it), so the switch waits for the device's version
+{ nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  python3 -c "import setuptools; print('setuptools', setuptools.__version__)"; } \
   > "$LOG/env.txt" 2>&1
 
 echo "== 1. build ($(elapsed) s)"

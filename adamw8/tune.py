@@ -224,11 +224,11 @@ def main(argv=None) -> int:
 
     try:
         device = torch.device(args.device)
-    except RuntimeError:
+    except RuntimeError:  # a name torch does not know: refused below, as one it knows but tuning does not
+        device = None
+    if device is None or device.type not in tuning.FIELDS:
         ap.error(f"--device must be cpu or cuda, got {args.device}")
     dt = device.type
-    if dt not in tuning.FIELDS:
-        ap.error(f"--device must be cpu or cuda, got {args.device}")
     if dt == "cuda" and not torch.cuda.is_available():
         print("adamw8.tune: --device cuda needs a CUDA device; none is available here", file=sys.stderr)
         return 2

@@ -126,19 +126,29 @@ CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"
 NVCC_FLAGS = ["-O3", "--fmad=false", "-lineinfo", "-std=c++20"]
 
 
-def _min_blocks_8bit():
-    """ADAMW8_MIN_BLOCKS_8BIT=N (0-8): compile the 8-bit update kernels for at least N resident
-    blocks per SM (csrc/fused_step_cuda.h; 0: no minimum, ptxas's choice); unset: the header's
-    default, 3."""
-    raw = os.environ.get("ADAMW8_MIN_BLOCKS_8BIT")
-    if raw is None:
-        return []
-    if not raw.isdigit() or not 0 <= int(raw) <= 8:
-        raise RuntimeError(f"adamw8: ADAMW8_MIN_BLOCKS_8BIT must be an integer from 0 to 8, got {raw!r}")
-    return [f"-DADAMW8_MIN_BLOCKS_8BIT={int(raw)}"]
+# Build options of the CUDA kernels (csrc/fused_step_cuda.h, csrc/fused_step_kernels.cuh), each
+# an environment variable and the integers it takes; unset: the sources' default.
+#   ADAMW8_MIN_BLOCKS_8BIT=N (0-8): compile the 8-bit update kernels for at least N resident blocks
+#     per SM (0: no minimum, ptxas's choice); default 3.
+#   ADAMW8_STAGE=0: build the update kernels without the staging of each warp's next unit through
+#     shared memory (cp.async); default 1, from sm_80 on.
+KERNEL_OPTIONS = {"ADAMW8_MIN_BLOCKS_8BIT": range(0, 9), "ADAMW8_STAGE": range(0, 2)}
 
 
-NVCC_FLAGS += _min_blocks_8bit()
+def kernel_options(environ=os.environ):
+    """nvcc's -D flags for the build options set in `environ`."""
+    flags = []
+    for name, allowed in KERNEL_OPTIONS.items():
+        raw = environ.get(name)
+        if raw is None:
+            continue
+        if not raw.isdigit() or int(raw) not in allowed:
+            raise RuntimeError(f"adamw8: {name} must be an integer from {allowed[0]} to {allowed[-1]}, got {raw!r}")
+        flags.append(f"-D{name}={int(raw)}")
+    return flags
+
+
+NVCC_FLAGS += kernel_options()
 
 
 def _gcc_on_x86():

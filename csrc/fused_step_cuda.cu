@@ -18,27 +18,71 @@
 namespace adamw8 {
 namespace cuda {
 namespace {
+struct KernelInfo {
+  int blocks_per_sm = 1;  // resident blocks per SM, with the dynamic shared memory it is given
+  int smem = 0;           // the dynamic shared memory it is given (the update kernel's staging)
+};
 struct DeviceInfo {
   int sms = 0;
-  std::unordered_map<const void*, int> blocks_per_sm;  // per kernel
+  int major = 0;  // compute capability
+  std::unordered_map<const void*, KernelInfo> kernels;
 };
-}  // namespace
 
-int max_resident_blocks(int device, const void* kernel, int cap_per_sm) {
+int occupancy(const void* kernel, int smem) {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, static_cast<size_t>(smem)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+// What `kernel` gets on `device` (cached per kernel: a kernel always asks for the same
+// `stage_bytes`), and the device's SMs: its staging's `stage_bytes` of dynamic shared memory
+// where the GPU has cp.async (sm_80 on) and they cost no resident block per SM (the 228 KB per SM
+// of an H100 or H200 hold three 8-bit blocks with their tables and slots, an A100's 164 KB two),
+// else none.
+KernelInfo kernel_info(int device, const void* kernel, int stage_bytes, int& sms) {
   static std::mutex mu;
   static std::unordered_map<int, DeviceInfo> info;
   std::lock_guard<std::mutex> lock(mu);
   DeviceInfo& d = info[device];
-  if (d.sms == 0 && cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    d.sms = 1;
+  if (d.sms == 0) {
+    if (cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      d.sms = 1;
+      d.major = 0;
+    }
   }
-  auto it = d.blocks_per_sm.find(kernel);
-  if (it == d.blocks_per_sm.end()) {
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess || n < 1) n = 1;
-    it = d.blocks_per_sm.emplace(kernel, n).first;
+  sms = d.sms;
+  auto it = d.kernels.find(kernel);
+  if (it == d.kernels.end()) {
+    KernelInfo k;
+    k.blocks_per_sm = occupancy(kernel, 0);
+    // more than the 48 KB a block has without asking (with the 8-bit kernels' tables)
+    if (stage_bytes > 0 && d.major >= 8 &&
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, stage_bytes) == cudaSuccess) {
+      const int staged = occupancy(kernel, stage_bytes);
+      if (staged >= k.blocks_per_sm && staged > 0) k.smem = stage_bytes;
+    }
+    (void)cudaGetLastError();
+    if (k.blocks_per_sm < 1) k.blocks_per_sm = 1;
+    it = d.kernels.emplace(kernel, k).first;
   }
-  return d.sms * (cap_per_sm > 0 && cap_per_sm < it->second ? cap_per_sm : it->second);
+  return it->second;
+}
+
+// SMs x resident blocks per SM, at most `cap_per_sm` (> 0) per SM
+int resident_blocks(int sms, const KernelInfo& k, int cap_per_sm) {
+  return sms * (cap_per_sm > 0 && cap_per_sm < k.blocks_per_sm ? cap_per_sm : k.blocks_per_sm);
+}
+}  // namespace
+
+int max_resident_blocks(int device, const void* kernel, int cap_per_sm) {
+  int sms = 1;
+  const KernelInfo k = kernel_info(device, kernel, 0, sms);
+  return resident_blocks(sms, k, cap_per_sm);
 }
 
 int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bool amsgrad, void* stream,
@@ -47,13 +91,12 @@ int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bo
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return static_cast<int>(err);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  run_step(args, type, eight_bit, amsgrad, [&](KernelFn kernel, int64_t units, int blocks) {
+  run_step(args, type, eight_bit, amsgrad, [&](KernelFn kernel, int64_t units, int blocks, int stage_bytes = 0) {
     if (err != cudaSuccess) return;
-    const int64_t grid =
-        units > 0 ? persistent_grid(units, max_resident_blocks(device, reinterpret_cast<const void*>(kernel),
-                                                               blocks_per_sm))
-                  : blocks;
-    kernel<<<static_cast<unsigned>(grid), kThreads, 0, s>>>(args);
+    int sms = 1;
+    const KernelInfo k = kernel_info(device, reinterpret_cast<const void*>(kernel), stage_bytes, sms);
+    const int64_t grid = units > 0 ? persistent_grid(units, resident_blocks(sms, k, blocks_per_sm)) : blocks;
+    kernel<<<static_cast<unsigned>(grid), kThreads, static_cast<size_t>(k.smem), s>>>(args);
     err = cudaGetLastError();
   });
   return static_cast<int>(err);

@@ -50,6 +50,7 @@ template <typename T>
 struct Elem;
 template <>
 struct Elem<float> {
+  static constexpr int kChunks = 2;  // 16-byte pieces of a lane's 8 elements
   __device__ __forceinline__ static float load(const float* p, int64_t i) { return p[i]; }
   __device__ __forceinline__ static void store(float* p, int64_t i, float x) { p[i] = x; }
   __device__ __forceinline__ static void load8(const float* __restrict__ p, float (&x)[kPerLane]) {
@@ -57,6 +58,14 @@ struct Elem<float> {
     const float4 b = ld_f4(p + 4);
     x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w;
     x[4] = b.x; x[5] = b.y; x[6] = b.z; x[7] = b.w;
+  }
+  // the 8 elements from their two 16-byte pieces (a staged unit, below)
+  __device__ __forceinline__ static void unpack(const uint4 (&r)[kChunks], float (&x)[kPerLane]) {
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      x[4 * k] = bits_float(r[k].x); x[4 * k + 1] = bits_float(r[k].y);
+      x[4 * k + 2] = bits_float(r[k].z); x[4 * k + 3] = bits_float(r[k].w);
+    }
   }
   __device__ __forceinline__ static void store8(float* __restrict__ p, const float (&x)[kPerLane]) {
     st_f4(p, make_float4(x[0], x[1], x[2], x[3]));
@@ -82,6 +91,7 @@ struct HalfBits {
 
 template <typename T, typename Bits>
 struct Elem16 {
+  static constexpr int kChunks = 1;
   __device__ __forceinline__ static float load(const T* p, int64_t i) {
     return Bits::to_float(reinterpret_cast<const unsigned short*>(p)[i]);
   }
@@ -89,8 +99,11 @@ struct Elem16 {
     reinterpret_cast<unsigned short*>(p)[i] = static_cast<unsigned short>(Bits::from_float(x));
   }
   __device__ __forceinline__ static void load8(const T* __restrict__ p, float (&x)[kPerLane]) {
-    const uint4 r = ld_u4(p);
-    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+    const uint4 r[1] = {ld_u4(p)};
+    unpack(r, x);
+  }
+  __device__ __forceinline__ static void unpack(const uint4 (&r)[kChunks], float (&x)[kPerLane]) {
+    const uint32_t w[4] = {r[0].x, r[0].y, r[0].z, r[0].w};
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       x[2 * k] = Bits::to_float(w[k] & 0xffffu);
@@ -109,13 +122,15 @@ struct Elem<__nv_bfloat16> : Elem16<__nv_bfloat16, Bf16Bits> {};
 template <>
 struct Elem<__half> : Elem16<__half, HalfBits> {};
 
-__device__ __forceinline__ void load8_codes(const uint8_t* __restrict__ p, uint32_t (&c)[kPerLane]) {
-  const uint2 r = ld_u2(p);
+__device__ __forceinline__ void unpack_codes(uint2 r, uint32_t (&c)[kPerLane]) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     c[k] = (r.x >> (8 * k)) & 0xffu;
     c[4 + k] = (r.y >> (8 * k)) & 0xffu;
   }
+}
+__device__ __forceinline__ void load8_codes(const uint8_t* __restrict__ p, uint32_t (&c)[kPerLane]) {
+  unpack_codes(ld_u2(p), c);
 }
 // A lane's 8 codes as two words (byte k of word w: element 4w + k), each code taken from byte
 // kByte of its value (the bounded route's sums keep it in byte 2, the other routes in byte 0):
@@ -206,10 +221,11 @@ __device__ __forceinline__ double warp_sum(double x) {
 __device__ __forceinline__ bool skipped(const LaunchArgs& a) { return a.found_inf != nullptr && *a.found_inf != 0.0f; }
 
 // ---------------------------------------------------------------- unit walker
-// Calls body(ti, unit_in_tensor, new_tensor) for the units of this warp: block b
-// owns units [b*U/G, (b+1)*U/G), its warps every kWarps-th of them.  The tensor
-// of the first unit is a binary search; later units move forward.
-template <typename Body>
+// Calls body(ti, unit_in_tensor, new_tensor, next_ti, next_unit_in_tensor) for the units of
+// this warp: block b owns units [b*U/G, (b+1)*U/G), its warps every kWarps-th of them.  The
+// tensor of the first unit is a binary search; later units move forward.  kNext: the warp's
+// next unit too (next_ti -1 after its last), for the staging of the update kernel.
+template <bool kNext = false, typename Body>
 __device__ __forceinline__ void for_each_unit(const LaunchArgs& a, Body&& body) {
   const int64_t total = a.unit_start[a.ntensors];
   const int64_t ub = total * blockIdx.x / gridDim.x;
@@ -234,7 +250,16 @@ __device__ __forceinline__ void for_each_unit(const LaunchArgs& a, Body&& body) 
       ++ti;
       fresh = true;
     }
-    body(ti, u - a.unit_start[ti], fresh);
+    int tn = -1;
+    int64_t un = 0;
+    if constexpr (kNext) {
+      if (u + kWarps < ue) {
+        tn = ti;
+        while (u + kWarps >= a.unit_start[tn + 1]) ++tn;
+        un = u + kWarps - a.unit_start[tn];
+      }
+    }
+    body(ti, u - a.unit_start[ti], fresh, tn, un);
   }
 }
 
@@ -311,10 +336,153 @@ __device__ __forceinline__ void store_p(const LaunchArgs& a, const TensorArgs& t
   }
 }
 
+// ------------------------------------------------------------------ staging
+// The update kernel (pass 0) on sm_80 and later: while a warp updates a unit, the bytes of its
+// next unit (parameters, gradients, states; the 8-bit absmax) are copied into the warp's slot of
+// the block's dynamic shared memory by cp.async, so the loads are in flight during the update
+// instead of between updates (in the 2026-11-27 profiles the warps waited on global loads in
+// 58% (H100, 8-bit) and 43% (H200, 32-bit) of their cycles).  Each lane copies and later
+// reads its own bytes only, so a lane waits for its own copies and no lane for another
+// (cp.async.wait_group 0, no barrier).  A lane reads its slot before it issues the next
+// copies into it, in program order, as the CUDA programming guide's single-stage loops do.
+// Full units only (vec, not the tail): the first unit of a warp and the others load as before.
+// Not the 32-bit amsgrad kernels: their five arrays with the slot's addresses spill at the 64
+// registers of 4 blocks per SM (240-280 bytes, check_kernels.py).
+// The launch gives the slots (launch_fused_step: where the extra shared memory costs no block
+// per SM; staged_bytes), and the kernel stages where its dynamic shared memory holds them, so a
+// launch without it is the unstaged kernel.  ADAMW8_STAGE=0 builds without the staging code
+// (sm_75 has no cp.async; tests/test_emulation.py builds that form too).
+#ifndef ADAMW8_STAGE
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define ADAMW8_STAGE 1
+#else
+#define ADAMW8_STAGE 0
+#endif
+#endif
+
+#if defined(__CUDACC__)
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char adamw8_dynamic_smem[];
+  return adamw8_dynamic_smem;
+}
+__device__ __forceinline__ unsigned dynamic_smem_size() {
+  unsigned r;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+  return r;
+}
+// cp.async (sm_80 on): 16 bytes bypass L1 (.cg), 4 and 8 bytes may only take .ca
+template <unsigned kBytes>
+__device__ __forceinline__ void async_copy(void* dst, const void* src) {
+  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "cp.async copies 4, 8 or 16 bytes");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if constexpr (kBytes == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(s), "l"(src), "n"(kBytes) : "memory");
+  }
+#else
+  __trap();  // ADAMW8_STAGE is 0 below sm_80: never called
+#endif
+}
+__device__ __forceinline__ void async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void async_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+#endif
+}
+#endif
+
+// A warp's slot: one unit's bytes, lane l's 16-byte piece k at q(k)[l] (so a warp's access to
+// one piece is 512 contiguous bytes, free of bank conflicts), its 8 codes of state s at d(s),
+// the unit's absmax of state s (each lane its own copy) at w(s).
+template <typename T, bool kEight, bool kAms>
+struct Stage {
+  static constexpr bool kOn = ADAMW8_STAGE && (kEight || !kAms);  // the kernels that stage
+  static constexpr int kPG = static_cast<int>(sizeof(T)) * kPerLane / 16;  // pieces of p (of g)
+  static constexpr int kStates = kAms ? 3 : 2;
+  static constexpr int kQ = 2 * kPG + (kEight ? 0 : 2 * kStates);  // 32-bit states: 2 pieces each
+  static constexpr int kD = kEight ? kStates : 0;
+  static constexpr int kWarpBytes = 32 * (16 * kQ + 12 * kD);
+  static constexpr int kBytes = kWarps * kWarpBytes;  // a block's
+
+  unsigned char* base;  // the warp's slot
+  int lane;
+
+  __device__ __forceinline__ uint4* q(int k) const { return reinterpret_cast<uint4*>(base) + 32 * k + lane; }
+  __device__ __forceinline__ uint2* d(int s) const {
+    return reinterpret_cast<uint2*>(base + 512 * kQ) + 32 * s + lane;
+  }
+  __device__ __forceinline__ float* w(int s) const {
+    return reinterpret_cast<float*>(base + 512 * kQ + 256 * kD) + 32 * s + lane;
+  }
+
+  // Copies unit `unit` of `ta` (full, vec) into the slot, as one group.
+  __device__ __forceinline__ void issue(const TensorArgs& ta, int64_t unit) const {
+    const int64_t off = unit * kUnit + lane * kPerLane;
+    const unsigned char* pp = static_cast<const unsigned char*>(ta.param) + off * static_cast<int64_t>(sizeof(T));
+    const unsigned char* gp = static_cast<const unsigned char*>(ta.grad) + off * static_cast<int64_t>(sizeof(T));
+#pragma unroll
+    for (int k = 0; k < kPG; ++k) {
+      async_copy<16>(q(k), pp + 16 * k);
+      async_copy<16>(q(kPG + k), gp + 16 * k);
+    }
+    void* const states[3] = {ta.state1, ta.state2, ta.state3};
+    float* const absmax[3] = {ta.absmax1, ta.absmax2, ta.absmax3};
+#pragma unroll
+    for (int s = 0; s < kStates; ++s) {
+      if constexpr (kEight) {
+        async_copy<8>(d(s), static_cast<const uint8_t*>(states[s]) + off);
+        async_copy<4>(w(s), absmax[s] + unit);
+      } else {
+        const float* sp = static_cast<const float*>(states[s]) + off;
+        async_copy<16>(q(2 * kPG + 2 * s), sp);
+        async_copy<16>(q(2 * kPG + 2 * s + 1), sp + 4);
+      }
+    }
+    async_commit();
+  }
+
+  // The unit's parameters and gradients, once its copies have landed.
+  __device__ __forceinline__ void read_pg(float (&p)[kPerLane], float (&g)[kPerLane]) const {
+    uint4 rp[kPG], rg[kPG];
+#pragma unroll
+    for (int k = 0; k < kPG; ++k) {
+      rp[k] = *q(k);
+      rg[k] = *q(kPG + k);
+    }
+    Elem<T>::unpack(rp, p);
+    Elem<T>::unpack(rg, g);
+  }
+  // 32-bit state s
+  __device__ __forceinline__ void read_state(int s, float (&x)[kPerLane]) const {
+    const uint4 r[2] = {*q(2 * kPG + 2 * s), *q(2 * kPG + 2 * s + 1)};
+    Elem<float>::unpack(r, x);
+  }
+};
+
+// A unit of the current warp: where its bytes come from (`from_stage`: the warp's slot, where
+// they were copied while it updated the unit before) and the next unit to stage (`next`:
+// nullptr for none).
+template <typename T, bool kEight, bool kAms>
+struct StageStep {
+  const Stage<T, kEight, kAms>* stage;
+  bool from_stage;
+  const TensorArgs* next;
+  int64_t next_unit;
+  __device__ __forceinline__ void issue_next() const {
+    if (next != nullptr) stage->issue(*next, next_unit);
+  }
+};
+
 // ------------------------------------------------------------- 32-bit state
 template <typename T, bool kAms>
 __device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs& ta, const TensorScalars& ts,
-                                           float gscale, int64_t unit) {
+                                           float gscale, int64_t unit, const StageStep<T, false, kAms>& st) {
   const int lane = static_cast<int>(threadIdx.x & 31);
   const int64_t off = unit * kUnit + lane * kPerLane;
   const bool full = ta.vec && (unit + 1) * kUnit <= ta.numel;
@@ -322,8 +490,18 @@ __device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs
   float* __restrict__ s2 = static_cast<float*>(ta.state2);
   float* __restrict__ s3 = static_cast<float*>(ta.state3);
   float p[kPerLane], g[kPerLane], m[kPerLane], v[kPerLane], h[kPerLane];
-  load_pg<T>(a, ta, off, full, p, g);
-  if (full) {
+  if (st.from_stage) {  // a full unit
+    async_wait_all();
+    st.stage->read_pg(p, g);
+    st.stage->read_state(0, m);
+    st.stage->read_state(1, v);
+    if constexpr (kAms) st.stage->read_state(2, h);
+  } else {
+    load_pg<T>(a, ta, off, full, p, g);
+  }
+  st.issue_next();
+  if (st.from_stage) {
+  } else if (full) {
     Elem<float>::load8(s1 + off, m);
     Elem<float>::load8(s2 + off, v);
     if constexpr (kAms) Elem<float>::load8(s3 + off, h);
@@ -580,7 +758,8 @@ __device__ __forceinline__ void update_lane_8bit(bool scaled, const Maps8& s, co
 template <typename T, bool kAms, int kPass>
 __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, const TensorArgs& ta,
                                           const TensorScalars& ts, float gscale, const float (&old_absmax)[3],
-                                          const float (&new_absmax)[3], int64_t unit, int64_t gunit) {
+                                          const float (&new_absmax)[3], int64_t unit, int64_t gunit,
+                                          const StageStep<T, true, kAms>& st) {
   const int lane = static_cast<int>(threadIdx.x & 31);
   const int64_t off = unit * kUnit + lane * kPerLane;
   const bool full = ta.vec && (unit + 1) * kUnit <= ta.numel;
@@ -588,13 +767,27 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
   uint8_t* __restrict__ c2p = static_cast<uint8_t*>(ta.state2);
   uint8_t* __restrict__ c3p = static_cast<uint8_t*>(ta.state3);
   const int64_t blk = kPass == 0 ? unit : 0;
-  const float oa1 = kPass == 0 ? ta.absmax1[blk] : old_absmax[0];
-  const float oa2 = kPass == 0 ? ta.absmax2[blk] : old_absmax[1];
-  const float oa3 = kAms ? (kPass == 0 ? ta.absmax3[blk] : old_absmax[2]) : 0.0f;
+  float oa1, oa2, oa3 = 0.0f;
   float p[kPerLane], g[kPerLane];
   uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
-  load_pg<T>(a, ta, off, full, p, g);
-  if (full) {
+  if (st.from_stage) {  // pass 0, a full unit
+    async_wait_all();
+    st.stage->read_pg(p, g);
+    unpack_codes(*st.stage->d(0), c1);
+    unpack_codes(*st.stage->d(1), c2);
+    if constexpr (kAms) unpack_codes(*st.stage->d(2), c3);
+    oa1 = *st.stage->w(0);
+    oa2 = *st.stage->w(1);
+    if constexpr (kAms) oa3 = *st.stage->w(2);
+  } else {
+    oa1 = kPass == 0 ? ta.absmax1[blk] : old_absmax[0];
+    oa2 = kPass == 0 ? ta.absmax2[blk] : old_absmax[1];
+    if constexpr (kAms) oa3 = kPass == 0 ? ta.absmax3[blk] : old_absmax[2];
+    load_pg<T>(a, ta, off, full, p, g);
+  }
+  st.issue_next();
+  if (st.from_stage) {
+  } else if (full) {
     load8_codes(c1p + off, c1);
     load8_codes(c2p + off, c2);
     if constexpr (kAms) load8_codes(c3p + off, c3);
@@ -723,8 +916,18 @@ __global__ void __launch_bounds__(kThreads, kEight ? kBoundBlocks8 : kBoundBlock
   const float gscale = a.grad_scale != nullptr ? *a.grad_scale : 1.0f;
   TensorScalars ts{};
   float old_absmax[3] = {0.0f, 0.0f, 0.0f}, new_absmax[3] = {0.0f, 0.0f, 0.0f};
-  for_each_unit(a, [&](int ti, int64_t unit, bool fresh) {
+  // staging (pass 0, where the launch gave the slots): the unit's bytes are in the slot when
+  // the warp staged them while updating its unit before
+  using St = Stage<T, kEight, kAms>;
+  const bool stage = St::kOn && kPass == 0 && dynamic_smem_size() >= static_cast<unsigned>(St::kBytes);
+  const St slot{stage ? dynamic_smem() + (threadIdx.x >> 5) * St::kWarpBytes : nullptr,
+                static_cast<int>(threadIdx.x & 31)};
+  bool staged = false;
+  for_each_unit<true>(a, [&](int ti, int64_t unit, bool fresh, int tn, int64_t next_unit) {
     const TensorArgs& ta = a.t[ti];
+    StageStep<T, kEight, kAms> st{&slot, staged, nullptr, next_unit};
+    if (stage && tn >= 0 && a.t[tn].vec && (next_unit + 1) * kUnit <= a.t[tn].numel) st.next = &a.t[tn];
+    staged = st.next != nullptr;
     if (fresh) {  // per-tensor values, once per tensor and warp
       ts = tensor_scalars(a, ti);
       if constexpr (kEight && kPass != 0) {
@@ -740,9 +943,9 @@ __global__ void __launch_bounds__(kThreads, kEight ? kBoundBlocks8 : kBoundBlock
     }
     if constexpr (kEight) {
       unit_8bit<T, kAms, kPass>(a, smem, ta, ts, gscale, old_absmax, new_absmax, unit,
-                                a.unit_start[ti] + unit);
+                                a.unit_start[ti] + unit, st);
     } else {
-      unit_32bit<T, kAms>(a, ta, ts, gscale, unit);
+      unit_32bit<T, kAms>(a, ta, ts, gscale, unit, st);
     }
   });
   if (kPass != 1 && a.counter != nullptr) finish_if_last(a);
@@ -754,7 +957,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) gnorm_kernel(const __grid_constant__ LaunchArgs a) {
   if (skipped(a)) return;
   const float gscale = a.grad_scale != nullptr ? *a.grad_scale : 1.0f;
-  for_each_unit(a, [&](int ti, int64_t unit, bool) {
+  for_each_unit(a, [&](int ti, int64_t unit, bool, int, int64_t) {
     const TensorArgs& ta = a.t[ti];
     const int lane = static_cast<int>(threadIdx.x & 31);
     const int64_t off = unit * kUnit + lane * kPerLane;
@@ -860,6 +1063,18 @@ KernelFn main_kernel(bool eight, bool ams, int pass) {
   }
 }
 
+// Bytes of dynamic shared memory for the staging of the update kernel (pass 0; per block).
+template <typename T, bool kEight, bool kAms>
+int staged_bytes() {
+  using St = Stage<T, kEight, kAms>;
+  return St::kOn ? St::kBytes : 0;
+}
+template <typename T>
+int staged_bytes(bool eight, bool ams) {
+  if (eight) return ams ? staged_bytes<T, true, true>() : staged_bytes<T, true, false>();
+  return ams ? staged_bytes<T, false, true>() : staged_bytes<T, false, false>();
+}
+
 template <typename T, typename Launch>
 void run_typed(const LaunchArgs& a, bool eight, bool ams, Launch& launch) {
   const bool clip = a.percentile < 100;
@@ -874,14 +1089,16 @@ void run_typed(const LaunchArgs& a, bool eight, bool ams, Launch& launch) {
     launch(tensor_reduce_kernel<false>, 0, a.ntensors);
     if (units > 0) launch(main_kernel<T>(eight, ams, 2), units, 0);
   } else if (units > 0) {
-    launch(main_kernel<T>(eight, ams, 0), units, 0);
+    launch(main_kernel<T>(eight, ams, 0), units, 0, staged_bytes<T>(eight, ams));
   }
   if (a.counter == nullptr || units == 0) launch(finish_kernel, 0, 1);  // else the update kernel finishes
 }
 
-// Every kernel of one step, in order, through `launch(kernel, units, blocks)`:
+// Every kernel of one step, in order, through `launch(kernel, units, blocks[, stage_bytes])`:
 // a unit kernel (units > 0) gets a persistent grid for `units` work units, a
-// per-tensor or single kernel (units == 0) exactly `blocks` blocks.
+// per-tensor or single kernel (units == 0) exactly `blocks` blocks.  `stage_bytes` (the
+// update kernel of pass 0): the dynamic shared memory its staging takes, which the launch
+// gives or not (0 where it would cost resident blocks).
 template <typename Launch>
 void run_step(const LaunchArgs& a, ParamType type, bool eight, bool ams, Launch&& launch) {
   switch (type) {

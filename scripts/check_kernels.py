@@ -5,6 +5,9 @@
   - every update kernel reads and writes full units with 128-bit accesses (ld/st.global...v4
     in the PTX; cuobjdump is not on the CI machines), and the 8-bit ones move codes with
     64-bit accesses (v2);
+  - the staging update kernels (pass 0, all but 32-bit amsgrad) copy a unit into shared memory
+    with cp.async: 16-byte copies, for the 8-bit ones 8-byte (codes) and 4-byte (absmax) copies
+    too, and wait for them;
   - registers and static shared memory per kernel, recorded;
   - the other architectures torch's CUDA 13 wheels are built for (OTHER_ARCHS: sm_75 Turing
     up to sm_120), where a user's build may compile the kernels (TORCH_CUDA_ARCH_LIST, or the
@@ -76,6 +79,9 @@ def ptx_accesses(nvcc, flags, tmp, source):
         for m in re.finditer(r"\b(ld|st)\.global((?:\.[a-z0-9:_]+)*)", body):
             width = "v4" if ".v4" in m.group(2) else "v2" if ".v2" in m.group(2) else "scalar"
             c[f"{m.group(1)}.{width}"] += 1
+        for m in re.finditer(r"\bcp\.async\.c[ag]\.shared\.global \[[^]]*\], \[[^]]*\], (\d+);", body):
+            c[f"cp.async.{m.group(1)}"] += 1
+        c["cp.async.wait"] = len(re.findall(r"\bcp\.async\.wait_group\b", body))
         c["instructions"] = sum(1 for line in body.splitlines() if re.match(r"\s+[a-z@]", line))
         out[name] = c
     return out
@@ -174,6 +180,10 @@ def check(ptx, sass):
             problems.append(f"{s}: no 128-bit global stores")
         if "8-bit" in s and (c["ld.v2"] < 2 or (writes and c["st.v2"] < 2)):
             problems.append(f"{s}: codes are not moved with 64-bit accesses")
+        staging = s.endswith("pass 0") and ("8-bit" in s or "ams" not in s)
+        sizes = (16, 8, 4) if "8-bit" in s else (16,)
+        if staging and (any(c[f"cp.async.{b}"] == 0 for b in sizes) or c["cp.async.wait"] == 0):
+            problems.append(f"{s}: the next unit is not staged by cp.async of {sizes} bytes with a wait")
     return problems
 
 
@@ -195,13 +205,15 @@ def main(argv=None) -> int:
             ptx.update(ptx_accesses(nvcc, flags, tmp, source))
             sass.update(ptxas_report(nvcc, flags, tmp, source))
         arch_problems, arch_notes = other_archs(nvcc, flags, archs, tmp)
-    lines = ["| kernel | registers | smem B | stack B | spills B | ld v4 | st v4 | ld v2 | st v2 | scalar ld/st | PTX instr |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | registers | smem B | stack B | spills B | ld v4 | st v4 | ld v2 | st v2 | scalar ld/st | "
+             "cp.async 16/8/4 | PTX instr |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in sorted(ptx, key=short):
         c, r = ptx[name], sass.get(name, {})
         lines.append(f"| {short(name)} | {r.get('regs', '?')} | {r.get('smem', 0)} | {r.get('stack', 0)} | "
                      f"{r.get('spill_st', 0) + r.get('spill_ld', 0)} | {c['ld.v4']} | {c['st.v4']} | {c['ld.v2']} | "
-                     f"{c['st.v2']} | {c['ld.scalar']}/{c['st.scalar']} | {c['instructions']} |")
+                     f"{c['st.v2']} | {c['ld.scalar']}/{c['st.scalar']} | "
+                     f"{c['cp.async.16']}/{c['cp.async.8']}/{c['cp.async.4']} | {c['instructions']} |")
     report = "\n".join(lines)
     print(report)
     if args.out:

@@ -4,8 +4,10 @@
     compute-sanitizer --tool memcheck python scripts/sanitize_case.py
 
 8-bit blockwise with amsgrad over odd sizes, a transposed and an unaligned parameter; 8-bit
-block_wise=False with percentile clipping; 32-bit; quantize/dequantize.  Exits non-zero if
-the results differ from the CPU kernels'."""
+block_wise=False with percentile clipping; 32-bit; 8-bit and 32-bit with a tensor of over 4000
+units besides, so warps take two units and stage the second (cp.async into shared memory, sm_80
+on, where a GPU has at most 4000 warps resident: 132 SMs of 24-32 warps on an H100);
+quantize/dequantize.  Exits non-zero if the results differ from the CPU kernels'."""
 
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ import torch
 import adamw8  # noqa: F401
 
 
-def make(dtype, eight, ams, block_wise, clip, device):
+def make(dtype, eight, ams, block_wise, clip, device, big=False):
     torch.manual_seed(0)
-    sizes = [1, 255, 257, 4097, 3 * 256]
+    sizes = [1, 255, 257, 4097, 3 * 256] + ([256 * 4500 + 5] if big else [])
     params = [torch.randn(n).to(dtype) for n in sizes] + [torch.randn(40, 33).to(dtype).t(),
                                                           torch.randn(1001).to(dtype)[1:]]
     grads = [torch.randn(p.shape).to(dtype) for p in params]
@@ -53,10 +55,13 @@ def step(c, eight, block_wise, clip, device):
 
 def main() -> int:
     bad = 0
-    for dtype, eight, ams, block_wise, clip in [(torch.bfloat16, True, True, True, False),
-                                                 (torch.float32, True, False, False, True),
-                                                 (torch.float16, False, True, True, False)]:
-        got, want = make(dtype, eight, ams, block_wise, clip, "cuda"), make(dtype, eight, ams, block_wise, clip, "cpu")
+    for dtype, eight, ams, block_wise, clip, big in [(torch.bfloat16, True, True, True, False, False),
+                                                      (torch.float32, True, False, False, True, False),
+                                                      (torch.float16, False, True, True, False, False),
+                                                      (torch.float32, True, False, True, False, True),
+                                                      (torch.bfloat16, False, False, True, False, True)]:
+        got = make(dtype, eight, ams, block_wise, clip, "cuda", big)
+        want = make(dtype, eight, ams, block_wise, clip, "cpu", big)
         for _ in range(2):
             step(got, eight, block_wise, clip, "cuda")
             step(want, eight, block_wise, clip, "cpu")
@@ -64,7 +69,8 @@ def main() -> int:
         for a, b in zip(got["params"], want["params"]):
             if not torch.equal(a.cpu(), b):
                 bad += 1
-                print(f"differs from the CPU kernel: {dtype} eight={eight} block_wise={block_wise} clip={clip}")
+                print(f"differs from the CPU kernel: {dtype} eight={eight} block_wise={block_wise} clip={clip} "
+                      f"big={big}")
     q = torch.ops.adamw8.create_dynamic_map(True)
     x = torch.randn(5000)
     for bw in (True, False):

@@ -44,3 +44,45 @@ def test_a_kernel_without_its_spill_line_stops_the_check():
     broken = "\n".join(line for line in REPORT.splitlines() if "56 bytes stack frame" not in line)
     with pytest.raises(SystemExit, match="no stack and spill line"):
         CHECK["parse_ptxas"](broken)
+
+
+# PTX of a staging 8-bit update kernel (pass 0), reduced to what the access rules read.
+PTX_K8 = """\
+.version 9.0
+\t// .globl\t_ZN6adamw84cuda17fused_step_kernelIfLb1ELb0ELi0EEEvNS0_10LaunchArgsE
+.visible .entry _ZN6adamw84cuda17fused_step_kernelIfLb1ELb0ELi0EEEvNS0_10LaunchArgsE(
+{
+\tld.global.cs.v4.f32 \t{%f1, %f2, %f3, %f4}, [%rd1];
+\tld.global.cs.v2.u32 \t{%r1, %r2}, [%rd2];
+\tld.global.cs.v2.u32 \t{%r3, %r4}, [%rd3];
+\tcp.async.cg.shared.global [%r5], [%rd4], 16;
+\tcp.async.ca.shared.global [%r6], [%rd5], 8;
+\tcp.async.ca.shared.global [%r7], [%rd6], 4;
+\tcp.async.commit_group;
+\tcp.async.wait_group 0;
+\tst.global.cs.v4.f32 \t[%rd1], {%f1, %f2, %f3, %f4};
+\tst.global.cs.v2.u32 \t[%rd2], {%r1, %r2};
+\tst.global.cs.v2.u32 \t[%rd3], {%r3, %r4};
+}
+"""
+
+
+def _ptx_counts(tmp_path, monkeypatch, text):
+    """check_kernels' reading of `text` as the PTX nvcc wrote (nvcc itself stubbed out)."""
+    monkeypatch.setitem(CHECK["ptx_accesses"].__globals__, "subprocess",
+                        type("NoNvcc", (), {"run": staticmethod(lambda *a, **kw: None)}))
+    (tmp_path / "k.ptx").write_text(text)
+    return CHECK["ptx_accesses"]("nvcc", [], str(tmp_path), "fused_step_cuda.cu")
+
+
+def test_the_staging_rule(tmp_path, monkeypatch):
+    """A staging kernel passes with its cp.async copies and wait, and fails without the 8-byte
+    copies of its codes or without the wait."""
+    ok = _ptx_counts(tmp_path, monkeypatch, PTX_K8)
+    assert ok[K8]["cp.async.16"] == 1 and ok[K8]["cp.async.8"] == 1 and ok[K8]["cp.async.4"] == 1
+    assert CHECK["check"](ok, {}) == []
+    no_codes = _ptx_counts(tmp_path, monkeypatch, PTX_K8.replace("], 8;", "], 16;"))
+    no_wait = _ptx_counts(tmp_path, monkeypatch, PTX_K8.replace("\tcp.async.wait_group 0;\n", ""))
+    for counts in (no_codes, no_wait):
+        assert CHECK["check"](counts, {}) == [
+            "update fp32 8-bit pass 0: the next unit is not staged by cp.async of (16, 8, 4) bytes with a wait"]

@@ -325,18 +325,54 @@ def test_a_planted_defect_is_caught():
         run_both(torch.ops.adamw8_emu_defect.fused_step_multi, torch.float32, [4097], True, False)
 
 
+# Tensors whose units a warp takes many of in one launch (one block, 8 warps, 116 units): full
+# units staged while the one before is updated, across tensors, with a misaligned view, a
+# transposed one (no staging), tails and a one-unit tensor between them.
+STAGED_SIZES = [40 * 256, ("off", 3000), 33 * 256 + 5, (64, 33, "t"), 256, 20 * 256]
+
+
+@pytest.mark.parametrize("eight, ams, block_wise", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_staged_units_equal_cpu_kernel(emu, dtype, eight, ams, block_wise):
+    """The update kernel's staging (each warp's next unit copied into its slot of the dynamic
+    shared memory while it updates the current one; the emulated copies land only when the lane
+    waits for them) gives the CPU kernels' results bit for bit, with AMP scaling too."""
+    run_both(emu.fused_step_multi, dtype, STAGED_SIZES, eight, ams, block_wise, sms=1, steps=3)
+    run_both(emu.fused_step_multi, dtype, STAGED_SIZES, eight, ams, block_wise, sms=1, steps=2, amp=True)
+
+
+def test_a_planted_staging_defect_is_caught():
+    """The staging check can fail: a lane that reads its slot before waiting for its copies
+    (the emulation fills a slot when a copy is issued and copies when the lane waits) gives
+    other results, in the 32-bit and the 8-bit kernels."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = pathlib.Path(tmp) / "csrc"
+        shutil.copytree(ROOT / "csrc", src)
+        k = src / "fused_step_kernels.cuh"
+        text = k.read_text()
+        wait_then_read = "    async_wait_all();\n    st.stage->read_pg(p, g);\n"
+        assert text.count(wait_then_read) == 2, "the staged reads to plant the defect in were not found"
+        k.write_text(text.replace(wait_then_read, "    st.stage->read_pg(p, g);\n    async_wait_all();\n"))
+        _build("adamw8_emu_stage_defect", src)
+    for eight in (False, True):
+        with pytest.raises(AssertionError, match="differs"):
+            run_both(torch.ops.adamw8_emu_stage_defect.fused_step_multi, torch.float32, STAGED_SIZES, eight, False,
+                     sms=1, steps=1)
+
+
 @pytest.fixture(scope="module")
 def emu_shuffles():
-    """The kernels as nvcc builds them for sm_75, which has no warp reduction instruction:
-    warp_max_u32 by shuffles (ADAMW8_WARP_REDUX=0), for the absmax and the warp index."""
-    _build("adamw8_emu_shfl", ROOT / "csrc", ("-DADAMW8_WARP_REDUX=0",))
+    """The kernels as nvcc builds them for sm_75, which has no warp reduction instruction and
+    no cp.async: warp_max_u32 by shuffles (ADAMW8_WARP_REDUX=0), for the absmax and the warp
+    index, and no staging (ADAMW8_STAGE=0: every unit loads from global memory)."""
+    _build("adamw8_emu_shfl", ROOT / "csrc", ("-DADAMW8_WARP_REDUX=0", "-DADAMW8_STAGE=0"))
     return torch.ops.adamw8_emu_shfl
 
 
 @pytest.mark.parametrize("eight, ams, block_wise", [FORMATS[0], FORMATS[3], FORMATS[4]],
                          ids=[FORMAT_IDS[0], FORMAT_IDS[3], FORMAT_IDS[4]])
 def test_kernels_without_warp_reductions(emu_shuffles, eight, ams, block_wise):
-    """The sm_75 form of the warp maxima equals the CPU kernels bit for bit: 32-bit, 8-bit with
+    """The sm_75 form (the warp maxima by shuffles, no staging) equals the CPU kernels bit for bit: 32-bit, 8-bit with
     amsgrad (three block maxima a unit) and one absmax per tensor (the scratch maxima)."""
     run_both(emu_shuffles.fused_step_multi, torch.float32, SIZES, eight, ams, block_wise)
     run_both(emu_shuffles.fused_step_multi, torch.bfloat16, [70 * 256 + 3, 5, 9 * 256], eight, ams, block_wise,

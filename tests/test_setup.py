@@ -1,5 +1,5 @@
 """setup.py's build decisions that need no compiler: the architectures a CUDA build compiles
-for where TORCH_CUDA_ARCH_LIST is unset."""
+for where TORCH_CUDA_ARCH_LIST is unset, the toolkit it accepts, the kernels' build options."""
 
 from __future__ import annotations
 
@@ -95,3 +95,16 @@ def test_toolkits_of_the_same_major_version_pass():
     assert mismatch("13.2", "13.0") is None  # cpp_extension warns, and builds
     assert mismatch(None, "13.0") is None  # nvcc did not say: cpp_extension decides
     assert mismatch("12.8", "13.0") is not None
+
+
+def test_kernel_build_options_become_defines_and_bad_values_are_refused():
+    """ADAMW8_MIN_BLOCKS_8BIT and ADAMW8_STAGE reach nvcc as -D flags; unset, the sources'
+    defaults hold; a value out of range stops the build naming the variable and what it takes."""
+    options = SETUP["kernel_options"]
+    assert options({}) == []
+    assert options({"ADAMW8_STAGE": "0", "ADAMW8_MIN_BLOCKS_8BIT": "4"}) == [
+        "-DADAMW8_MIN_BLOCKS_8BIT=4", "-DADAMW8_STAGE=0"]
+    with pytest.raises(RuntimeError, match=r"ADAMW8_STAGE must be an integer from 0 to 1, got 'yes'"):
+        options({"ADAMW8_STAGE": "yes"})
+    with pytest.raises(RuntimeError, match=r"ADAMW8_MIN_BLOCKS_8BIT must be an integer from 0 to 8, got '9'"):
+        options({"ADAMW8_MIN_BLOCKS_8BIT": "9"})

@@ -12,7 +12,12 @@
 //     barrier, each lane reads its partner's (or all 32), a second warp barrier;
 //   - bf16/fp16 conversions through c10's (the CPU kernels' own), 128-bit vector
 //     types, the streaming load/store intrinsics as plain accesses, __umulhi, __byte_perm,
-//     the IEEE __fsqrt_rn and __frcp_rn.
+//     the IEEE __fsqrt_rn and __frcp_rn;
+//   - dynamic shared memory (a launch's `smem` bytes, one copy: one block runs at a time) and
+//     its size, and the asynchronous copies into it (cp.async: async_copy, async_commit,
+//     async_wait_all) at their latest: a copy fills its destination with 0xff bytes when it is
+//     issued (a NaN, code 255) and copies when its thread waits for it, so a read before the
+//     wait sees the filler, and a copy its thread never waits for fails the launch.
 // What it cannot show: real concurrency (races, memory ordering), launch limits,
 // CUDA's own pow and division, streams, graphs, speed.  Those need the GPU and
 // compute-sanitizer (scripts/gpu_check.sh).
@@ -108,9 +113,20 @@ struct BlockSync {
   std::atomic<int> any{0};         // __syncthreads_or
 };
 
+// A thread's asynchronous copies (cp.async) not yet waited for.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  unsigned bytes;
+};
+
 struct ThreadCtx {
   dim3 thread, block, block_dim, grid_dim;
   BlockSync* sync = nullptr;
+  unsigned char* dynamic_smem = nullptr;  // the launch's dynamic shared memory
+  unsigned dynamic_smem_bytes = 0;
+  std::vector<AsyncCopy> copies;          // issued, committed or not
+  size_t committed = 0;                   // the first copies[committed] are committed
 };
 inline thread_local ThreadCtx ctx;
 
@@ -173,14 +189,44 @@ inline unsigned __reduce_max_sync(unsigned mask, unsigned value) {
   });
 }
 
+// Dynamic shared memory: the launch's buffer and its size (%dynamic_smem_size).
+inline unsigned char* dynamic_smem() { return adamw8_emu::ctx.dynamic_smem; }
+inline unsigned dynamic_smem_size() { return adamw8_emu::ctx.dynamic_smem_bytes; }
+
+// cp.async of kBytes (4, 8 or 16) from global to shared memory, both addresses aligned to it.
+template <unsigned kBytes>
+inline void async_copy(void* dst, const void* src) {
+  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "cp.async copies 4, 8 or 16 bytes");
+  auto& c = adamw8_emu::ctx;
+  const auto d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+  if (d % kBytes != 0 || s % kBytes != 0) throw std::logic_error("cuda_emu: cp.async with a misaligned address");
+  if (d < reinterpret_cast<uintptr_t>(c.dynamic_smem) ||
+      d + kBytes > reinterpret_cast<uintptr_t>(c.dynamic_smem) + c.dynamic_smem_bytes) {
+    throw std::logic_error("cuda_emu: cp.async past the launch's dynamic shared memory");
+  }
+  std::memset(dst, 0xff, kBytes);
+  c.copies.push_back(adamw8_emu::AsyncCopy{dst, src, kBytes});
+}
+// cp.async.commit_group
+inline void async_commit() { adamw8_emu::ctx.committed = adamw8_emu::ctx.copies.size(); }
+// cp.async.wait_group 0: every committed copy of this thread has landed
+inline void async_wait_all() {
+  auto& c = adamw8_emu::ctx;
+  for (size_t i = 0; i < c.committed; ++i) std::memcpy(c.copies[i].dst, c.copies[i].src, c.copies[i].bytes);
+  c.copies.erase(c.copies.begin(), c.copies.begin() + static_cast<std::ptrdiff_t>(c.committed));
+  c.committed = 0;
+}
+
 namespace adamw8_emu {
 
-// Runs `kernel()` as grid x block CUDA threads; returns when all blocks are done.
-inline void launch(unsigned grid, unsigned block, const std::function<void()>& kernel) {
+// Runs `kernel()` as grid x block CUDA threads with `smem` bytes of dynamic shared memory;
+// returns when all blocks are done.
+inline void launch(unsigned grid, unsigned block, const std::function<void()>& kernel, unsigned smem = 0) {
   static std::mutex one_launch_at_a_time;  // __shared__ statics are one copy
   std::lock_guard<std::mutex> lock(one_launch_at_a_time);
   if (grid == 0 || block == 0) throw std::invalid_argument("cuda_emu: empty launch");
   std::unique_ptr<BlockSync> sync = std::make_unique<BlockSync>(static_cast<int>(block));
+  std::vector<uint4> dynamic((smem + 15) / 16);  // 16-byte aligned, as the GPU's
   // Between blocks every thread waits here; the completion step gives the next
   // block fresh barriers (a thread that returned early left the old ones).
   std::barrier between(static_cast<std::ptrdiff_t>(block), [&]() noexcept {
@@ -198,8 +244,13 @@ inline void launch(unsigned grid, unsigned block, const std::function<void()>& k
         ctx.block_dim = dim3{block, 1, 1};
         ctx.grid_dim = dim3{grid, 1, 1};
         ctx.sync = sync.get();
+        ctx.dynamic_smem = smem > 0 ? reinterpret_cast<unsigned char*>(dynamic.data()) : nullptr;
+        ctx.dynamic_smem_bytes = smem;
+        ctx.copies.clear();
+        ctx.committed = 0;
         try {
           kernel();
+          if (!ctx.copies.empty()) throw std::logic_error("cuda_emu: a thread left with cp.async copies not waited for");
         } catch (...) {
           std::lock_guard<std::mutex> g(error_mu);
           if (!error) error = std::current_exception();

@@ -43,10 +43,11 @@ namespace adamw8 {
 namespace {
 
 // The launch of the emulated kernels: the persistent grid of `sms` x `blocks_per_sm`.
+// Dynamic shared memory (the update kernel's staging) is given as asked.
 auto emu_launcher(int64_t sms, int64_t blocks_per_sm) {
-  return [=](auto kernel, const auto& args, int64_t units, int blocks) {
+  return [=](auto kernel, const auto& args, int64_t units, int blocks, int smem = 0) {
     const int64_t grid = units > 0 ? cuda::persistent_grid(units, sms * blocks_per_sm) : blocks;
-    adamw8_emu::launch(static_cast<unsigned>(grid), cuda::kThreads, [&] { kernel(args); });
+    adamw8_emu::launch(static_cast<unsigned>(grid), cuda::kThreads, [&] { kernel(args); }, static_cast<unsigned>(smem));
   };
 }
 
@@ -73,7 +74,9 @@ void emu_fused_step_multi(at::TensorList params, at::TensorList grads, at::Tenso
       slots, g,
       [&](const cuda::LaunchArgs& a, cuda::ParamType type, bool eight, bool ams) {
         cuda::run_step(a, type, eight, ams,
-                       [&](cuda::KernelFn kernel, int64_t units, int blocks) { launch(kernel, a, units, blocks); });
+                       [&](cuda::KernelFn kernel, int64_t units, int blocks, int smem = 0) {
+                         launch(kernel, a, units, blocks, smem);
+                       });
       },
       static_cast<int>(max_tensors));
 }

@@ -346,8 +346,14 @@ __device__ __forceinline__ void store_p(const LaunchArgs& a, const TensorArgs& t
 // (cp.async.wait_group 0, no barrier).  A lane reads its slot before it issues the next
 // copies into it, in program order, as the CUDA programming guide's single-stage loops do.
 // Full units only (vec, not the tail): the first unit of a warp and the others load as before.
-// Not the 32-bit amsgrad kernels: their five arrays with the slot's addresses spill at the 64
-// registers of 4 blocks per SM (240-280 bytes, check_kernels.py).
+// Which kernels stage (Stage::kOn), as measured on an H100 (2026-11-27, benchmarks/RESULTS.md):
+// the 8-bit kernels of bf16 and fp16 parameters, 15% faster (7.32-7.67 ms a step of the SPEC
+// section 7 set to 6.39-6.41).  Not the kernels with 32 bytes of an array per lane (fp32
+// parameters, 32-bit states): staged, they were 10-25% slower.  Their lanes' 16-byte copies
+// take half of each 32-byte sector, and the other half's copy, which bypasses L1 (.cg), came
+// from L2 again: L2 hit rates rose from 40-56% to 67-77%, L1's fell from 49-56% to 19-23%,
+// and the 32-bit kernel's L2 was 81% busy with DRAM at 64%.  Nor the 32-bit amsgrad kernels,
+// whose five arrays and the slot's addresses spill at their 64 registers (240-280 bytes).
 // The launch gives the slots (launch_fused_step: where the extra shared memory costs no block
 // per SM; staged_bytes), and the kernel stages where its dynamic shared memory holds them, so a
 // launch without it is the unstaged kernel.  ADAMW8_STAGE=0 builds without the staging code
@@ -402,7 +408,7 @@ __device__ __forceinline__ void async_wait_all() {
 // the unit's absmax of state s (each lane its own copy) at w(s).
 template <typename T, bool kEight, bool kAms>
 struct Stage {
-  static constexpr bool kOn = ADAMW8_STAGE && (kEight || !kAms);  // the kernels that stage
+  static constexpr bool kOn = ADAMW8_STAGE && kEight && sizeof(T) == 2;  // the kernels that stage
   static constexpr int kPG = static_cast<int>(sizeof(T)) * kPerLane / 16;  // pieces of p (of g)
   static constexpr int kStates = kAms ? 3 : 2;
   static constexpr int kQ = 2 * kPG + (kEight ? 0 : 2 * kStates);  // 32-bit states: 2 pieces each

@@ -5,9 +5,9 @@
   - every update kernel reads and writes full units with 128-bit accesses (ld/st.global...v4
     in the PTX; cuobjdump is not on the CI machines), and the 8-bit ones move codes with
     64-bit accesses (v2);
-  - the staging update kernels (pass 0, all but 32-bit amsgrad) copy a unit into shared memory
-    with cp.async: 16-byte copies, for the 8-bit ones 8-byte (codes) and 4-byte (absmax) copies
-    too, and wait for them;
+  - the staging update kernels (8-bit, bf16 and fp16 parameters, pass 0) copy a unit into
+    shared memory with cp.async: 16-byte (parameters, gradients), 8-byte (codes) and 4-byte
+    (absmax) copies, and wait for them;
   - registers and static shared memory per kernel, recorded;
   - the other architectures torch's CUDA 13 wheels are built for (OTHER_ARCHS: sm_75 Turing
     up to sm_120), where a user's build may compile the kernels (TORCH_CUDA_ARCH_LIST, or the
@@ -180,8 +180,8 @@ def check(ptx, sass):
             problems.append(f"{s}: no 128-bit global stores")
         if "8-bit" in s and (c["ld.v2"] < 2 or (writes and c["st.v2"] < 2)):
             problems.append(f"{s}: codes are not moved with 64-bit accesses")
-        staging = s.endswith("pass 0") and ("8-bit" in s or "ams" not in s)
-        sizes = (16, 8, 4) if "8-bit" in s else (16,)
+        staging = s.endswith("pass 0") and "8-bit" in s and ("bf16" in s or "fp16" in s)
+        sizes = (16, 8, 4)
         if staging and (any(c[f"cp.async.{b}"] == 0 for b in sizes) or c["cp.async.wait"] == 0):
             problems.append(f"{s}: the next unit is not staged by cp.async of {sizes} bytes with a wait")
     return problems

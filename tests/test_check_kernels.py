@@ -46,11 +46,12 @@ def test_a_kernel_without_its_spill_line_stops_the_check():
         CHECK["parse_ptxas"](broken)
 
 
-# PTX of a staging 8-bit update kernel (pass 0), reduced to what the access rules read.
+# PTX of a staging update kernel (8-bit, bf16 parameters, pass 0), reduced to what the access rules read.
+KB8 = "_ZN6adamw84cuda17fused_step_kernelI13__nv_bfloat16Lb1ELb0ELi0EEEvNS0_10LaunchArgsE"
 PTX_K8 = """\
 .version 9.0
-\t// .globl\t_ZN6adamw84cuda17fused_step_kernelIfLb1ELb0ELi0EEEvNS0_10LaunchArgsE
-.visible .entry _ZN6adamw84cuda17fused_step_kernelIfLb1ELb0ELi0EEEvNS0_10LaunchArgsE(
+\t// .globl\tKERNEL
+.visible .entry KERNEL(
 {
 \tld.global.cs.v4.f32 \t{%f1, %f2, %f3, %f4}, [%rd1];
 \tld.global.cs.v2.u32 \t{%r1, %r2}, [%rd2];
@@ -64,7 +65,7 @@ PTX_K8 = """\
 \tst.global.cs.v2.u32 \t[%rd2], {%r1, %r2};
 \tst.global.cs.v2.u32 \t[%rd3], {%r3, %r4};
 }
-"""
+""".replace("KERNEL", KB8)
 
 
 def _ptx_counts(tmp_path, monkeypatch, text):
@@ -77,12 +78,16 @@ def _ptx_counts(tmp_path, monkeypatch, text):
 
 def test_the_staging_rule(tmp_path, monkeypatch):
     """A staging kernel passes with its cp.async copies and wait, and fails without the 8-byte
-    copies of its codes or without the wait."""
+    copies of its codes or without the wait; a kernel that does not stage (fp32 parameters)
+    needs none."""
     ok = _ptx_counts(tmp_path, monkeypatch, PTX_K8)
-    assert ok[K8]["cp.async.16"] == 1 and ok[K8]["cp.async.8"] == 1 and ok[K8]["cp.async.4"] == 1
+    assert ok[KB8]["cp.async.16"] == 1 and ok[KB8]["cp.async.8"] == 1 and ok[KB8]["cp.async.4"] == 1
     assert CHECK["check"](ok, {}) == []
+    unstaged = _ptx_counts(tmp_path, monkeypatch, "\n".join(
+        line for line in PTX_K8.replace(KB8, K8).splitlines() if "cp.async" not in line))
+    assert unstaged[K8]["cp.async.16"] == 0 and CHECK["check"](unstaged, {}) == []
     no_codes = _ptx_counts(tmp_path, monkeypatch, PTX_K8.replace("], 8;", "], 16;"))
     no_wait = _ptx_counts(tmp_path, monkeypatch, PTX_K8.replace("\tcp.async.wait_group 0;\n", ""))
     for counts in (no_codes, no_wait):
         assert CHECK["check"](counts, {}) == [
-            "update fp32 8-bit pass 0: the next unit is not staged by cp.async of (16, 8, 4) bytes with a wait"]
+            "update bf16 8-bit pass 0: the next unit is not staged by cp.async of (16, 8, 4) bytes with a wait"]

@@ -344,7 +344,7 @@ def test_staged_units_equal_cpu_kernel(emu, dtype, eight, ams, block_wise):
 def test_a_planted_staging_defect_is_caught():
     """The staging check can fail: a lane that reads its slot before waiting for its copies
     (the emulation fills a slot when a copy is issued and copies when the lane waits) gives
-    other results, in the 32-bit and the 8-bit kernels."""
+    other results, in the staging kernels (8-bit, 16-bit parameters), with amsgrad too."""
     with tempfile.TemporaryDirectory() as tmp:
         src = pathlib.Path(tmp) / "csrc"
         shutil.copytree(ROOT / "csrc", src)
@@ -354,9 +354,9 @@ def test_a_planted_staging_defect_is_caught():
         assert text.count(wait_then_read) == 2, "the staged reads to plant the defect in were not found"
         k.write_text(text.replace(wait_then_read, "    st.stage->read_pg(p, g);\n    async_wait_all();\n"))
         _build("adamw8_emu_stage_defect", src)
-    for eight in (False, True):
+    for ams in (False, True):
         with pytest.raises(AssertionError, match="differs"):
-            run_both(torch.ops.adamw8_emu_stage_defect.fused_step_multi, torch.float32, STAGED_SIZES, eight, False,
+            run_both(torch.ops.adamw8_emu_stage_defect.fused_step_multi, torch.bfloat16, STAGED_SIZES, True, ams,
                      sms=1, steps=1)
 
 

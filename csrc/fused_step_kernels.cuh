@@ -341,19 +341,28 @@ __device__ __forceinline__ void store_p(const LaunchArgs& a, const TensorArgs& t
 // next unit (parameters, gradients, states; the 8-bit absmax) are copied into the warp's slot of
 // the block's dynamic shared memory by cp.async, so the loads are in flight during the update
 // instead of between updates (in the 2026-11-27 profiles the warps waited on global loads in
-// 58% (H100, 8-bit) and 43% (H200, 32-bit) of their cycles).  Each lane copies and later
-// reads its own bytes only, so a lane waits for its own copies and no lane for another
-// (cp.async.wait_group 0, no barrier).  A lane reads its slot before it issues the next
-// copies into it, in program order, as the CUDA programming guide's single-stage loops do.
-// Full units only (vec, not the tail): the first unit of a warp and the others load as before.
+// 58% (H100, 8-bit) and 43% (H200, 32-bit) of their cycles).  A lane reads its current unit from
+// the slot after waiting for its copies (cp.async.wait_group 0), and issues the next unit's
+// copies after reading.  Full units only (vec, not the tail): the first unit of a warp and the
+// others load as before.  Two forms of copy:
+//   - an array of 16 bytes per lane (bf16/fp16 parameters and gradients; 8 bytes of codes, the
+//     absmax): each lane copies its own bytes, which a warp's instruction takes as one
+//     contiguous run, and reads only them: no lane waits for another, no barrier, and the reads
+//     of a slot come before the copies into it in the lane's program order, as in the CUDA
+//     programming guide's single-stage loops;
+//   - an array of 32 bytes per lane (fp32 parameters, 32-bit states; kCross): a lane's own 32
+//     bytes would take two copies of half a sector each, and .cg copies bypass L1, so the second
+//     half would come from L2 again.  Instead instruction k of the warp copies the unit's bytes
+//     512k..512k+511, lane l the 16 at 512k + 16l, into the slot of their owner lane (16k + l/2,
+//     piece l%2); a __syncwarp after the wait makes them visible to the owners, and one before
+//     the next copies keeps them from overwriting a piece its owner has not read.
 // Which kernels stage (Stage::kOn), as measured on an H100 (2026-11-27, benchmarks/RESULTS.md):
-// the 8-bit kernels of bf16 and fp16 parameters, 15% faster (7.32-7.67 ms a step of the SPEC
-// section 7 set to 6.39-6.41).  Not the kernels with 32 bytes of an array per lane (fp32
-// parameters, 32-bit states): staged, they were 10-25% slower.  Their lanes' 16-byte copies
-// take half of each 32-byte sector, and the other half's copy, which bypasses L1 (.cg), came
-// from L2 again: L2 hit rates rose from 40-56% to 67-77%, L1's fell from 49-56% to 19-23%,
-// and the 32-bit kernel's L2 was 81% busy with DRAM at 64%.  Nor the 32-bit amsgrad kernels,
-// whose five arrays and the slot's addresses spill at their 64 registers (240-280 bytes).
+// with ADAMW8_STAGE=1, the default, the 8-bit kernels of bf16 and fp16 parameters, 15% faster
+// (7.32-7.67 ms a step of the SPEC section 7 set to 6.39-6.41).  The kernels of 32 bytes per
+// lane, staged with lanes' own copies, were 10-25% slower: L2 hit rates rose from 40-56% to
+// 67-77%, L1's fell from 49-56% to 19-23%, and the 32-bit kernel's L2 was 81% busy with DRAM at
+// 64%.  ADAMW8_STAGE=2 stages them too, by the cross-lane copies (not yet measured).  Never the
+// 32-bit amsgrad kernels, whose five arrays and the slot's addresses spill at their 64 registers.
 // The launch gives the slots (launch_fused_step: where the extra shared memory costs no block
 // per SM; staged_bytes), and the kernel stages where its dynamic shared memory holds them, so a
 // launch without it is the unstaged kernel.  ADAMW8_STAGE=0 builds without the staging code
@@ -403,12 +412,26 @@ __device__ __forceinline__ void async_wait_all() {
 }
 #endif
 
+// Where a lane's landed copies become visible to the lanes that read them: a __syncwarp for the
+// cross-lane copies, nothing for a lane's own (its wait was enough).  The emulation lands every
+// lane's waited copies at this point (cuda_emu.h: async_warp_fence), so a read before it sees
+// the slot's filler, whichever lane copied.
+template <bool kCross>
+__device__ __forceinline__ void stage_fence() {
+#if defined(__CUDACC__)
+  if constexpr (kCross) __syncwarp();
+#else
+  async_warp_fence();
+#endif
+}
+
 // A warp's slot: one unit's bytes, lane l's 16-byte piece k at q(k)[l] (so a warp's access to
 // one piece is 512 contiguous bytes, free of bank conflicts), its 8 codes of state s at d(s),
 // the unit's absmax of state s (each lane its own copy) at w(s).
 template <typename T, bool kEight, bool kAms>
 struct Stage {
-  static constexpr bool kOn = ADAMW8_STAGE && kEight && sizeof(T) == 2;  // the kernels that stage
+  static constexpr bool kCross = sizeof(T) == 4 || !kEight;  // an array of 32 bytes per lane
+  static constexpr bool kOn = kCross ? ADAMW8_STAGE >= 2 && (kEight || !kAms) : ADAMW8_STAGE >= 1;
   static constexpr int kPG = static_cast<int>(sizeof(T)) * kPerLane / 16;  // pieces of p (of g)
   static constexpr int kStates = kAms ? 3 : 2;
   static constexpr int kQ = 2 * kPG + (kEight ? 0 : 2 * kStates);  // 32-bit states: 2 pieces each
@@ -427,27 +450,37 @@ struct Stage {
     return reinterpret_cast<float*>(base + 512 * kQ + 256 * kD) + 32 * s + lane;
   }
 
+  // The unit's bytes of one array (from `unit_bytes`, its first) into pieces b..b+kPieces-1:
+  // one piece per lane, the lane's own; two, the warp's contiguous runs into their owners' pieces.
+  template <int kPieces>
+  __device__ __forceinline__ void copy_array(int b, const void* unit_bytes) const {
+    const unsigned char* src = static_cast<const unsigned char*>(unit_bytes);
+    if constexpr (kPieces == 1) {
+      async_copy<16>(q(b), src + 16 * lane);
+    } else {
+      static_assert(kPieces == 2, "8 elements of at most 4 bytes");
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        async_copy<16>(reinterpret_cast<uint4*>(base) + 32 * (b + (lane & 1)) + 16 * k + (lane >> 1),
+                       src + 512 * k + 16 * lane);
+      }
+    }
+  }
+
   // Copies unit `unit` of `ta` (full, vec) into the slot, as one group.
   __device__ __forceinline__ void issue(const TensorArgs& ta, int64_t unit) const {
-    const int64_t off = unit * kUnit + lane * kPerLane;
-    const unsigned char* pp = static_cast<const unsigned char*>(ta.param) + off * static_cast<int64_t>(sizeof(T));
-    const unsigned char* gp = static_cast<const unsigned char*>(ta.grad) + off * static_cast<int64_t>(sizeof(T));
-#pragma unroll
-    for (int k = 0; k < kPG; ++k) {
-      async_copy<16>(q(k), pp + 16 * k);
-      async_copy<16>(q(kPG + k), gp + 16 * k);
-    }
+    const int64_t first = unit * kUnit;  // the unit's first element
+    copy_array<kPG>(0, static_cast<const T*>(ta.param) + first);
+    copy_array<kPG>(kPG, static_cast<const T*>(ta.grad) + first);
     void* const states[3] = {ta.state1, ta.state2, ta.state3};
     float* const absmax[3] = {ta.absmax1, ta.absmax2, ta.absmax3};
 #pragma unroll
     for (int s = 0; s < kStates; ++s) {
       if constexpr (kEight) {
-        async_copy<8>(d(s), static_cast<const uint8_t*>(states[s]) + off);
+        async_copy<8>(d(s), static_cast<const uint8_t*>(states[s]) + first + lane * kPerLane);
         async_copy<4>(w(s), absmax[s] + unit);
       } else {
-        const float* sp = static_cast<const float*>(states[s]) + off;
-        async_copy<16>(q(2 * kPG + 2 * s), sp);
-        async_copy<16>(q(2 * kPG + 2 * s + 1), sp + 4);
+        copy_array<2>(2 * kPG + 2 * s, static_cast<const float*>(states[s]) + first);
       }
     }
     async_commit();
@@ -474,14 +507,26 @@ struct Stage {
 // A unit of the current warp: where its bytes come from (`from_stage`: the warp's slot, where
 // they were copied while it updated the unit before) and the next unit to stage (`next`:
 // nullptr for none).
+// A kernel that does not stage (Stage::kOn false) has none of this code: kOn is a constant.
 template <typename T, bool kEight, bool kAms>
 struct StageStep {
+  static constexpr bool kOn = Stage<T, kEight, kAms>::kOn;
   const Stage<T, kEight, kAms>* stage;
   bool from_stage;
   const TensorArgs* next;
   int64_t next_unit;
+  __device__ __forceinline__ bool staged() const { return kOn && from_stage; }
+  // before reading the slot
+  __device__ __forceinline__ void wait() const {
+    async_wait_all();
+    stage_fence<Stage<T, kEight, kAms>::kCross>();
+  }
+  // after reading it
   __device__ __forceinline__ void issue_next() const {
-    if (next != nullptr) stage->issue(*next, next_unit);
+    if (kOn && next != nullptr) {
+      stage_fence<Stage<T, kEight, kAms>::kCross>();
+      stage->issue(*next, next_unit);
+    }
   }
 };
 
@@ -496,8 +541,8 @@ __device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs
   float* __restrict__ s2 = static_cast<float*>(ta.state2);
   float* __restrict__ s3 = static_cast<float*>(ta.state3);
   float p[kPerLane], g[kPerLane], m[kPerLane], v[kPerLane], h[kPerLane];
-  if (st.from_stage) {  // a full unit
-    async_wait_all();
+  if (st.staged()) {  // a full unit
+    st.wait();
     st.stage->read_pg(p, g);
     st.stage->read_state(0, m);
     st.stage->read_state(1, v);
@@ -506,7 +551,7 @@ __device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs
     load_pg<T>(a, ta, off, full, p, g);
   }
   st.issue_next();
-  if (st.from_stage) {
+  if (st.staged()) {
   } else if (full) {
     Elem<float>::load8(s1 + off, m);
     Elem<float>::load8(s2 + off, v);
@@ -776,8 +821,8 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
   float oa1, oa2, oa3 = 0.0f;
   float p[kPerLane], g[kPerLane];
   uint32_t c1[kPerLane], c2[kPerLane], c3[kPerLane];
-  if (st.from_stage) {  // pass 0, a full unit
-    async_wait_all();
+  if (st.staged()) {  // pass 0, a full unit
+    st.wait();
     st.stage->read_pg(p, g);
     unpack_codes(*st.stage->d(0), c1);
     unpack_codes(*st.stage->d(1), c2);
@@ -792,7 +837,7 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
     load_pg<T>(a, ta, off, full, p, g);
   }
   st.issue_next();
-  if (st.from_stage) {
+  if (st.staged()) {
   } else if (full) {
     load8_codes(c1p + off, c1);
     load8_codes(c2p + off, c2);
@@ -929,11 +974,13 @@ __global__ void __launch_bounds__(kThreads, kEight ? kBoundBlocks8 : kBoundBlock
   const St slot{stage ? dynamic_smem() + (threadIdx.x >> 5) * St::kWarpBytes : nullptr,
                 static_cast<int>(threadIdx.x & 31)};
   bool staged = false;
-  for_each_unit<true>(a, [&](int ti, int64_t unit, bool fresh, int tn, int64_t next_unit) {
+  for_each_unit<St::kOn>(a, [&](int ti, int64_t unit, bool fresh, int tn, int64_t next_unit) {
     const TensorArgs& ta = a.t[ti];
     StageStep<T, kEight, kAms> st{&slot, staged, nullptr, next_unit};
-    if (stage && tn >= 0 && a.t[tn].vec && (next_unit + 1) * kUnit <= a.t[tn].numel) st.next = &a.t[tn];
-    staged = st.next != nullptr;
+    if constexpr (St::kOn) {
+      if (stage && tn >= 0 && a.t[tn].vec && (next_unit + 1) * kUnit <= a.t[tn].numel) st.next = &a.t[tn];
+      staged = st.next != nullptr;
+    }
     if (fresh) {  // per-tensor values, once per tensor and warp
       ts = tensor_scalars(a, ti);
       if constexpr (kEight && kPass != 0) {

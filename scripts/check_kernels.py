@@ -8,6 +8,9 @@
   - the staging update kernels (8-bit, bf16 and fp16 parameters, pass 0) copy a unit into
     shared memory with cp.async: 16-byte (parameters, gradients), 8-byte (codes) and 4-byte
     (absmax) copies, and wait for them;
+  - the build options' other forms (OPTION_BUILDS: ADAMW8_STAGE=2, where the kernels of fp32
+    parameters and the 32-bit ones but amsgrad stage too), for sm_90: the same rules (skipped
+    with --archs none, as the other architectures are);
   - registers and static shared memory per kernel, recorded;
   - the other architectures torch's CUDA 13 wheels are built for (OTHER_ARCHS: sm_75 Turing
     up to sm_120), where a user's build may compile the kernels (TORCH_CUDA_ARCH_LIST, or the
@@ -35,6 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = [os.path.join(ROOT, "csrc", f) for f in ("fused_step_cuda.cu", "quantize_cuda.cu")]
 # torch.cuda.get_arch_list() of torch's CUDA 13 wheels, less sm_90 (checked in full above)
 OTHER_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_100", "sm_120")
+# build options (setup.py's KERNEL_OPTIONS) whose kernels differ, checked for sm_90: (define, staging level)
+OPTION_BUILDS = (("-DADAMW8_STAGE=2", 2),)
 
 
 def build_flags():
@@ -162,7 +167,8 @@ def parse_ptxas(text: str) -> dict:
     return out
 
 
-def check(ptx, sass):
+def check(ptx, sass, stage=1):
+    """The rules' failures; `stage`: the build's ADAMW8_STAGE, which kernels stage."""
     problems = []
     for name, r in sass.items():
         if r.get("spill_st", 0) or r.get("spill_ld", 0):
@@ -180,8 +186,9 @@ def check(ptx, sass):
             problems.append(f"{s}: no 128-bit global stores")
         if "8-bit" in s and (c["ld.v2"] < 2 or (writes and c["st.v2"] < 2)):
             problems.append(f"{s}: codes are not moved with 64-bit accesses")
-        staging = s.endswith("pass 0") and "8-bit" in s and ("bf16" in s or "fp16" in s)
-        sizes = (16, 8, 4)
+        sixteen = "bf16" in s or "fp16" in s
+        staging = s.endswith("pass 0") and ("8-bit" in s and sixteen if stage == 1 else "8-bit" in s or "ams" not in s)
+        sizes = (16, 8, 4) if "8-bit" in s else (16,)
         if staging and (any(c[f"cp.async.{b}"] == 0 for b in sizes) or c["cp.async.wait"] == 0):
             problems.append(f"{s}: the next unit is not staged by cp.async of {sizes} bytes with a wait")
     return problems
@@ -205,6 +212,13 @@ def main(argv=None) -> int:
             ptx.update(ptx_accesses(nvcc, flags, tmp, source))
             sass.update(ptxas_report(nvcc, flags, tmp, source))
         arch_problems, arch_notes = other_archs(nvcc, flags, archs, tmp)
+        if archs:
+            for define, level in OPTION_BUILDS:
+                o_ptx = ptx_accesses(nvcc, flags + [define], tmp, SOURCES[0])
+                o_sass = ptxas_report(nvcc, flags + [define], tmp, SOURCES[0])
+                arch_problems += [f"{define}: {p}" for p in check(o_ptx, o_sass, stage=level)]
+                arch_notes.append(f"{define} (sm_90): {len(o_sass)} kernels, at most "
+                                  f"{max((r.get('regs', 0) for r in o_sass.values()), default=0)} registers")
     lines = ["| kernel | registers | smem B | stack B | spills B | ld v4 | st v4 | ld v2 | st v2 | scalar ld/st | "
              "cp.async 16/8/4 | PTX instr |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -24,7 +24,8 @@ left() { echo $(( BUDGET - $(date +%s) + T0 )); }
 
 # a build option measured against the checkout: "NAME VAR=VALUE...", built on the CPUs while
 # the GPU tests run ("" for none)
-# (e.g. VARIANT="minblocks4 ADAMW8_MIN_BLOCKS_8BIT=4")
+# (e.g. VARIANT="stage2 ADAMW8_STAGE=2": the kernels of fp32 parameters and the 32-bit ones staged
+# by cross-lane copies, not yet measured; or VARIANT="minblocks4 ADAMW8_MIN_BLOCKS_8BIT=4")
 VARIANT=${VARIANT-}
 if [ -n "$VARIANT" ]; then
   # shellcheck disable=SC2086

@@ -79,13 +79,16 @@ def _ptx_counts(tmp_path, monkeypatch, text):
 def test_the_staging_rule(tmp_path, monkeypatch):
     """A staging kernel passes with its cp.async copies and wait, and fails without the 8-byte
     copies of its codes or without the wait; a kernel that does not stage (fp32 parameters)
-    needs none."""
+    needs none, unless the build stages it (ADAMW8_STAGE=2)."""
     ok = _ptx_counts(tmp_path, monkeypatch, PTX_K8)
     assert ok[KB8]["cp.async.16"] == 1 and ok[KB8]["cp.async.8"] == 1 and ok[KB8]["cp.async.4"] == 1
     assert CHECK["check"](ok, {}) == []
     unstaged = _ptx_counts(tmp_path, monkeypatch, "\n".join(
         line for line in PTX_K8.replace(KB8, K8).splitlines() if "cp.async" not in line))
     assert unstaged[K8]["cp.async.16"] == 0 and CHECK["check"](unstaged, {}) == []
+    # built with ADAMW8_STAGE=2 the fp32 kernel stages too
+    assert CHECK["check"](unstaged, {}, stage=2) == [
+        "update fp32 8-bit pass 0: the next unit is not staged by cp.async of (16, 8, 4) bytes with a wait"]
     no_codes = _ptx_counts(tmp_path, monkeypatch, PTX_K8.replace("], 8;", "], 16;"))
     no_wait = _ptx_counts(tmp_path, monkeypatch, PTX_K8.replace("\tcp.async.wait_group 0;\n", ""))
     for counts in (no_codes, no_wait):

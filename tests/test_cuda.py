@@ -51,14 +51,15 @@ def test_cuda_kernel_equals_cpu_kernel(eight, amsgrad, block_wise, percentile, d
             assert torch.equal(s_gpu[k].cpu(), v), k
 
 
-@pytest.mark.parametrize("amsgrad", [False, True], ids=["8bit", "8bit-ams"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_staged_units_equal_cpu_kernel(amsgrad, dtype):
+@pytest.mark.parametrize("eight, amsgrad", [(True, False), (True, True), (False, False)],
+                         ids=["8bit", "8bit-ams", "32bit"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_staged_units_equal_cpu_kernel(eight, amsgrad, dtype):
     """Enough units that every warp of the persistent grid takes many (on an H100 about ten),
-    so the 8-bit kernel of 16-bit parameters stages each warp's next unit through shared memory
-    (cp.async, sm_80 on) while it updates the current one: the CPU kernel's results, bit for
-    bit, with a tail."""
-    eight = True
+    so a staging kernel stages each warp's next unit through shared memory (cp.async, sm_80 on)
+    while it updates the current one: the 8-bit kernels of 16-bit parameters by default, the
+    others too when built with ADAMW8_STAGE=2.  The CPU kernel's results, bit for bit, with a
+    tail."""
     n = 256 * 40000 + 77
     p_cpu = torch.randn(n).to(dtype)
     s_cpu = make_state(p_cpu, eight, amsgrad, True, 100)

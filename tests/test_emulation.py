@@ -331,32 +331,48 @@ def test_a_planted_defect_is_caught():
 STAGED_SIZES = [40 * 256, ("off", 3000), 33 * 256 + 5, (64, 33, "t"), 256, 20 * 256]
 
 
+@pytest.fixture(scope="module")
+def emu_stage2():
+    """The kernels built with ADAMW8_STAGE=2: the kernels of fp32 parameters and the 32-bit ones
+    (but amsgrad) stage too, by cross-lane copies (each warp instruction a contiguous run of the
+    unit, read by the owner lanes after a __syncwarp)."""
+    _build("adamw8_emu_stage2", ROOT / "csrc", ("-DADAMW8_STAGE=2",))
+    return torch.ops.adamw8_emu_stage2
+
+
+@pytest.mark.parametrize("build", ["default", "stage2"])
 @pytest.mark.parametrize("eight, ams, block_wise", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_staged_units_equal_cpu_kernel(emu, dtype, eight, ams, block_wise):
+def test_staged_units_equal_cpu_kernel(request, build, dtype, eight, ams, block_wise):
     """The update kernel's staging (each warp's next unit copied into its slot of the dynamic
-    shared memory while it updates the current one; the emulated copies land only when the lane
-    waits for them) gives the CPU kernels' results bit for bit, with AMP scaling too."""
-    run_both(emu.fused_step_multi, dtype, STAGED_SIZES, eight, ams, block_wise, sms=1, steps=3)
-    run_both(emu.fused_step_multi, dtype, STAGED_SIZES, eight, ams, block_wise, sms=1, steps=2, amp=True)
+    shared memory while it updates the current one; the emulated copies land only at the lanes'
+    visibility point after their wait) gives the CPU kernels' results bit for bit, with AMP
+    scaling too: the default build (8-bit kernels of bf16 parameters stage) and ADAMW8_STAGE=2
+    (fp32 parameters and 32-bit states too, by cross-lane copies)."""
+    op = request.getfixturevalue("emu" if build == "default" else "emu_stage2").fused_step_multi
+    run_both(op, dtype, STAGED_SIZES, eight, ams, block_wise, sms=1, steps=3)
+    run_both(op, dtype, STAGED_SIZES, eight, ams, block_wise, sms=1, steps=2, amp=True)
 
 
 def test_a_planted_staging_defect_is_caught():
-    """The staging check can fail: a lane that reads its slot before waiting for its copies
-    (the emulation fills a slot when a copy is issued and copies when the lane waits) gives
-    other results, in the staging kernels (8-bit, 16-bit parameters), with amsgrad too."""
+    """The staging check can fail: a lane that reads its slot before waiting for the copies into
+    it (the emulation fills a slot when a copy is issued and lands the copies only at the lanes'
+    visibility point after their wait) gives other results, in every kind of staging kernel
+    (built with ADAMW8_STAGE=2): its own copies (8-bit, bf16 parameters, with amsgrad too) and
+    cross-lane copies (8-bit of fp32 parameters; 32-bit)."""
     with tempfile.TemporaryDirectory() as tmp:
         src = pathlib.Path(tmp) / "csrc"
         shutil.copytree(ROOT / "csrc", src)
         k = src / "fused_step_kernels.cuh"
         text = k.read_text()
-        wait_then_read = "    async_wait_all();\n    st.stage->read_pg(p, g);\n"
+        wait_then_read = "    st.wait();\n    st.stage->read_pg(p, g);\n"
         assert text.count(wait_then_read) == 2, "the staged reads to plant the defect in were not found"
-        k.write_text(text.replace(wait_then_read, "    st.stage->read_pg(p, g);\n    async_wait_all();\n"))
-        _build("adamw8_emu_stage_defect", src)
-    for ams in (False, True):
+        k.write_text(text.replace(wait_then_read, "    st.stage->read_pg(p, g);\n    st.wait();\n"))
+        _build("adamw8_emu_stage_defect", src, ("-DADAMW8_STAGE=2",))
+    for dtype, eight, ams in [(torch.bfloat16, True, False), (torch.bfloat16, True, True), (torch.float32, True, False),
+                              (torch.float32, False, False)]:
         with pytest.raises(AssertionError, match="differs"):
-            run_both(torch.ops.adamw8_emu_stage_defect.fused_step_multi, torch.bfloat16, STAGED_SIZES, True, ams,
+            run_both(torch.ops.adamw8_emu_stage_defect.fused_step_multi, dtype, STAGED_SIZES, eight, ams,
                      sms=1, steps=1)
 
 

@@ -104,7 +104,7 @@ def test_kernel_build_options_become_defines_and_bad_values_are_refused():
     assert options({}) == []
     assert options({"ADAMW8_STAGE": "0", "ADAMW8_MIN_BLOCKS_8BIT": "4"}) == [
         "-DADAMW8_MIN_BLOCKS_8BIT=4", "-DADAMW8_STAGE=0"]
-    with pytest.raises(RuntimeError, match=r"ADAMW8_STAGE must be an integer from 0 to 1, got 'yes'"):
+    with pytest.raises(RuntimeError, match=r"ADAMW8_STAGE must be an integer from 0 to 2, got 'yes'"):
         options({"ADAMW8_STAGE": "yes"})
     with pytest.raises(RuntimeError, match=r"ADAMW8_MIN_BLOCKS_8BIT must be an integer from 0 to 8, got '9'"):
         options({"ADAMW8_MIN_BLOCKS_8BIT": "9"})

@@ -16,8 +16,10 @@
 //   - dynamic shared memory (a launch's `smem` bytes, one copy: one block runs at a time) and
 //     its size, and the asynchronous copies into it (cp.async: async_copy, async_commit,
 //     async_wait_all) at their latest: a copy fills its destination with 0xff bytes when it is
-//     issued (a NaN, code 255) and copies when its thread waits for it, so a read before the
-//     wait sees the filler, and a copy its thread never waits for fails the launch.
+//     issued (a NaN, code 255) and lands at the kernels' visibility point after its thread's
+//     wait (async_warp_fence: every lane of the warp arrives, each lands its waited copies, all
+//     arrive again), so a read before the wait or before that point sees the filler, whichever
+//     lane copied, and a copy never waited for and landed fails the launch.
 // What it cannot show: real concurrency (races, memory ordering), launch limits,
 // CUDA's own pow and division, streams, graphs, speed.  Those need the GPU and
 // compute-sanitizer (scripts/gpu_check.sh).
@@ -127,6 +129,7 @@ struct ThreadCtx {
   unsigned dynamic_smem_bytes = 0;
   std::vector<AsyncCopy> copies;          // issued, committed or not
   size_t committed = 0;                   // the first copies[committed] are committed
+  std::vector<AsyncCopy> waited;          // waited for, not yet landed
 };
 inline thread_local ThreadCtx ctx;
 
@@ -209,12 +212,23 @@ inline void async_copy(void* dst, const void* src) {
 }
 // cp.async.commit_group
 inline void async_commit() { adamw8_emu::ctx.committed = adamw8_emu::ctx.copies.size(); }
-// cp.async.wait_group 0: every committed copy of this thread has landed
+// cp.async.wait_group 0: every committed copy of this thread is complete (it lands at the next
+// async_warp_fence)
 inline void async_wait_all() {
   auto& c = adamw8_emu::ctx;
-  for (size_t i = 0; i < c.committed; ++i) std::memcpy(c.copies[i].dst, c.copies[i].src, c.copies[i].bytes);
+  c.waited.insert(c.waited.end(), c.copies.begin(), c.copies.begin() + static_cast<std::ptrdiff_t>(c.committed));
   c.copies.erase(c.copies.begin(), c.copies.begin() + static_cast<std::ptrdiff_t>(c.committed));
   c.committed = 0;
+}
+// The kernels' point where waited copies are visible to the lanes that read them
+// (stage_fence): all 32 lanes arrive, each lands its waited copies, all arrive again.
+inline void async_warp_fence() {
+  auto& c = adamw8_emu::ctx;
+  std::barrier<>& warp = *c.sync->warps[c.thread.x >> 5];
+  warp.arrive_and_wait();
+  for (const auto& w : c.waited) std::memcpy(w.dst, w.src, w.bytes);
+  c.waited.clear();
+  warp.arrive_and_wait();
 }
 
 namespace adamw8_emu {
@@ -248,9 +262,12 @@ inline void launch(unsigned grid, unsigned block, const std::function<void()>& k
         ctx.dynamic_smem_bytes = smem;
         ctx.copies.clear();
         ctx.committed = 0;
+        ctx.waited.clear();
         try {
           kernel();
-          if (!ctx.copies.empty()) throw std::logic_error("cuda_emu: a thread left with cp.async copies not waited for");
+          if (!ctx.copies.empty() || !ctx.waited.empty()) {
+            throw std::logic_error("cuda_emu: a thread left with cp.async copies not waited for and landed");
+          }
         } catch (...) {
           std::lock_guard<std::mutex> g(error_mu);
           if (!error) error = std::current_exception();

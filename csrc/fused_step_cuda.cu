@@ -102,6 +102,27 @@ int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bo
   return static_cast<int>(err);
 }
 
+int update_kernel_launch(ParamType type, bool eight_bit, bool amsgrad, int* blocks_per_sm, int* stage_bytes) {
+  int device = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  KernelFn kernel = nullptr;
+  int bytes = 0;
+  switch (type) {
+    case ParamType::kFloat: kernel = main_kernel<float>(eight_bit, amsgrad, 0); bytes = staged_bytes<float>(eight_bit, amsgrad); break;
+    case ParamType::kBFloat16:
+      kernel = main_kernel<__nv_bfloat16>(eight_bit, amsgrad, 0);
+      bytes = staged_bytes<__nv_bfloat16>(eight_bit, amsgrad);
+      break;
+    case ParamType::kHalf: kernel = main_kernel<__half>(eight_bit, amsgrad, 0); bytes = staged_bytes<__half>(eight_bit, amsgrad); break;
+  }
+  int sms = 1;
+  const KernelInfo k = kernel_info(device, reinterpret_cast<const void*>(kernel), bytes, sms);
+  *blocks_per_sm = k.blocks_per_sm;
+  *stage_bytes = k.smem;
+  return 0;
+}
+
 int launch_fast_path_check(unsigned long long* counts, void* stream) {
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);

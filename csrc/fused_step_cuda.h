@@ -146,6 +146,12 @@ inline void place_scratch(LaunchArgs& a, void* base, int64_t units, bool clip, b
 int launch_fused_step(const LaunchArgs& args, ParamType type, bool eight_bit, bool amsgrad, void* stream,
                       int blocks_per_sm = 0);
 
+// What the update kernel (pass 0) of `type`, `eight_bit`, `amsgrad` gets on the current device:
+// its resident blocks per SM and the dynamic shared memory of its staging (0: it runs unstaged;
+// launch_fused_step gives the slots only where they cost no resident block).  Returns the
+// cudaError_t of the queries (0: success).
+int update_kernel_launch(ParamType type, bool eight_bit, bool amsgrad, int* blocks_per_sm, int* stage_bytes);
+
 // The kernels' fast paths of the IEEE operations (adamw8_math.h: rcp_rn, sqrt_fast) against
 // the operations themselves, over every float on the device: adds to counts[0] the floats v
 // (finite, >= +0) where sqrt_fast's `ok` differs from its stated range or, within it, its bits

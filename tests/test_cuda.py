@@ -75,6 +75,29 @@ def test_staged_units_equal_cpu_kernel(eight, amsgrad, dtype):
             assert torch.equal(s_gpu[k].cpu(), v), k
 
 
+def test_the_measured_kernels_stage_where_they_lose_no_block():
+    """The launch's staging decision (fused_step_cuda.cu: kernel_info), as measured on the H100:
+    on a GPU with cp.async and the 228 KB of shared memory per SM of sm_90 and sm_100 (H100,
+    H200, B200), the 8-bit kernels of bf16 and fp16 parameters get their slots (1,792 bytes a
+    warp, 2,176 with amsgrad) and keep their 3 resident blocks per SM; a kernel that does not
+    stage in this build gets none.  Elsewhere a kernel has slots only at its unstaged occupancy."""
+    info = lambda dtype, eight, ams: torch.ops.adamw8._cuda_launch_info(dtype, eight, ams)  # noqa: E731
+    props = torch.cuda.get_device_properties(0)
+    sm_bytes = getattr(props, "shared_memory_per_multiprocessor", 0) or (
+        228 * 1024 if (props.major, props.minor) in ((9, 0), (10, 0)) else 0)
+    if props.major >= 8 and sm_bytes >= 228 * 1024:
+        for dtype in (torch.bfloat16, torch.float16):
+            assert info(dtype, True, False) == [3, 8 * 1792]
+            assert info(dtype, True, True) == [3, 8 * 2176]
+    assert info(torch.float32, False, True)[1] == 0  # 32-bit amsgrad never stages
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for eight, ams in [(True, False), (True, True), (False, False)]:
+            blocks, stage = info(dtype, eight, ams)
+            assert blocks >= 1 and stage >= 0
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        info(torch.float64, True, False)
+
+
 def test_no_op_runs_the_reference_on_cuda():
     """Every op has its compiled CUDA kernel (the reference fallback warns and is slow)."""
     assert adamw8.ops._missing["cuda"] == []

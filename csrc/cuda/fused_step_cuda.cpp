@@ -101,6 +101,21 @@ void fast_path_check(const at::Tensor& counts) {
   TORCH_CHECK(err == 0, "adamw8: launching the fast-path check failed: ", launch_error(err, counts.device().index()));
 }
 
+// adamw8::_cuda_launch_info(dtype, eight_bit, amsgrad) -> [blocks per SM, staging bytes]: what the
+// update kernel of a step of `dtype` parameters gets on the current CUDA device
+// (cuda::update_kernel_launch; tests/test_cuda.py).
+std::vector<int64_t> launch_info(c10::ScalarType dtype, bool eight_bit, bool amsgrad) {
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+                    "adamw8: _cuda_launch_info takes float32, bfloat16 or float16 parameters, got ", dtype);
+  const cuda::ParamType type = dtype == at::kFloat      ? cuda::ParamType::kFloat
+                               : dtype == at::kBFloat16 ? cuda::ParamType::kBFloat16
+                                                        : cuda::ParamType::kHalf;
+  int blocks_per_sm = 0, stage_bytes = 0;
+  const int err = cuda::update_kernel_launch(type, eight_bit, amsgrad, &blocks_per_sm, &stage_bytes);
+  TORCH_CHECK(err == 0, "adamw8: querying the CUDA device failed: ", launch_error(err, 0));
+  return {blocks_per_sm, stage_bytes};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(adamw8, CUDA, m) {
@@ -111,6 +126,7 @@ TORCH_LIBRARY_IMPL(adamw8, CUDA, m) {
 TORCH_LIBRARY_FRAGMENT(adamw8, m) {
   m.def("_cuda_tuning(int[] table) -> int[]", &cuda_tuning);
   m.def("_cuda_fast_path_check(Tensor(a!) counts) -> ()");
+  m.def("_cuda_launch_info(ScalarType dtype, bool eight_bit, bool amsgrad) -> int[]", &launch_info);
 }
 
 }  // namespace adamw8

@@ -108,14 +108,11 @@ int update_kernel_launch(ParamType type, bool eight_bit, bool amsgrad, int* bloc
   if (err != cudaSuccess) return static_cast<int>(err);
   KernelFn kernel = nullptr;
   int bytes = 0;
-  switch (type) {
-    case ParamType::kFloat: kernel = main_kernel<float>(eight_bit, amsgrad, 0); bytes = staged_bytes<float>(eight_bit, amsgrad); break;
-    case ParamType::kBFloat16:
-      kernel = main_kernel<__nv_bfloat16>(eight_bit, amsgrad, 0);
-      bytes = staged_bytes<__nv_bfloat16>(eight_bit, amsgrad);
-      break;
-    case ParamType::kHalf: kernel = main_kernel<__half>(eight_bit, amsgrad, 0); bytes = staged_bytes<__half>(eight_bit, amsgrad); break;
-  }
+  with_param_type(type, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    kernel = main_kernel<T>(eight_bit, amsgrad, 0);
+    bytes = staged_bytes<T>(eight_bit, amsgrad);
+  });
   int sms = 1;
   const KernelInfo k = kernel_info(device, reinterpret_cast<const void*>(kernel), bytes, sms);
   *blocks_per_sm = k.blocks_per_sm;

@@ -550,6 +550,8 @@ __device__ __forceinline__ void unit_32bit(const LaunchArgs& a, const TensorArgs
   } else {
     load_pg<T>(a, ta, off, full, p, g);
   }
+  // the next unit's copies before this unstaged unit's state loads: the other order holds more
+  // registers live, and the bf16 32-bit kernel of ADAMW8_STAGE=2 spilled (check_kernels.py)
   st.issue_next();
   if (st.staged()) {
   } else if (full) {
@@ -836,7 +838,7 @@ __device__ __forceinline__ void unit_8bit(const LaunchArgs& a, const Maps8& s, c
     if constexpr (kAms) oa3 = kPass == 0 ? ta.absmax3[blk] : old_absmax[2];
     load_pg<T>(a, ta, off, full, p, g);
   }
-  st.issue_next();
+  st.issue_next();  // before this unstaged unit's code loads, as in unit_32bit
   if (st.staged()) {
   } else if (full) {
     load8_codes(c1p + off, c1);
@@ -1116,6 +1118,20 @@ KernelFn main_kernel(bool eight, bool ams, int pass) {
   }
 }
 
+// Calls f(TypeTag<T>{}) with the parameters' element type T of `type`.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+template <typename F>
+void with_param_type(ParamType type, F&& f) {
+  switch (type) {
+    case ParamType::kFloat: f(TypeTag<float>{}); break;
+    case ParamType::kBFloat16: f(TypeTag<__nv_bfloat16>{}); break;
+    case ParamType::kHalf: f(TypeTag<__half>{}); break;
+  }
+}
+
 // Bytes of dynamic shared memory for the staging of the update kernel (pass 0; per block).
 template <typename T, bool kEight, bool kAms>
 int staged_bytes() {
@@ -1154,11 +1170,7 @@ void run_typed(const LaunchArgs& a, bool eight, bool ams, Launch& launch) {
 // gives or not (0 where it would cost resident blocks).
 template <typename Launch>
 void run_step(const LaunchArgs& a, ParamType type, bool eight, bool ams, Launch&& launch) {
-  switch (type) {
-    case ParamType::kFloat: run_typed<float>(a, eight, ams, launch); break;
-    case ParamType::kBFloat16: run_typed<__nv_bfloat16>(a, eight, ams, launch); break;
-    case ParamType::kHalf: run_typed<__half>(a, eight, ams, launch); break;
-  }
+  with_param_type(type, [&](auto tag) { run_typed<typename decltype(tag)::type>(a, eight, ams, launch); });
 }
 
 }  // namespace cuda

@@ -107,11 +107,8 @@ void fast_path_check(const at::Tensor& counts) {
 std::vector<int64_t> launch_info(c10::ScalarType dtype, bool eight_bit, bool amsgrad) {
   TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
                     "adamw8: _cuda_launch_info takes float32, bfloat16 or float16 parameters, got ", dtype);
-  const cuda::ParamType type = dtype == at::kFloat      ? cuda::ParamType::kFloat
-                               : dtype == at::kBFloat16 ? cuda::ParamType::kBFloat16
-                                                        : cuda::ParamType::kHalf;
   int blocks_per_sm = 0, stage_bytes = 0;
-  const int err = cuda::update_kernel_launch(type, eight_bit, amsgrad, &blocks_per_sm, &stage_bytes);
+  const int err = cuda::update_kernel_launch(param_type(dtype), eight_bit, amsgrad, &blocks_per_sm, &stage_bytes);
   TORCH_CHECK(err == 0, "adamw8: querying the CUDA device failed: ", launch_error(err, 0));
   return {blocks_per_sm, stage_bytes};
 }

@@ -9,6 +9,8 @@
 #      bitsandbytes from .whl/                                           -> verify.json
 #   2b. scripts/reduce_overhead_probe.py: what the CUDA-graph step costs, and the device work of a
 #       step eager and graphed                                        -> gpu_check_logs.tgz
+#   2c. scripts/compile_gap_probe.py: the compiled step against eager on the 1.26 B set, with
+#       32 and 64 tensors per call, and each one's kernels, kernel time and span -> gpu_check_logs.tgz
 #   3. scripts/gpu_variant.sh: the checkout's build against VARIANT's (a build option; stage2 by
 #      default), taking turns on the SPEC section 7 benchmark           -> variant_logs.tgz
 #   4. scripts/gpu_profile.sh: Nsight Compute text and the paging probe -> gpu_profile_logs.tgz
@@ -52,6 +54,13 @@ if [ "$(left)" -gt 110 ]; then
   echo "== 2b. reduce-overhead probe ($(elapsed) s)"
   timeout 90 python3 scripts/reduce_overhead_probe.py > /tmp/s1/reduce_overhead.md 2> /tmp/s1/reduce_overhead.err
   echo "exit $?"; cat /tmp/s1/reduce_overhead.md; tail -3 /tmp/s1/reduce_overhead.err
+  tar czf "$OUT/gpu_check_logs.tgz" -C /tmp/s1 .
+fi
+
+if [ "$(left)" -gt 150 ]; then
+  echo "== 2c. compile-gap probe ($(elapsed) s)"
+  timeout 100 python3 scripts/compile_gap_probe.py > /tmp/s1/compile_gap.md 2> /tmp/s1/compile_gap.err
+  echo "exit $?"; cat /tmp/s1/compile_gap.md; tail -3 /tmp/s1/compile_gap.err
   tar czf "$OUT/gpu_check_logs.tgz" -C /tmp/s1 .
 fi
 

@@ -83,6 +83,24 @@ def capabilities() -> list[str]:
     return list(torch.ops.adamw8._cpu_capabilities())[1:]
 
 
+def divide_quotients(mode: bool | None = None) -> bool:
+    """Whether the avx512vbmi build's 8-bit quantizer takes ``value / absmax`` by the vector
+    divider (True) or by three multiply-adds (``div_rn``, False); the bits are the same.  The
+    default is the divider on AMD Zen 5 and later, where it measured faster (docs/design.md, "CPU
+    kernels").  ``mode`` True or False sets it for this process, ``None`` only reads it; call
+    ``reset_divide_quotients()`` to go back to the default."""
+    _need_kernels()
+    if mode is not None and not isinstance(mode, bool):
+        raise TypeError(f"adamw8: divide_quotients: mode must be True, False or None, got {mode!r}")
+    return bool(torch.ops.adamw8._cpu_divide(None if mode is None else int(mode)))
+
+
+def reset_divide_quotients() -> bool:
+    """Back to this CPU's default for ``divide_quotients``; returns it."""
+    _need_kernels()
+    return bool(torch.ops.adamw8._cpu_divide(-1))
+
+
 def auto_capability() -> str:
     """The build "auto" runs: the best one, or ``ADAMW8_CPU_CAPABILITY``'s."""
     _need_kernels()

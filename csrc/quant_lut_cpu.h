@@ -69,7 +69,7 @@ class NearestCodeLut {
     return cpu::QuantTable{q_, halves_, finite_, planes_, entry_, steps_, thresholds_ok_ ? code_entry_ : nullptr, thresholds_ok_ ? thr_ : nullptr,
                            span_, neg_count_, packed_ok_ ? packed_ : nullptr, packed_ok_ ? clamp_code_ : -1,
                            planes_ok_ ? plane_l1_ : nullptr, planes_ok_ ? plane_code_ : nullptr,
-                           planes_ok_ ? plane_thr_ : nullptr};
+                           planes_ok_ ? plane_thr_ : nullptr, cpu::divide_quotients()};
   }
 
  private:

@@ -20,19 +20,25 @@ pytestmark = pytest.mark.skipif(not tuning.available(), reason="the compiled CPU
 
 
 def _caps():
-    return tuning.capabilities() if tuning.available() else ["base"]
+    """The builds this CPU runs; the avx512vbmi build twice, its quantizer's quotient by div_rn
+    and by the divider ("avx512vbmi/divide": tuning.divide_quotients)."""
+    caps = tuning.capabilities() if tuning.available() else ["base"]
+    return caps + ["avx512vbmi/divide"] if "avx512vbmi" in caps else caps
 
 
 @pytest.fixture
 def table():
-    """Restores the launch table after a test that changes it."""
+    """Restores the launch table (and the quotient's route) after a test that changes them."""
     before = tuning.get_table()
     yield
     tuning.set_table(before)
+    tuning.reset_divide_quotients()
 
 
 def _use(cap: str, grain: int) -> None:
-    tuning.set_table({k: {"capability": cap, "grain": grain} for k in tuning.keys()})
+    build, _, route = cap.partition("/")
+    tuning.divide_quotients(route == "divide")
+    tuning.set_table({k: {"capability": build, "grain": grain} for k in tuning.keys()})
 
 
 def _mismatches(ref_p, ref_s, p, s) -> list[str]:

@@ -272,8 +272,8 @@ inline __mmask64 join64(const __mmask16* m) {
 }
 
 // quantize_bounded by the plane route (kernel_args.h, plane_code), 64 values at a time, no gather:
-// - per 16 values: x = value / absmax by div_rn (sign-symmetric, but -0 / absmax gives +0, so
-//   the value's sign bit is or-ed back in);
+// - per 16 values: x = value / absmax, by the divider (kDivide, QuantTable::divide) or by div_rn
+//   (sign-symmetric, but -0 / absmax gives +0, so the value's sign bit is or-ed back in);
 // - x's top 16 bits as words (32 a register): the level-1 entry by vpermt2w (64 words), the
 //   bucket by a variable word shift and an add;
 // - the buckets' low bytes and high bytes (bit 8: the sign's half) packed into two byte
@@ -284,8 +284,9 @@ inline __mmask64 join64(const __mmask16* m) {
 //   quantize_bounded: min(code, clamp_code) where the value's sign bit is set (signed map), or
 //   max(code, 1) where the value is > 0 (unsigned map).
 // The same preconditions as quantize_bounded.
-inline void quantize_planes(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
-                            uint8_t* out) {
+template <bool kDivide>
+inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
+                               uint8_t* out) {
   const __m512i order = Planes256::order();
   const __m512i pick_lo = _mm512_add_epi8(order, order);  // byte 2e of the two word registers: bucket e's low byte
   const __m512i pick_hi = _mm512_add_epi8(pick_lo, _mm512_set1_epi8(1));
@@ -307,9 +308,13 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
     for (int k = 0; k < 4; ++k) {
       vb[k] = _mm512_castps_si512(_mm512_maskz_loadu_ps(static_cast<__mmask16>(lm >> (16 * k)), values + j + 16 * k));
       const __m512 value = _mm512_castsi512_ps(vb[k]);
-      const __m512 q0 = _mm512_mul_ps(value, R);
-      const __m512i x = _mm512_castps_si512(_mm512_fmadd_ps(_mm512_fnmadd_ps(q0, A, value), R, q0));  // div_rn
-      xs[k] = _mm512_ternarylogic_epi32(x, vb[k], sign_bit, 0xf8);  // x | the value's sign: -0 / absmax is +0 by div_rn
+      if constexpr (kDivide) {
+        xs[k] = _mm512_castps_si512(_mm512_div_ps(value, A));  // -0 / absmax is -0
+      } else {
+        const __m512 q0 = _mm512_mul_ps(value, R);
+        const __m512i x = _mm512_castps_si512(_mm512_fmadd_ps(_mm512_fnmadd_ps(q0, A, value), R, q0));  // div_rn
+        xs[k] = _mm512_ternarylogic_epi32(x, vb[k], sign_bit, 0xf8);  // x | the value's sign: -0 / absmax is +0 by div_rn
+      }
     }
     __m512i bucket[2];
     __mmask32 neg[2];
@@ -344,6 +349,13 @@ inline void quantize_planes(const QuantTable& qt, const float* values, int64_t l
     }
     _mm512_mask_storeu_epi8(out + j, lm, c);
   }
+}
+
+// quantize_planes_by with the quotient as QuantTable::divide says (the same bits either way).
+inline void quantize_planes(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
+                            uint8_t* out) {
+  return qt.divide ? quantize_planes_by<true>(qt, values, len, absmax, is_signed, out)
+                   : quantize_planes_by<false>(qt, values, len, absmax, is_signed, out);
 }
 #endif
 

@@ -9,6 +9,10 @@
 
 #include "kernel_args.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 namespace adamw8 {
 namespace cpu {
 namespace {
@@ -68,7 +72,39 @@ struct TuningInit {
   }
 } g_tuning_init;
 
+// AMD family 0x1a (Zen 5) and later: the CPUs the plane route's division was measured faster on.
+bool cpu_divides_fast() {
+#ifdef ADAMW8_CPU_X86
+  static const bool fast = [] {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_is("amd")) return false;
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+    const unsigned family = ((eax >> 8) & 0xfu) + (((eax >> 8) & 0xfu) == 0xfu ? (eax >> 20) & 0xffu : 0u);
+    return family >= 0x1au;
+  }();
+  return fast;
+#else
+  return false;
+#endif
+}
+
+std::atomic<int> g_divide{-1};
+
 }  // namespace
+
+bool divide_quotients() {
+  const int mode = g_divide.load(std::memory_order_relaxed);
+  return mode < 0 ? cpu_divides_fast() : mode != 0;
+}
+
+void set_divide_quotients(int mode) {
+  if (mode < -1 || mode > 1) {
+    throw std::invalid_argument("adamw8: the division mode must be 1 (divide), 0 (div_rn) or -1 (the CPU's default), got " +
+                                std::to_string(mode));
+  }
+  g_divide.store(mode);
+}
 
 const Kernels& kernels() { return *by_id(auto_cap()); }
 

@@ -40,6 +40,9 @@ struct QuantTable {
   const uint16_t* plane_l1;
   const uint8_t* plane_code;
   const uint8_t* plane_thr;
+  // The plane route's quotient value / absmax by the vector divider instead of div_rn's three
+  // multiply-adds (the same bits): divide_quotients(), per call.
+  bool divide;
 };
 
 // The plane route: code(x) = the number of thresholds <= x (nearest_lut.h) for |x| <= 1, through
@@ -132,6 +135,13 @@ namespace avx512vbmi { extern const Kernels kKernels; }
 // The build chosen for "auto": the best the CPU supports, or ADAMW8_CPU_CAPABILITY's (base,
 // avx2, avx512, avx512vbmi) when set (dispatch.cpp).
 const Kernels& kernels();
+
+// Whether the plane route (avx512vbmi) divides: on a Zen 5 core (AMD family 0x1a) the divider
+// takes value / absmax for 64 values while the shuffles run, and the step was 4-6% faster than
+// with div_rn; elsewhere div_rn, whose multiply-adds cost less where division is slow.
+// set_divide_quotients(1 or 0) forces either, -1 goes back to the CPU's default.
+bool divide_quotients();
+void set_divide_quotients(int mode);
 
 // Capability ids in the tuning table: -1 auto, then these.
 constexpr int kCapAuto = -1;

@@ -119,6 +119,21 @@ def _launch_labels(opt) -> list[str]:
     return [e.name for e in prof.events() if e.name.startswith("adamw8::cpu_step")]
 
 
+def test_divide_quotients_switch_reads_sets_and_refuses_bad_modes():
+    default = tuning.reset_divide_quotients()
+    try:
+        assert tuning.divide_quotients() is default
+        assert tuning.divide_quotients(not default) is (not default)
+        assert tuning.divide_quotients() is (not default)
+        with pytest.raises(TypeError, match="True, False or None"):
+            tuning.divide_quotients(1)
+        with pytest.raises(ValueError, match="division mode must be 1"):
+            torch.ops.adamw8._cpu_divide(2)
+        assert tuning.divide_quotients() is (not default)  # a refused mode changes nothing
+    finally:
+        assert tuning.reset_divide_quotients() is default
+
+
 def test_a_loaded_config_changes_the_launch_and_not_the_bits(table, tmp_path, monkeypatch):
     cap = _other_cap()
     torch.manual_seed(0)

@@ -139,7 +139,8 @@ const Kernels& kernels();
 // Whether the plane route (avx512vbmi) divides: on a Zen 5 core (AMD family 0x1a) the divider
 // takes value / absmax for 64 values while the shuffles run, and the step was 4-6% faster than
 // with div_rn; elsewhere div_rn, whose multiply-adds cost less where division is slow.
-// set_divide_quotients(1 or 0) forces either, -1 goes back to the CPU's default.
+// set_divide_quotients(1 or 0) forces either, -1 goes back to the CPU's default (the op
+// adamw8::_cpu_divide checks the mode).
 bool divide_quotients();
 void set_divide_quotients(int mode);
 

@@ -118,11 +118,20 @@ struct Planes256 {
   }
   // d[k] = the entries of the indices 16k .. 16k + 15 (idx in order()'s arrangement)
   void operator()(__m512i idx, __m512i* d) const {
+    lookup([this](int p, int r) { return pl[p][r]; }, idx, d);
+  }
+  // The same from the planes in memory (`planes` as for the constructor): each table a load
+  // folded into its permute, for a caller that has no registers to keep them in.
+  static void from_memory(const uint8_t* planes, __m512i idx, __m512i* d) {
+    lookup([planes](int p, int r) { return _mm512_loadu_si512(planes + 256 * p + 64 * r); }, idx, d);
+  }
+  template <typename Table>
+  static void lookup(Table pl, __m512i idx, __m512i* d) {
     const __mmask64 b7 = _mm512_movepi8_mask(idx);
     __m512i r[4];
     for (int p = 0; p < 4; ++p) {
-      r[p] = _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(pl[p][0], idx, pl[p][1]),
-                                    _mm512_permutex2var_epi8(pl[p][2], idx, pl[p][3]));
+      r[p] = _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(pl(p, 0), idx, pl(p, 1)),
+                                    _mm512_permutex2var_epi8(pl(p, 2), idx, pl(p, 3)));
     }
     const __m512i w01l = _mm512_unpacklo_epi8(r[0], r[1]), w01h = _mm512_unpackhi_epi8(r[0], r[1]);
     const __m512i w23l = _mm512_unpacklo_epi8(r[2], r[3]), w23h = _mm512_unpackhi_epi8(r[2], r[3]);
@@ -293,9 +302,12 @@ inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_
   alignas(64) static constexpr int16_t kTop[32] = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
   const __m512i top = _mm512_load_si512(kTop);  // word 2i+1: dword i's top 16 bits
   const __m512i l1a = _mm512_loadu_si512(qt.plane_l1), l1b = _mm512_loadu_si512(qt.plane_l1 + 32);
-  __m512i cp[8];
-  for (int r = 0; r < 8; ++r) cp[r] = _mm512_loadu_si512(qt.plane_code + 64 * r);
-  const Planes256 thresholds(qt.plane_thr);
+  // The code plane and the thresholds (24 registers) stay in memory, operands of the permutes:
+  // kept in registers they were spilled anyway, and each call copied them to the stack first
+  // (about 50 loads and stores per call of 256 values).  The empty asm hides the pointers from
+  // the compiler's hoisting, which would bring the copies back.
+  const uint8_t* code_plane = qt.plane_code;
+  const uint8_t* thr_planes = qt.plane_thr;
   const __m512 A = _mm512_set1_ps(absmax), R = _mm512_set1_ps(1.0f / absmax);
   const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
   const __m512i binade_lo = _mm512_set1_epi16(kPlaneBinadeLo << 7), sign_half = _mm512_set1_epi16(32);
@@ -304,6 +316,8 @@ inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_
   for (int64_t j = 0; j < len; j += 64) {
     const int64_t left = len - j;
     const __mmask64 lm = tail_mask64(left);
+    asm("" : "+r"(code_plane), "+r"(thr_planes));
+    const auto cp = [code_plane](int r) { return _mm512_loadu_si512(code_plane + 64 * r); };
     __m512i vb[4], xs[4];
     for (int k = 0; k < 4; ++k) {
       vb[k] = _mm512_castps_si512(_mm512_maskz_loadu_ps(static_cast<__mmask16>(lm >> (16 * k)), values + j + 16 * k));
@@ -330,10 +344,10 @@ inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_
     const __mmask64 b7 = _mm512_movepi8_mask(lo);
     const __mmask64 b8 = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(bucket[0], pick_hi, bucket[1]), one8);
     const __m512i c0 = _mm512_mask_blend_epi8(
-        b8, _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(cp[0], lo, cp[1]), _mm512_permutex2var_epi8(cp[2], lo, cp[3])),
-        _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(cp[4], lo, cp[5]), _mm512_permutex2var_epi8(cp[6], lo, cp[7])));
+        b8, _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(cp(0), lo, cp(1)), _mm512_permutex2var_epi8(cp(2), lo, cp(3))),
+        _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(cp(4), lo, cp(5)), _mm512_permutex2var_epi8(cp(6), lo, cp(7))));
     __m512i thr[4];
-    thresholds(c0, thr);
+    Planes256::from_memory(thr_planes, c0, thr);
     __mmask16 ge16[4];
     for (int k = 0; k < 4; ++k) {
       ge16[k] = _mm512_cmp_ps_mask(_mm512_castsi512_ps(xs[k]), _mm512_castsi512_ps(thr[k]), _CMP_GE_OQ);

@@ -68,14 +68,14 @@ def one_step_ms(fn, cuda: bool) -> tuple[float, float]:
 
 
 def device_work(fn, steps: int = 5) -> dict:
-    """Median over `steps` single-step profiles: kernels per step, their summed µs, and the µs from
-    the first kernel's start to the last one's end."""
+    """Median over `steps` single-step profiles: device events (kernels and copies) per step,
+    their summed µs, and the µs from the first one's start to the last one's end."""
     from torch.profiler import ProfilerActivity, profile
 
     counts, sums, spans = [], [], []
     for _ in range(steps):
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
         ks = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     name_ = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"# {name_} | torch {torch.__version__} | {args.set}: {len(sh)} tensors, "
           f"AdamW8bit, {args.dtype} | median of {len(dev['eager, 64 per call'])} steps | compiles and warm-up {compile_s:.1f} s\n")
-    print("| case | ms/step | vs eager (64) | host ms in the call | kernels per step | kernel µs | "
+    print("| case | ms/step | vs eager (64) | host ms in the call | device events per step | their µs | "
           "span µs (first start to last end) |\n|---|---|---|---|---|---|---|")
     for name in cases:
         ms = statistics.median(dev[name])

@@ -38,33 +38,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import adamw8  # noqa: E402
 from bench_step import SETS, shapes, shp_scaled  # noqa: E402
+from reduce_overhead_probe import make, one_step_ms  # noqa: E402  (this directory: sys.path[0])
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def make(shapes_, dtype, device):
-    g = torch.Generator(device=device).manual_seed(0)
-    ps = [torch.nn.Parameter((torch.randn(s, device=device, generator=g) * 0.02).to(dtype)) for s in shapes_]
-    for p in ps:
-        p.grad = (torch.randn(p.shape, device=device, generator=g) * 1e-3).to(dtype)
-    return ps
-
-
-def one_step_ms(fn, cuda: bool) -> tuple[float, float]:
-    """(ms of the step by CUDA events around fn(), or the host's on the CPU; host ms inside fn())."""
-    if not cuda:
-        h0 = time.perf_counter()
-        fn()
-        host = (time.perf_counter() - h0) * 1e3
-        return host, host
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    h0 = time.perf_counter()
-    fn()
-    host = (time.perf_counter() - h0) * 1e3
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e), host
 
 
 def device_work(fn, steps: int = 5) -> dict:

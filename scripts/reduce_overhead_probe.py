@@ -44,32 +44,46 @@ from bench_step import SETS, shapes  # noqa: E402
 HOST_MS = {}  # the last median_ms's host time: median ms of the fn() call itself
 
 
+def one_step_ms(fn, cuda: bool = True) -> tuple[float, float]:
+    """(ms of one fn() by CUDA events around it, host time until the launches included, or the
+    host's time on the CPU; the host's ms inside fn(): Python, guards, launches)."""
+    if not cuda:
+        h0 = time.perf_counter()
+        fn()
+        host = (time.perf_counter() - h0) * 1e3
+        return host, host
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    h0 = time.perf_counter()
+    fn()
+    host = (time.perf_counter() - h0) * 1e3
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e), host
+
+
 def median_ms(fn, steps: int, before=None) -> float:
-    """Median ms per step by CUDA events around fn() (host time until the launches included);
-    HOST_MS["last"]: the median time the host spends in fn() (Python, guards, launches)."""
+    """Median ms per step by CUDA events around fn() (one_step_ms); HOST_MS["last"]: the median
+    time the host spends in fn()."""
     times, host = [], []
     for _ in range(steps):
         if before is not None:
             before()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        h0 = time.perf_counter()
-        fn()
-        host.append((time.perf_counter() - h0) * 1e3)
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
+        t, h = one_step_ms(fn)
+        times.append(t)
+        host.append(h)
     times.sort()
     host.sort()
     HOST_MS["last"] = host[len(host) // 2]
     return times[len(times) // 2]
 
 
-def make(shapes_):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    ps = [torch.nn.Parameter(torch.randn(s, device="cuda", generator=g) * 0.02) for s in shapes_]
+def make(shapes_, dtype=torch.float32, device="cuda"):
+    """Parameters of `shapes_` (randn * 0.02) with gradients (randn * 1e-3), seeded."""
+    g = torch.Generator(device=device).manual_seed(0)
+    ps = [torch.nn.Parameter((torch.randn(s, device=device, generator=g) * 0.02).to(dtype)) for s in shapes_]
     for p in ps:
-        p.grad = torch.randn(p.shape, device="cuda", generator=g) * 1e-3
+        p.grad = (torch.randn(p.shape, device=device, generator=g) * 1e-3).to(dtype)
     return ps
 
 

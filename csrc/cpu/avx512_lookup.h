@@ -122,11 +122,11 @@ struct Planes256 {
   }
   // The same from the planes in memory (`planes` as for the constructor): each table a load
   // folded into its permute, for a caller that has no registers to keep them in.
-  static void from_memory(const uint8_t* planes, __m512i idx, __m512i* d) {
+  __attribute__((always_inline)) static void from_memory(const uint8_t* planes, __m512i idx, __m512i* d) {
     lookup([planes](int p, int r) { return _mm512_loadu_si512(planes + 256 * p + 64 * r); }, idx, d);
   }
   template <typename Table>
-  static void lookup(Table pl, __m512i idx, __m512i* d) {
+  __attribute__((always_inline)) static void lookup(Table pl, __m512i idx, __m512i* d) {
     const __mmask64 b7 = _mm512_movepi8_mask(idx);
     __m512i r[4];
     for (int p = 0; p < 4; ++p) {
@@ -143,7 +143,7 @@ struct Planes256 {
 };
 
 // dequantize for the avx512vbmi build: the map's byte planes (Planes256), 64 codes at a time.
-inline void dequantize_vbmi(const uint8_t* planes, const uint8_t* codes, float absmax, int64_t len, float* out) {
+__attribute__((always_inline)) inline void dequantize_vbmi(const uint8_t* planes, const uint8_t* codes, float absmax, int64_t len, float* out) {
   const Planes256 t(planes);
   const __m512i order = Planes256::order();
   const __m512 a = _mm512_set1_ps(absmax);
@@ -294,7 +294,7 @@ inline __mmask64 join64(const __mmask16* m) {
 //   max(code, 1) where the value is > 0 (unsigned map).
 // The same preconditions as quantize_bounded.
 template <bool kDivide>
-inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
+__attribute__((always_inline)) inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
                                uint8_t* out) {
   const __m512i order = Planes256::order();
   const __m512i pick_lo = _mm512_add_epi8(order, order);  // byte 2e of the two word registers: bucket e's low byte
@@ -366,7 +366,7 @@ inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_
 }
 
 // quantize_planes_by with the quotient as QuantTable::divide says (the same bits either way).
-inline void quantize_planes(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
+__attribute__((always_inline)) inline void quantize_planes(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
                             uint8_t* out) {
   return qt.divide ? quantize_planes_by<true>(qt, values, len, absmax, is_signed, out)
                    : quantize_planes_by<false>(qt, values, len, absmax, is_signed, out);

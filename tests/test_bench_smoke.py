@@ -4,7 +4,12 @@ performance figures live in benchmarks/RESULTS.md, never in a timed unit test.""
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -57,3 +62,28 @@ def test_bench_interleaved_takes_turns(monkeypatch):
     assert all(r[1] is not None and r[1] > 0 for r in rows)
     assert calls == ["AdamW", "AdamW8bit"] * 4  # in turns, warmup included
     assert rows[0][3] == 1.0 and rows[1][3] > 0  # the paired ratio: torch's own is exactly 1
+
+
+AB = BENCH.parent / "cpu_ab" / "ab_step8.sh"
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or shutil.which("git") is None, reason="needs g++ and git")
+def test_cpu_ab_tool_builds_both_versions_and_checks_their_bits():
+    """benchmarks/cpu_ab/ab_step8.sh (the A/B timing of two revisions of the CPU kernels) builds,
+    finds both versions give the same bits, and reports the paired ratio; a bad argument is
+    refused with its usage."""
+    import torch
+
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX"):
+        pytest.skip("the tool's smallest build needs AVX2")
+    root = BENCH.parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    env = dict(os.environ, PYTHON=sys.executable)
+    r = subprocess.run(["bash", str(AB), "HEAD", "work", "avx2", "4099", "3"], capture_output=True, text=True, env=env,
+                       cwd=root)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"same bits; 4099 elements, 3 rounds: .* B / A ([0-9.]+)", r.stdout)
+    assert m and float(m.group(1)) > 0, r.stdout
+    bad = subprocess.run(["bash", str(AB), "HEAD", "work", "sse2"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "BUILD must be avx512vbmi, avx512 or avx2" in bad.stderr

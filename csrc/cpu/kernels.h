@@ -155,7 +155,7 @@ inline void quantize_bounded_loop(const QuantTable& t, const float* __restrict__
 // map allows it, the bounded route (no division, the sign fix a clamp): AVX-512's, or the
 // plain loop in a build with FMA; elsewhere, and in the base x86 build, quantize_block.
 #ifdef ADAMW8_CPU_VBMI
-__attribute__((always_inline))  // into each span of the pipelined step8_blocks: as calls it ran 3% slower
+__attribute__((always_inline))  // into each span of step8_pipelined: as calls, the pipelining lost its gain
 #endif
 inline void quantize_state(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
                            bool is_signed, uint8_t* __restrict__ out) {

@@ -293,7 +293,10 @@ inline __mmask64 join64(const __mmask16* m) {
 //   quantize_bounded: min(code, clamp_code) where the value's sign bit is set (signed map), or
 //   max(code, 1) where the value is > 0 (unsigned map).
 // The same preconditions as quantize_bounded.
-template <bool kDivide>
+//
+// kNonNegative: the caller's values are all +0 or positive (the unsigned map's states in the
+// fused step; -0 would be taken as +0, which gets the same code): the level-1 index has no sign.
+template <bool kDivide, bool kNonNegative>
 __attribute__((always_inline)) inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
                                uint8_t* out) {
   const __m512i order = Planes256::order();
@@ -336,7 +339,8 @@ __attribute__((always_inline)) inline void quantize_planes_by(const QuantTable& 
       const __m512i w = _mm512_permutex2var_epi16(xs[2 * h], top, xs[2 * h + 1]);  // values 32h .. 32h + 31
       neg[h] = _mm512_movepi16_mask(w);  // the values' sign bits
       const __m512i d = _mm512_subs_epu16(_mm512_and_si512(w, mag15), binade_lo);  // plane_offset: k << 7 | mantissa
-      const __m512i l1i = _mm512_ternarylogic_epi32(_mm512_srli_epi16(d, 7), _mm512_srli_epi16(w, 10), sign_half, 0xf8);  // k | sign * 32
+      const __m512i l1i = kNonNegative ? _mm512_srli_epi16(d, 7)
+                                       : _mm512_ternarylogic_epi32(_mm512_srli_epi16(d, 7), _mm512_srli_epi16(w, 10), sign_half, 0xf8);  // k | sign * 32
       const __m512i l1 = _mm512_permutex2var_epi16(l1a, l1i, l1b);
       bucket[h] = _mm512_add_epi16(l1, _mm512_srlv_epi16(d, _mm512_srli_epi16(l1, kPlaneShift)));
     }
@@ -366,10 +370,11 @@ __attribute__((always_inline)) inline void quantize_planes_by(const QuantTable& 
 }
 
 // quantize_planes_by with the quotient as QuantTable::divide says (the same bits either way).
+template <bool kNonNegative = false>
 __attribute__((always_inline)) inline void quantize_planes(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
                             uint8_t* out) {
-  return qt.divide ? quantize_planes_by<true>(qt, values, len, absmax, is_signed, out)
-                   : quantize_planes_by<false>(qt, values, len, absmax, is_signed, out);
+  return qt.divide ? quantize_planes_by<true, kNonNegative>(qt, values, len, absmax, is_signed, out)
+                   : quantize_planes_by<false, kNonNegative>(qt, values, len, absmax, is_signed, out);
 }
 #endif
 

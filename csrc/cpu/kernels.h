@@ -154,6 +154,9 @@ inline void quantize_bounded_loop(const QuantTable& t, const float* __restrict__
 // block's own absmax, or the tensor's).  Where the block's absmax is in [2^-64, 2^64] and the
 // map allows it, the bounded route (no division, the sign fix a clamp): AVX-512's, or the
 // plain loop in a build with FMA; elsewhere, and in the base x86 build, quantize_block.
+// kNonNegative: every value is +0, -0 or positive (the unsigned map's states; the plane route
+// then skips the sign's half).
+template <bool kNonNegative = false>
 #ifdef ADAMW8_CPU_VBMI
 __attribute__((always_inline))  // into each span of step8_pipelined: as calls, the pipelining lost its gain
 #endif
@@ -161,7 +164,9 @@ inline void quantize_state(const QuantTable& t, const float* __restrict__ values
                            bool is_signed, uint8_t* __restrict__ out) {
   if (t.packed != nullptr && (!is_signed || t.clamp_code >= 0) && div_rn_absmax(absmax)) {
 #ifdef ADAMW8_CPU_VBMI
-    if (t.plane_code != nullptr) return lookup512::quantize_planes(t, values, len, absmax, is_signed, out);
+    if (t.plane_code != nullptr) {
+      return lookup512::quantize_planes<kNonNegative>(t, values, len, absmax, is_signed, out);
+    }
 #endif
 #ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
     return lookup512::quantize_bounded(t, values, len, absmax, is_signed, out);
@@ -377,8 +382,8 @@ __attribute__((always_inline)) inline void step8_pipelined(const Step8Args& a, i
     const BlockStates& b = st[prev & 1];
     const int64_t at = prev * kBlockSize + o;
     quantize_state(a.t1, b.s[0] + o, len, prev_max[0], true, a.c1 + at);
-    quantize_state(a.t2, b.s[1] + o, len, prev_max[1], false, a.c2 + at);
-    if constexpr (kAms) quantize_state(a.t2, b.s[2] + o, len, prev_max[2], false, a.c3 + at);
+    quantize_state<true>(a.t2, b.s[1] + o, len, prev_max[1], false, a.c2 + at);  // v, vh >= +0
+    if constexpr (kAms) quantize_state<true>(a.t2, b.s[2] + o, len, prev_max[2], false, a.c3 + at);
   };
   for (int64_t blk = cb; blk < ce; ++blk) {
     const int64_t off = blk * kBlockSize;

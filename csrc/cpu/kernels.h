@@ -398,27 +398,27 @@ __attribute__((always_inline)) inline void step8_pipelined(const Step8Args& a, i
     };
     const bool rcp = kRcp == 2 ? rcp_ok<kAms>(a, kAms ? a.a3[ab] : 0.0f) : kRcp == 1;
     SpanMax mx;
-    if (len == kBlockSize) {  // all but a tensor's last block: constant trip counts
-      dequantize(kBlockSize);
-      // every block but a tensor's last is full, so `prev` is, here and below
-      if (prev >= 0) quantize_span(0, kSpan);
-      update_span_any<T, kAms, kScale, true>(rcp, a, off, kSpan, b.s[0], b.s[1], b.s[2], mx);
-      for (int k = 1; k < kSpans; ++k) {
-        if (prev >= 0) quantize_span(k, kSpan);
-        const int64_t o = kSpan * k;
-        update_span_any<T, kAms, kScale>(rcp, a, off + o, kSpan, b.s[0] + o, b.s[1] + o, b.s[2] + o, mx);
-      }
-    } else {
-      dequantize(len);
-      mx.clear();
+    // The block's update in spans, each after the same span of `prev` is quantized (every block but
+    // a tensor's last is full, so `prev` is).  Called with kBlockSize, the loops have constant trip
+    // counts.  The first span sets the lanes, unless it is short (a block under kSpan elements).
+    const auto update_block = [&](int64_t n) __attribute__((always_inline)) {
+      dequantize(n);
+      if (n < kSpan) mx.clear();
       for (int k = 0; k < kSpans; ++k) {
         if (prev >= 0) quantize_span(k, kSpan);
         const int64_t o = kSpan * k;
-        if (o < len) {
-          update_span_any<T, kAms, kScale>(rcp, a, off + o, std::min<int64_t>(kSpan, len - o), b.s[0] + o,
-                                           b.s[1] + o, b.s[2] + o, mx);
+        if (k == 0 && n >= kSpan) {
+          update_span_any<T, kAms, kScale, true>(rcp, a, off, kSpan, b.s[0], b.s[1], b.s[2], mx);
+        } else if (o < n) {
+          update_span_any<T, kAms, kScale>(rcp, a, off + o, std::min<int64_t>(kSpan, n - o), b.s[0] + o, b.s[1] + o,
+                                           b.s[2] + o, mx);
         }
       }
+    };
+    if (len == kBlockSize) {
+      update_block(kBlockSize);
+    } else {
+      update_block(len);
     }
     if (!a.block_wise) {
       prev_max[0] = global[0];

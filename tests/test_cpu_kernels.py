@@ -59,7 +59,7 @@ FORMATS = list(itertools.product([True, False], [False, True], [True, False], [1
 def test_every_build_matches_the_reference_bit_for_bit(table, cap, eight, amsgrad, block_wise, pct, dtype):
     _use(cap, 1024)  # several tasks even for the small sizes
     torch.manual_seed(0)
-    # 64 and 448: a last block of whole spans (avx512vbmi's pipelined step, csrc/cpu/kernels.h)
+    # 64, 448: a last block of whole 64-value chunks (the avx512vbmi quantizer's, csrc/cpu/avx512_lookup.h)
     for n in (1, 15, 17, 64, 255, 257, 448, 4099, 70001):
         p = torch.randn(n).to(dtype)
         s = make_state(p, eight, amsgrad, block_wise, pct)

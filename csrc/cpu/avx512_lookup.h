@@ -5,8 +5,8 @@
 // entries as two 256-word tables (8 zmm each), each read with four vpermt2w (64 words apiece)
 // and a blend tree on the code's top two bits, 32 codes at a time, then interleaved back into
 // floats; the avx512vbmi build reads four byte planes with vpermi2b, 64 codes at a time
-// (Planes256), and quantizes the fused step's states by the plane route (quantize_planes) with no
-// gather at all.  The threshold route still reads its thresholds as floats (Table256: 32
+// (Planes256), and quantizes the fused step's states by the plane route (quantize_planes, a
+// block's four chunks of 64 values per load of its tables) with no gather at all.  The threshold route still reads its thresholds as floats (Table256: 32
 // entries per vpermt2ps); only the bucket tables (3,074 entries a sign) are gathered.  Same
 // operations, same order as the portable loops in kernels.h, so the same bits.
 //
@@ -120,11 +120,6 @@ struct Planes256 {
   void operator()(__m512i idx, __m512i* d) const {
     lookup([this](int p, int r) { return pl[p][r]; }, idx, d);
   }
-  // The same from the planes in memory (`planes` as for the constructor): each table a load
-  // folded into its permute, for a caller that has no registers to keep them in.
-  __attribute__((always_inline)) static void from_memory(const uint8_t* planes, __m512i idx, __m512i* d) {
-    lookup([planes](int p, int r) { return _mm512_loadu_si512(planes + 256 * p + 64 * r); }, idx, d);
-  }
   template <typename Table>
   __attribute__((always_inline)) static void lookup(Table pl, __m512i idx, __m512i* d) {
     const __mmask64 b7 = _mm512_movepi8_mask(idx);
@@ -133,6 +128,11 @@ struct Planes256 {
       r[p] = _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(pl(p, 0), idx, pl(p, 1)),
                                     _mm512_permutex2var_epi8(pl(p, 2), idx, pl(p, 3)));
     }
+    join(r, d);
+  }
+  // The four planes' bytes of 64 entries (in order()'s arrangement) joined into their words:
+  // d[k] = entries 16k .. 16k + 15.
+  __attribute__((always_inline)) static void join(const __m512i* r, __m512i* d) {
     const __m512i w01l = _mm512_unpacklo_epi8(r[0], r[1]), w01h = _mm512_unpackhi_epi8(r[0], r[1]);
     const __m512i w23l = _mm512_unpacklo_epi8(r[2], r[3]), w23h = _mm512_unpackhi_epi8(r[2], r[3]);
     d[0] = _mm512_unpacklo_epi16(w01l, w23l);
@@ -280,7 +280,8 @@ inline __mmask64 join64(const __mmask16* m) {
   return _mm512_kunpackd(_mm512_kunpackw(m[3], m[2]), _mm512_kunpackw(m[1], m[0]));
 }
 
-// quantize_bounded by the plane route (kernel_args.h, plane_code), 64 values at a time, no gather:
+// quantize_bounded by the plane route (kernel_args.h, plane_code), no gather, for kC chunks of 64
+// values at once (the last one may be short; `len` counts from the first chunk):
 // - per 16 values: x = value / absmax, by the divider (kDivide, QuantTable::divide) or by div_rn
 //   (sign-symmetric, but -0 / absmax gives +0, so the value's sign bit is or-ed back in);
 // - x's top 16 bits as words (32 a register): the level-1 entry by vpermt2w (64 words), the
@@ -288,85 +289,123 @@ inline __mmask64 join64(const __mmask16* m) {
 // - the buckets' low bytes and high bytes (bit 8: the sign's half) packed into two byte
 //   registers, in Planes256::order()'s arrangement;
 // - c0 from the 512-byte code plane (four vpermi2b, blends on bits 7 and 8), thr[c0] from four
-//   byte planes (Planes256);
+//   byte planes (Planes256's lookup, unpacks included);
 // - code = c0 + (x >= thr[c0]) as bytes back in element order, then finish_code as in
 //   quantize_bounded: min(code, clamp_code) where the value's sign bit is set (signed map), or
 //   max(code, 1) where the value is > 0 (unsigned map).
+// The code plane and the thresholds (24 registers) stay in memory; each of their registers is
+// loaded once for all kC chunks, table-major.  Loads bound the step on a Zen 5 core: a threshold
+// lookup for 64 values loads 16 registers, and one more per chunk made the whole 8-bit step 23%
+// slower; four chunks per load made it 11-13% faster than one (benchmarks/RESULTS.md).
 // The same preconditions as quantize_bounded.
 //
 // kNonNegative: the caller's values are all +0 or positive (the unsigned map's states in the
 // fused step; -0 would be taken as +0, which gets the same code): the level-1 index has no sign.
-template <bool kDivide, bool kNonNegative>
-__attribute__((always_inline)) inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_t len, float absmax, bool is_signed,
-                               uint8_t* out) {
+template <bool kDivide, bool kNonNegative, int kC>
+__attribute__((always_inline)) inline void quantize_planes_chunks(const QuantTable& qt, const float* values, int64_t len, float absmax,
+                                                                  bool is_signed, uint8_t* out) {
   const __m512i order = Planes256::order();
   const __m512i pick_lo = _mm512_add_epi8(order, order);  // byte 2e of the two word registers: bucket e's low byte
   const __m512i pick_hi = _mm512_add_epi8(pick_lo, _mm512_set1_epi8(1));
   alignas(64) static constexpr int16_t kTop[32] = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
   const __m512i top = _mm512_load_si512(kTop);  // word 2i+1: dword i's top 16 bits
-  const __m512i l1a = _mm512_loadu_si512(qt.plane_l1), l1b = _mm512_loadu_si512(qt.plane_l1 + 32);
-  // The code plane and the thresholds (24 registers) stay in memory, operands of the permutes:
-  // kept in registers they were spilled anyway, and each call copied them to the stack first
-  // (about 50 loads and stores per call of 256 values).  The empty asm hides the pointers from
-  // the compiler's hoisting, which would bring the copies back.
-  const uint8_t* code_plane = qt.plane_code;
-  const uint8_t* thr_planes = qt.plane_thr;
   const __m512 A = _mm512_set1_ps(absmax), R = _mm512_set1_ps(1.0f / absmax);
   const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
   const __m512i binade_lo = _mm512_set1_epi16(kPlaneBinadeLo << 7), sign_half = _mm512_set1_epi16(32);
   const __m512i mag15 = _mm512_set1_epi16(0x7fff), one8 = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
-  const __m512i clamp = _mm512_set1_epi8(static_cast<char>(qt.clamp_code));
-  for (int64_t j = 0; j < len; j += 64) {
-    const int64_t left = len - j;
-    const __mmask64 lm = tail_mask64(left);
-    asm("" : "+r"(code_plane), "+r"(thr_planes));
-    const auto cp = [code_plane](int r) { return _mm512_loadu_si512(code_plane + 64 * r); };
-    __m512i vb[4], xs[4];
-    for (int k = 0; k < 4; ++k) {
-      vb[k] = _mm512_castps_si512(_mm512_maskz_loadu_ps(static_cast<__mmask16>(lm >> (16 * k)), values + j + 16 * k));
-      const __m512 value = _mm512_castsi512_ps(vb[k]);
-      if constexpr (kDivide) {
-        xs[k] = _mm512_castps_si512(_mm512_div_ps(value, A));  // -0 / absmax is -0
-      } else {
-        const __m512 q0 = _mm512_mul_ps(value, R);
-        const __m512i x = _mm512_castps_si512(_mm512_fmadd_ps(_mm512_fnmadd_ps(q0, A, value), R, q0));  // div_rn
-        xs[k] = _mm512_ternarylogic_epi32(x, vb[k], sign_bit, 0xf8);  // x | the value's sign: -0 / absmax is +0 by div_rn
+  __mmask64 lm[kC];
+  __m512i xs[kC][4], lo[kC];
+  __mmask64 b7[kC], b8[kC];
+  __mmask32 neg[kC][2];
+  {
+    const __m512i l1a = _mm512_loadu_si512(qt.plane_l1), l1b = _mm512_loadu_si512(qt.plane_l1 + 32);
+    for (int c = 0; c < kC; ++c) {
+      lm[c] = tail_mask64(len - 64 * c);
+      for (int k = 0; k < 4; ++k) {
+        const __m512i vb = _mm512_castps_si512(
+            _mm512_maskz_loadu_ps(static_cast<__mmask16>(lm[c] >> (16 * k)), values + 64 * c + 16 * k));
+        const __m512 value = _mm512_castsi512_ps(vb);
+        if constexpr (kDivide) {
+          xs[c][k] = _mm512_castps_si512(_mm512_div_ps(value, A));  // -0 / absmax is -0
+        } else {
+          const __m512 q0 = _mm512_mul_ps(value, R);
+          const __m512i x = _mm512_castps_si512(_mm512_fmadd_ps(_mm512_fnmadd_ps(q0, A, value), R, q0));  // div_rn
+          xs[c][k] = _mm512_ternarylogic_epi32(x, vb, sign_bit, 0xf8);  // x | the value's sign: -0 / absmax is +0 by div_rn
+        }
       }
+      __m512i bucket[2];
+      for (int h = 0; h < 2; ++h) {
+        const __m512i w = _mm512_permutex2var_epi16(xs[c][2 * h], top, xs[c][2 * h + 1]);  // values 32h .. 32h + 31
+        neg[c][h] = _mm512_movepi16_mask(w);  // the values' sign bits
+        const __m512i d = _mm512_subs_epu16(_mm512_and_si512(w, mag15), binade_lo);  // plane_offset: k << 7 | mantissa
+        const __m512i l1i = kNonNegative ? _mm512_srli_epi16(d, 7)
+                                         : _mm512_ternarylogic_epi32(_mm512_srli_epi16(d, 7), _mm512_srli_epi16(w, 10), sign_half, 0xf8);  // k | sign * 32
+        const __m512i l1 = _mm512_permutex2var_epi16(l1a, l1i, l1b);
+        bucket[h] = _mm512_add_epi16(l1, _mm512_srlv_epi16(d, _mm512_srli_epi16(l1, kPlaneShift)));
+      }
+      lo[c] = _mm512_permutex2var_epi8(bucket[0], pick_lo, bucket[1]);
+      b7[c] = _mm512_movepi8_mask(lo[c]);
+      b8[c] = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(bucket[0], pick_hi, bucket[1]), one8);
     }
-    __m512i bucket[2];
-    __mmask32 neg[2];
-    for (int h = 0; h < 2; ++h) {
-      const __m512i w = _mm512_permutex2var_epi16(xs[2 * h], top, xs[2 * h + 1]);  // values 32h .. 32h + 31
-      neg[h] = _mm512_movepi16_mask(w);  // the values' sign bits
-      const __m512i d = _mm512_subs_epu16(_mm512_and_si512(w, mag15), binade_lo);  // plane_offset: k << 7 | mantissa
-      const __m512i l1i = kNonNegative ? _mm512_srli_epi16(d, 7)
-                                       : _mm512_ternarylogic_epi32(_mm512_srli_epi16(d, 7), _mm512_srli_epi16(w, 10), sign_half, 0xf8);  // k | sign * 32
-      const __m512i l1 = _mm512_permutex2var_epi16(l1a, l1i, l1b);
-      bucket[h] = _mm512_add_epi16(l1, _mm512_srlv_epi16(d, _mm512_srli_epi16(l1, kPlaneShift)));
+  }
+  // c0: the code plane's four register pairs, each loaded once
+  const uint8_t* code_plane = qt.plane_code;
+  const uint8_t* thr_planes = qt.plane_thr;
+  __m512i q[kC][4];
+  for (int r = 0; r < 4; ++r) {
+    const __m512i t0 = _mm512_loadu_si512(code_plane + 128 * r), t1 = _mm512_loadu_si512(code_plane + 128 * r + 64);
+    for (int c = 0; c < kC; ++c) q[c][r] = _mm512_permutex2var_epi8(t0, lo[c], t1);
+  }
+  __m512i c0[kC];
+  __mmask64 c7[kC];
+  for (int c = 0; c < kC; ++c) {
+    c0[c] = _mm512_mask_blend_epi8(b8[c], _mm512_mask_blend_epi8(b7[c], q[c][0], q[c][1]),
+                                   _mm512_mask_blend_epi8(b7[c], q[c][2], q[c][3]));
+    c7[c] = _mm512_movepi8_mask(c0[c]);
+  }
+  // thr[c0]: each of the four planes' registers loaded once
+  __m512i tb[kC][4];
+  for (int p = 0; p < 4; ++p) {
+    const uint8_t* pl = thr_planes + 256 * p;
+    const __m512i t0 = _mm512_loadu_si512(pl), t1 = _mm512_loadu_si512(pl + 64);
+    const __m512i t2 = _mm512_loadu_si512(pl + 128), t3 = _mm512_loadu_si512(pl + 192);
+    for (int c = 0; c < kC; ++c) {
+      tb[c][p] = _mm512_mask_blend_epi8(c7[c], _mm512_permutex2var_epi8(t0, c0[c], t1), _mm512_permutex2var_epi8(t2, c0[c], t3));
     }
-    const __m512i lo = _mm512_permutex2var_epi8(bucket[0], pick_lo, bucket[1]);
-    const __mmask64 b7 = _mm512_movepi8_mask(lo);
-    const __mmask64 b8 = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(bucket[0], pick_hi, bucket[1]), one8);
-    const __m512i c0 = _mm512_mask_blend_epi8(
-        b8, _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(cp(0), lo, cp(1)), _mm512_permutex2var_epi8(cp(2), lo, cp(3))),
-        _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(cp(4), lo, cp(5)), _mm512_permutex2var_epi8(cp(6), lo, cp(7))));
+  }
+  for (int c = 0; c < kC; ++c) {
     __m512i thr[4];
-    Planes256::from_memory(thr_planes, c0, thr);
+    Planes256::join(tb[c], thr);
     __mmask16 ge16[4];
     for (int k = 0; k < 4; ++k) {
-      ge16[k] = _mm512_cmp_ps_mask(_mm512_castsi512_ps(xs[k]), _mm512_castsi512_ps(thr[k]), _CMP_GE_OQ);
+      ge16[k] = _mm512_cmp_ps_mask(_mm512_castsi512_ps(xs[c][k]), _mm512_castsi512_ps(thr[k]), _CMP_GE_OQ);
     }
-    __m512i c = _mm512_permutexvar_epi8(order, c0);
-    c = _mm512_mask_add_epi8(c, join64(ge16), c, one8);
+    __m512i code = _mm512_permutexvar_epi8(order, c0[c]);
+    code = _mm512_mask_add_epi8(code, join64(ge16), code, one8);
     if (is_signed) {
-      c = _mm512_mask_min_epu8(c, _mm512_kunpackd(neg[1], neg[0]), c, clamp);
-    } else if (const __mmask64 at_zero = _mm512_testn_epi8_mask(c, c)) {  // code 0: rare unless v is 0
+      code = _mm512_mask_min_epu8(code, _mm512_kunpackd(neg[c][1], neg[c][0]), code,
+                                  _mm512_set1_epi8(static_cast<char>(qt.clamp_code)));
+    } else if (const __mmask64 at_zero = _mm512_testn_epi8_mask(code, code)) {  // code 0: rare unless v is 0
       __mmask16 pos16[4];
-      for (int k = 0; k < 4; ++k) pos16[k] = _mm512_cmpgt_epi32_mask(vb[k], zero);
-      c = _mm512_mask_mov_epi8(c, at_zero & join64(pos16), one8);
+      for (int k = 0; k < 4; ++k) {
+        const __m512i vb = _mm512_maskz_loadu_epi32(static_cast<__mmask16>(lm[c] >> (16 * k)), values + 64 * c + 16 * k);
+        pos16[k] = _mm512_cmpgt_epi32_mask(vb, zero);
+      }
+      code = _mm512_mask_mov_epi8(code, at_zero & join64(pos16), one8);
     }
-    _mm512_mask_storeu_epi8(out + j, lm, c);
+    _mm512_mask_storeu_epi8(out + 64 * c, lm[c], code);
   }
+}
+
+// The plane route over `len` values: four chunks at a time (a block), then one.
+template <bool kDivide, bool kNonNegative>
+__attribute__((always_inline)) inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_t len, float absmax,
+                                                              bool is_signed, uint8_t* out) {
+  int64_t j = 0;
+  for (; j + 256 <= len; j += 256) {
+    quantize_planes_chunks<kDivide, kNonNegative, 4>(qt, values + j, 256, absmax, is_signed, out + j);
+  }
+  for (; j < len; j += 64) quantize_planes_chunks<kDivide, kNonNegative, 1>(qt, values + j, len - j, absmax, is_signed, out + j);
 }
 
 // quantize_planes_by with the quotient as QuantTable::divide says (the same bits either way).

@@ -158,7 +158,7 @@ inline void quantize_bounded_loop(const QuantTable& t, const float* __restrict__
 // then skips the sign's half).
 template <bool kNonNegative = false>
 #ifdef ADAMW8_CPU_VBMI
-__attribute__((always_inline))  // into each span of step8_pipelined: as calls, the pipelining lost its gain
+__attribute__((always_inline))  // into step8_blocks: 5% faster than as calls (benchmarks/RESULTS.md)
 #endif
 inline void quantize_state(const QuantTable& t, const float* __restrict__ values, int64_t len, float absmax,
                            bool is_signed, uint8_t* __restrict__ out) {
@@ -286,173 +286,11 @@ __attribute__((always_inline)) inline void prefetch_codes(const Step8Args& a, in
   if (a.c3 != nullptr) prefetch_block(a.c3 + off);
 }
 
-#ifdef ADAMW8_CPU_VBMI
-// The avx512vbmi build's step runs software-pipelined by one block (step8_pipelined).  Its parts
-// did not overlap: the step took the sum of its quantizer (bound by byte permutes: the threshold
-// lookup alone is a third of it), its update and its dequantize, and ran as fast with every
-// tensor in cache as streaming from memory.  In turns of kSpan elements, the quantization of the
-// block before and the update of this one are in flight together.  Measured on a Zen 5 core with
-// benchmarks/cpu_ab/ab_step8.sh (one thread, 2^24 fp32 elements, the two versions taking turns in
-// one process; benchmarks/RESULTS.md): 1-4% faster than each block updated, then quantized.  The
-// builds that gather (avx512, avx2) measured 3-17% slower in spans, and keep block8.
-constexpr int64_t kSpan = 64;
-constexpr int kSpans = static_cast<int>(kBlockSize / kSpan);
-static_assert(kBlockSize % kSpan == 0, "a block is a whole number of spans");
-
-// Per-lane maxima of a block's new states as float bits (non-negative floats order as their bits
-// as int32; -0 counts as +0): lane j of state k holds the largest of its elements j, j + kSpan, ...
-// Kept in memory, not folded per span: a fold per span (a horizontal max) cost 2.4% of the step.
-struct SpanMax {
-  alignas(64) int32_t lane[3][kSpan];
-  // for a block whose first span is short (a tensor's last block under kSpan elements)
-  void clear() {
-    for (auto& l : lane) {
-      for (int32_t& x : l) x = 0;
-    }
-  }
-  // the block's maxima, as floats
-  void fold(int states, float* out) const {
-    for (int k = 0; k < states; ++k) {
-      int32_t x = 0;
-      for (int64_t j = 0; j < kSpan; ++j) x = lane[k][j] > x ? lane[k][j] : x;
-      out[k] = bits_float(static_cast<uint32_t>(x));
-    }
-  }
-};
-
-// block8's update for one span (`len` <= kSpan elements at `off`) of states already dequantized
-// into m, v and vh, which take the new ones; the parameters written; the maxima into mx's lanes.
-// Called with len = kSpan, the loop has a constant trip count.  kFirst: the block's first span,
-// which sets lanes 0 .. len - 1 instead of raising them: zeroed first (GCC's `rep stos`, or
-// narrower stores), the lanes' loads waited for those stores, and the step took 1.5x as long.
-template <typename T, bool kAms, bool kScale, bool kRcp, bool kFirst>
-__attribute__((always_inline)) inline void update_span(const Step8Args& a, int64_t off, int64_t len,
-                                                       float* __restrict__ m, float* __restrict__ v,
-                                                       float* __restrict__ vh, SpanMax& mx) {
-  T* __restrict__ p = static_cast<T*>(a.p) + off;
-  const T* __restrict__ g = static_cast<const T*>(a.g) + off;
-  int32_t* __restrict__ x1 = mx.lane[0];
-  int32_t* __restrict__ x2 = mx.lane[1];
-  int32_t* __restrict__ x3 = mx.lane[2];
-  const AdamScalars sc = a.sc;
-  const float grad_scale = a.grad_scale, gnorm_scale = a.gnorm_scale;
-#pragma GCC ivdep
-  for (int64_t j = 0; j < len; ++j) {
-    float gj = static_cast<float>(g[j]);
-    if constexpr (kScale) gj = gj / grad_scale;
-    gj = gj * gnorm_scale;
-    float mj = m[j], vj = v[j], hj = kAms ? vh[j] : 0.0f;
-    float pj = static_cast<float>(p[j]);
-    adamw_element<kAms, kRcp>(sc, gj, pj, mj, vj, hj);
-    m[j] = mj;
-    v[j] = vj;
-    if constexpr (kAms) vh[j] = hj;
-    p[j] = static_cast<T>(pj);
-    x1[j] = bits_max(kFirst ? 0 : x1[j], std::fabs(mj));
-    x2[j] = bits_max(kFirst ? 0 : x2[j], vj);
-    if constexpr (kAms) x3[j] = bits_max(kFirst ? 0 : x3[j], hj);
-  }
-}
-
-template <typename T, bool kAms, bool kScale, bool kFirst = false>
-__attribute__((always_inline)) inline void update_span_any(bool rcp, const Step8Args& a, int64_t off, int64_t len,
-                                                           float* m, float* v, float* vh, SpanMax& mx) {
-  if (rcp) return update_span<T, kAms, kScale, true, kFirst>(a, off, len, m, v, vh, mx);
-  update_span<T, kAms, kScale, false, kFirst>(a, off, len, m, v, vh, mx);
-}
-
-// A block's states, dequantized, then updated in place: m, v, vh.
-struct BlockStates {
-  alignas(64) float s[3][kBlockSize];
-};
-
-// step8_blocks for the avx512vbmi build.  kRcp: 0 or 1, the update's division by c2_sqrt
-// through div_rn for the whole call (rcp_ok without amsgrad); 2, chosen per block (amsgrad).
-template <typename T, bool kAms, bool kScale, int kRcp>
-__attribute__((always_inline)) inline void step8_pipelined(const Step8Args& a, int64_t cb, int64_t ce,
-                                                           const float* global) {
-  // Pipelined: span k of block b's update runs after span k of block b - 1's quantization, which
-  // needed all of block b - 1's new states (its absmax) first.
-  BlockStates st[2];
-  int64_t prev = -1, prev_len = 0;
-  float prev_max[3] = {0.0f, 0.0f, 0.0f};
-  // span k of block `prev` (`len` elements: kSpan in all but a tensor's last block), quantized
-  const auto quantize_span = [&](int k, int64_t len) __attribute__((always_inline)) {
-    const int64_t o = kSpan * k;
-    const BlockStates& b = st[prev & 1];
-    const int64_t at = prev * kBlockSize + o;
-    quantize_state(a.t1, b.s[0] + o, len, prev_max[0], true, a.c1 + at);
-    quantize_state<true>(a.t2, b.s[1] + o, len, prev_max[1], false, a.c2 + at);  // v, vh >= +0
-    if constexpr (kAms) quantize_state<true>(a.t2, b.s[2] + o, len, prev_max[2], false, a.c3 + at);
-  };
-  for (int64_t blk = cb; blk < ce; ++blk) {
-    const int64_t off = blk * kBlockSize;
-    const int64_t len = std::min<int64_t>(kBlockSize, a.n - off);
-    const int64_t ab = a.block_wise ? blk : 0;
-    BlockStates& b = st[blk & 1];
-    prefetch_codes(a, blk);
-    const auto dequantize = [&](int64_t n) __attribute__((always_inline)) {
-      lookup512::dequantize_vbmi(a.t1.planes, a.c1 + off, a.a1[ab], n, b.s[0]);
-      lookup512::dequantize_vbmi(a.t2.planes, a.c2 + off, a.a2[ab], n, b.s[1]);
-      if constexpr (kAms) lookup512::dequantize_vbmi(a.t2.planes, a.c3 + off, a.a3[ab], n, b.s[2]);
-    };
-    const bool rcp = kRcp == 2 ? rcp_ok<kAms>(a, kAms ? a.a3[ab] : 0.0f) : kRcp == 1;
-    SpanMax mx;
-    // The block's update in spans, each after the same span of `prev` is quantized (every block but
-    // a tensor's last is full, so `prev` is).  Called with kBlockSize, the loops have constant trip
-    // counts.  The first span sets the lanes, unless it is short (a block under kSpan elements).
-    const auto update_block = [&](int64_t n) __attribute__((always_inline)) {
-      dequantize(n);
-      if (n < kSpan) mx.clear();
-      for (int k = 0; k < kSpans; ++k) {
-        if (prev >= 0) quantize_span(k, kSpan);
-        const int64_t o = kSpan * k;
-        if (k == 0 && n >= kSpan) {
-          update_span_any<T, kAms, kScale, true>(rcp, a, off, kSpan, b.s[0], b.s[1], b.s[2], mx);
-        } else if (o < n) {
-          update_span_any<T, kAms, kScale>(rcp, a, off + o, std::min<int64_t>(kSpan, n - o), b.s[0] + o, b.s[1] + o,
-                                           b.s[2] + o, mx);
-        }
-      }
-    };
-    if (len == kBlockSize) {
-      update_block(kBlockSize);
-    } else {
-      update_block(len);
-    }
-    if (!a.block_wise) {
-      prev_max[0] = global[0];
-      prev_max[1] = global[1];
-      prev_max[2] = global[2];
-    } else {
-      mx.fold(kAms ? 3 : 2, prev_max);
-      a.a1[blk] = prev_max[0];
-      a.a2[blk] = prev_max[1];
-      if constexpr (kAms) a.a3[blk] = prev_max[2];
-    }
-    prev = blk;
-    prev_len = len;
-  }
-  for (int64_t o = 0; prev >= 0 && o < prev_len; o += kSpan) {
-    quantize_span(static_cast<int>(o / kSpan), std::min<int64_t>(kSpan, prev_len - o));
-  }
-}
-#endif
-
 // Blocks [cb, ce) of the 8-bit update, quantized and written.  block_wise: each block's own
 // absmax (read from and written to a.a1/a2/a3); otherwise the tensor's, with the new one in
 // `global` (from reduce8).
 template <typename T, bool kAms, bool kScale>
 void step8_blocks(const Step8Args& a, int64_t cb, int64_t ce, const float* global) {
-#ifdef ADAMW8_CPU_VBMI
-  if constexpr (kAms) {
-    step8_pipelined<T, kAms, kScale, 2>(a, cb, ce, global);
-  } else if (rcp_ok<kAms>(a, 0.0f)) {
-    step8_pipelined<T, kAms, kScale, 1>(a, cb, ce, global);
-  } else {
-    step8_pipelined<T, kAms, kScale, 0>(a, cb, ce, global);
-  }
-#else
   float m[kBlockSize], v[kBlockSize], vh[kBlockSize];
   for (int64_t blk = cb; blk < ce; ++blk) {
     const int64_t off = blk * kBlockSize;
@@ -475,10 +313,9 @@ void step8_blocks(const Step8Args& a, int64_t cb, int64_t ce, const float* globa
       if constexpr (kAms) a.a3[blk] = n3;
     }
     quantize_state(a.t1, m, len, n1, true, a.c1 + off);
-    quantize_state(a.t2, v, len, n2, false, a.c2 + off);
-    if constexpr (kAms) quantize_state(a.t2, vh, len, n3, false, a.c3 + off);
+    quantize_state<true>(a.t2, v, len, n2, false, a.c2 + off);  // v, vh >= +0
+    if constexpr (kAms) quantize_state<true>(a.t2, vh, len, n3, false, a.c3 + off);
   }
-#endif
 }
 
 template <typename T, bool kAms>

@@ -87,3 +87,21 @@ def test_cpu_ab_tool_builds_both_versions_and_checks_their_bits():
     assert m and float(m.group(1)) > 0, r.stdout
     bad = subprocess.run(["bash", str(AB), "HEAD", "work", "sse2"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "BUILD must be avx512vbmi, avx512 or avx2" in bad.stderr
+
+
+def test_op_costs_probe_measures_every_instruction(tmp_path):
+    """benchmarks/cpu_ab/op_costs.cpp (the instruction costs RESULTS.md quotes) compiles and
+    reports a positive figure for each of its instructions, the divider's far above a load's."""
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    flags = pathlib.Path("/proc/cpuinfo").read_text().split() if pathlib.Path("/proc/cpuinfo").exists() else []
+    if not {"avx512f", "avx512bw", "avx512vbmi"} <= set(flags):
+        pytest.skip("the probe runs AVX-512 VBMI instructions")
+    exe = tmp_path / "op_costs"
+    src = BENCH.parent / "cpu_ab" / "op_costs.cpp"
+    subprocess.run(["g++", "-O2", "-o", str(exe), str(src)], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    rows = {(m.group(1).strip(), m.group(2)): float(m.group(3))
+            for m in re.finditer(r"^(.{34}) (throughput|latency) +([0-9.]+) cycles$", out, re.M)}
+    assert len(rows) == 21 and all(v > 0 for v in rows.values()), out
+    assert rows[("vdivps zmm", "throughput")] > 2 * rows[("zmm load", "throughput")], out

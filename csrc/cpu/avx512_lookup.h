@@ -6,8 +6,9 @@
 // and a blend tree on the code's top two bits, 32 codes at a time, then interleaved back into
 // floats; the avx512vbmi build reads four byte planes with vpermi2b, 64 codes at a time
 // (Planes256), and quantizes the fused step's states by the plane route (quantize_planes, a
-// block's four chunks of 64 values per load of its tables) with no gather at all.  The threshold route still reads its thresholds as floats (Table256: 32
-// entries per vpermt2ps); only the bucket tables (3,074 entries a sign) are gathered.  Same
+// block's four chunks of 64 values per load of its tables) with no gather at all.  The threshold
+// route still reads its thresholds as floats (Table256: 32 entries per vpermt2ps); only the
+// bucket tables (3,074 entries a sign) are gathered.  Same
 // operations, same order as the portable loops in kernels.h, so the same bits.
 //
 // Included by kernels.h inside the avx512 namespace, under its target pragma.
@@ -118,17 +119,26 @@ struct Planes256 {
   }
   // d[k] = the entries of the indices 16k .. 16k + 15 (idx in order()'s arrangement)
   void operator()(__m512i idx, __m512i* d) const {
-    lookup([this](int p, int r) { return pl[p][r]; }, idx, d);
+    const __m512i ix[1] = {idx};
+    __m512i e[1][4];
+    lookup([this](int p, int r) { return pl[p][r]; }, ix, e);
+    for (int k = 0; k < 4; ++k) d[k] = e[0][k];
   }
-  template <typename Table>
-  __attribute__((always_inline)) static void lookup(Table pl, __m512i idx, __m512i* d) {
-    const __mmask64 b7 = _mm512_movepi8_mask(idx);
-    __m512i r[4];
+  // The same for kC index registers, d[c][k] from idx[c], table-major: each plane's four
+  // registers taken once (pl(p, r): from registers, or loads) for all kC of them.
+  template <typename Table, int kC>
+  __attribute__((always_inline)) static void lookup(Table pl, const __m512i (&idx)[kC], __m512i (&d)[kC][4]) {
+    __mmask64 b7[kC];
+    for (int c = 0; c < kC; ++c) b7[c] = _mm512_movepi8_mask(idx[c]);
+    __m512i r[kC][4];
     for (int p = 0; p < 4; ++p) {
-      r[p] = _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(pl(p, 0), idx, pl(p, 1)),
-                                    _mm512_permutex2var_epi8(pl(p, 2), idx, pl(p, 3)));
+      const __m512i t0 = pl(p, 0), t1 = pl(p, 1), t2 = pl(p, 2), t3 = pl(p, 3);
+      for (int c = 0; c < kC; ++c) {
+        r[c][p] = _mm512_mask_blend_epi8(b7[c], _mm512_permutex2var_epi8(t0, idx[c], t1),
+                                         _mm512_permutex2var_epi8(t2, idx[c], t3));
+      }
     }
-    join(r, d);
+    for (int c = 0; c < kC; ++c) join(r[c], d[c]);
   }
   // The four planes' bytes of 64 entries (in order()'s arrangement) joined into their words:
   // d[k] = entries 16k .. 16k + 15.
@@ -289,14 +299,14 @@ inline __mmask64 join64(const __mmask16* m) {
 // - the buckets' low bytes and high bytes (bit 8: the sign's half) packed into two byte
 //   registers, in Planes256::order()'s arrangement;
 // - c0 from the 512-byte code plane (four vpermi2b, blends on bits 7 and 8), thr[c0] from four
-//   byte planes (Planes256's lookup, unpacks included);
+//   byte planes (Planes256::lookup);
 // - code = c0 + (x >= thr[c0]) as bytes back in element order, then finish_code as in
 //   quantize_bounded: min(code, clamp_code) where the value's sign bit is set (signed map), or
 //   max(code, 1) where the value is > 0 (unsigned map).
 // The code plane and the thresholds (24 registers) stay in memory; each of their registers is
 // loaded once for all kC chunks, table-major.  Loads bound the step on a Zen 5 core: a threshold
 // lookup for 64 values loads 16 registers, and one more per chunk made the whole 8-bit step 23%
-// slower; four chunks per load made it 11-13% faster than one (benchmarks/RESULTS.md).
+// slower; four chunks per load made it 12-13% faster than one (benchmarks/RESULTS.md).
 // The same preconditions as quantize_bounded.
 //
 // kNonNegative: the caller's values are all +0 or positive (the unsigned map's states in the
@@ -357,28 +367,17 @@ __attribute__((always_inline)) inline void quantize_planes_chunks(const QuantTab
     for (int c = 0; c < kC; ++c) q[c][r] = _mm512_permutex2var_epi8(t0, lo[c], t1);
   }
   __m512i c0[kC];
-  __mmask64 c7[kC];
   for (int c = 0; c < kC; ++c) {
     c0[c] = _mm512_mask_blend_epi8(b8[c], _mm512_mask_blend_epi8(b7[c], q[c][0], q[c][1]),
                                    _mm512_mask_blend_epi8(b7[c], q[c][2], q[c][3]));
-    c7[c] = _mm512_movepi8_mask(c0[c]);
   }
   // thr[c0]: each of the four planes' registers loaded once
-  __m512i tb[kC][4];
-  for (int p = 0; p < 4; ++p) {
-    const uint8_t* pl = thr_planes + 256 * p;
-    const __m512i t0 = _mm512_loadu_si512(pl), t1 = _mm512_loadu_si512(pl + 64);
-    const __m512i t2 = _mm512_loadu_si512(pl + 128), t3 = _mm512_loadu_si512(pl + 192);
-    for (int c = 0; c < kC; ++c) {
-      tb[c][p] = _mm512_mask_blend_epi8(c7[c], _mm512_permutex2var_epi8(t0, c0[c], t1), _mm512_permutex2var_epi8(t2, c0[c], t3));
-    }
-  }
+  __m512i thr[kC][4];
+  Planes256::lookup([thr_planes](int p, int r) { return _mm512_loadu_si512(thr_planes + 256 * p + 64 * r); }, c0, thr);
   for (int c = 0; c < kC; ++c) {
-    __m512i thr[4];
-    Planes256::join(tb[c], thr);
     __mmask16 ge16[4];
     for (int k = 0; k < 4; ++k) {
-      ge16[k] = _mm512_cmp_ps_mask(_mm512_castsi512_ps(xs[c][k]), _mm512_castsi512_ps(thr[k]), _CMP_GE_OQ);
+      ge16[k] = _mm512_cmp_ps_mask(_mm512_castsi512_ps(xs[c][k]), _mm512_castsi512_ps(thr[c][k]), _CMP_GE_OQ);
     }
     __m512i code = _mm512_permutexvar_epi8(order, c0[c]);
     code = _mm512_mask_add_epi8(code, join64(ge16), code, one8);
@@ -402,8 +401,8 @@ template <bool kDivide, bool kNonNegative>
 __attribute__((always_inline)) inline void quantize_planes_by(const QuantTable& qt, const float* values, int64_t len, float absmax,
                                                               bool is_signed, uint8_t* out) {
   int64_t j = 0;
-  for (; j + 256 <= len; j += 256) {
-    quantize_planes_chunks<kDivide, kNonNegative, 4>(qt, values + j, 256, absmax, is_signed, out + j);
+  for (; j + kBlockSize <= len; j += kBlockSize) {
+    quantize_planes_chunks<kDivide, kNonNegative, kBlockSize / 64>(qt, values + j, kBlockSize, absmax, is_signed, out + j);
   }
   for (; j < len; j += 64) quantize_planes_chunks<kDivide, kNonNegative, 1>(qt, values + j, len - j, absmax, is_signed, out + j);
 }

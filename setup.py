@@ -126,13 +126,13 @@ CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"
 NVCC_FLAGS = ["-O3", "--fmad=false", "-lineinfo", "-std=c++20"]
 
 
-# Build options of the CUDA kernels (csrc/fused_step_cuda.h, csrc/fused_step_kernels.cuh), each
+# Build options of the CUDA kernels (csrc/fused_step_cuda.h, csrc/fused_step_*.cuh), each
 # an environment variable and the integers it takes; unset: the sources' default.
 #   ADAMW8_MIN_BLOCKS_8BIT=N (0-8): compile the 8-bit update kernels for at least N resident blocks
 #     per SM (0: no minimum, ptxas's choice); default 3.
 #   ADAMW8_STAGE=N (0-2): which update kernels stage each warp's next unit through shared memory
 #     (cp.async, sm_80 on): 0 none, 1 the 8-bit kernels of 16-bit parameters (the default), 2 also
-#     those of fp32 parameters and the 32-bit ones but amsgrad (csrc/fused_step_kernels.cuh).
+#     those of fp32 parameters and the 32-bit ones but amsgrad (csrc/fused_step_stage.cuh).
 KERNEL_OPTIONS = {"ADAMW8_MIN_BLOCKS_8BIT": range(0, 9), "ADAMW8_STAGE": range(0, 3)}
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
 import shutil
 import tempfile
 
@@ -315,7 +314,7 @@ def test_a_planted_defect_is_caught():
     with tempfile.TemporaryDirectory() as tmp:
         src = pathlib.Path(tmp) / "csrc"
         shutil.copytree(ROOT / "csrc", src)
-        k = src / "fused_step_kernels.cuh"
+        k = src / "fused_step_common.cuh"
         text = k.read_text()
         planted = text.replace("warp_max_u32(float_bits(x))", "float_bits(x)", 1)
         assert planted != text, "the warp max to plant the defect in was not found"
@@ -363,7 +362,7 @@ def test_a_planted_staging_defect_is_caught():
     with tempfile.TemporaryDirectory() as tmp:
         src = pathlib.Path(tmp) / "csrc"
         shutil.copytree(ROOT / "csrc", src)
-        k = src / "fused_step_kernels.cuh"
+        k = src / "fused_step_units.cuh"
         text = k.read_text()
         wait_then_read = "    st.wait();\n    st.stage->read_pg(p, g);\n"
         assert text.count(wait_then_read) == 2, "the staged reads to plant the defect in were not found"

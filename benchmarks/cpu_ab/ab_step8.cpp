@@ -18,6 +18,7 @@
 
 #include "adamw8_math.h"
 #include "nearest_lut.h"
+#include "cpu/isa.h"
 #include "cpu/kernel_args.h"
 #include "quant_lut_cpu.h"
 
@@ -25,14 +26,14 @@
 
 #pragma GCC push_options
 #if AB_ISA == 3
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx2,f16c,bmi,bmi2,fma,prefer-vector-width=512")
+ADAMW8_TARGET(ADAMW8_ISA_AVX512VBMI)
 #define ADAMW8_CPU_VBMI 1
 #define ADAMW8_CPU_PERMUTE_LOOKUPS 1
 #elif AB_ISA == 2
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,f16c,bmi,bmi2,fma,prefer-vector-width=512")
+ADAMW8_TARGET(ADAMW8_ISA_AVX512)
 #define ADAMW8_CPU_PERMUTE_LOOKUPS 1
 #else
-#pragma GCC target("avx2,f16c,bmi,bmi2,fma")
+ADAMW8_TARGET(ADAMW8_ISA_AVX2)
 #endif
 #define ADAMW8_CPU_FMA 1
 #define ADAMW8_CPU_NS va

@@ -9,11 +9,12 @@
 
 #include "../adamw8_math.h"
 #include "../nearest_lut.h"
+#include "isa.h"
 #include "kernel_args.h"
 
 #ifdef ADAMW8_CPU_X86
 #pragma GCC push_options
-#pragma GCC target("avx2,f16c,bmi,bmi2,fma")
+ADAMW8_TARGET(ADAMW8_ISA_AVX2)
 #define ADAMW8_CPU_NS avx2
 #define ADAMW8_CPU_FMA 1
 #define ADAMW8_CPU_NAME "avx2"

@@ -9,13 +9,14 @@
 
 #include "../adamw8_math.h"
 #include "../nearest_lut.h"
+#include "isa.h"
 #include "kernel_args.h"
 
 #ifdef ADAMW8_CPU_X86
 #include <immintrin.h>
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,f16c,bmi,bmi2,fma,prefer-vector-width=512")
+ADAMW8_TARGET(ADAMW8_ISA_AVX512)
 #define ADAMW8_CPU_NS avx512
 #define ADAMW8_CPU_FMA 1
 #define ADAMW8_CPU_NAME "avx512"

@@ -16,7 +16,11 @@ parameters, taking turns in blocks of 4 steps (CUDA events around each call, med
 
 and, for each, what the device runs in one step (torch.profiler, one step a profile, median of
 5): kernels, their summed time, and the span from the first kernel's start to the last one's
-end, so launches, kernel time and the gaps between kernels are told apart.
+end, so launches, kernel time and the gaps between kernels are told apart; and each case's
+first call, which for a compiled case is its compile (the second one's with Dynamo's and
+Inductor's caches warm, so only a hint; `benchmarks/bench_compile.py --tensors-per-call K`
+compiles in a fresh process: on the CPU with torch 2.13, calls of 32, 64 and 128 tensors in the
+same 2.7-3.0 s, benchmarks/RESULTS.md).
 
     python scripts/compile_gap_probe.py [--steps 20] [--set llama-1.26b] [--dtype fp32]
     python scripts/compile_gap_probe.py --device cpu --scale 0.01 --steps 3   # a smoke run
@@ -100,9 +104,14 @@ def main(argv=None) -> int:
         "compiled, 64 per call": variant("compiled", 64),
     }
     t0 = time.perf_counter()
-    for fn in cases.values():  # the compiles (two graphs of one frame) and a warm-up
+    first_s = {}  # each case's first call: for the compiled ones, their compile (one graph each)
+    for name, fn in cases.items():
+        t1 = time.perf_counter()
         fn()
-        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        first_s[name] = time.perf_counter() - t1
+        fn()  # a warm-up
     if cuda:
         torch.cuda.synchronize()
     compile_s = time.perf_counter() - t0
@@ -124,12 +133,12 @@ def main(argv=None) -> int:
     print(f"# {name_} | torch {torch.__version__} | {args.set}: {len(sh)} tensors, "
           f"AdamW8bit, {args.dtype} | median of {len(dev['eager, 64 per call'])} steps | compiles and warm-up {compile_s:.1f} s\n")
     print("| case | ms/step | vs eager (64) | host ms in the call | device events per step | their µs | "
-          "span µs (first start to last end) |\n|---|---|---|---|---|---|---|")
+          "span µs (first start to last end) | first call s |\n|---|---|---|---|---|---|---|---|")
     for name in cases:
         ms = statistics.median(dev[name])
         w = work[name]
         print(f"| {name} | {ms:.3f} | {ms / base:.3f}x | {statistics.median(host[name]):.3f} | "
-              f"{w.get('kernels', 0):g} | {w.get('kernel_us', 0):.0f} | {w.get('span_us', 0):.0f} |")
+              f"{w.get('kernels', 0):g} | {w.get('kernel_us', 0):.0f} | {w.get('span_us', 0):.0f} | {first_s[name]:.1f} |")
     return 0
 
 

@@ -39,11 +39,12 @@ class AdamWBase(torch.optim.Optimizer):
     # skip in-kernel, with no host sync.
     _step_supports_amp_scaling = True
 
-    # Tensors per fused_step_multi call.  Compiled: compile time grows faster than
-    # linearly with the size of one call (Inductor walks a call's whole argument list for
-    # each of its outputs): on the 201-tensor set, calls of 32 compiled fastest
-    # (benchmarks/RESULTS.md).  Eager: as many as one CUDA launch takes
-    # (csrc/fused_step_cuda.h kMaxTensorsPerLaunch), the fewest launches.
+    # Tensors per fused_step_multi call.  Compiled: 32, chosen when compile time grew faster
+    # than linearly with the size of one call; with torch 2.13 on the CPU, calls of 32, 64 and
+    # 128 compile in the same time (benchmarks/RESULTS.md, 2026-11-28), and
+    # scripts/compile_gap_probe.py compares 32 and 64 on a GPU before this changes.  Eager: as
+    # many as one CUDA launch takes (csrc/fused_step_cuda.h kMaxTensorsPerLaunch), the fewest
+    # launches.
     _tensors_per_call = 32
     _tensors_per_call_eager = 64
 

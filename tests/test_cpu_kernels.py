@@ -289,3 +289,52 @@ def test_every_8bit_loop_prefetches_its_codes():
             assert fns, f"no {build} {loop} in the extension"
             missing = sorted(f for f, n in fns.items() if n == 0)
             assert not missing, f"{build} {loop}: no prefetch in {missing}"
+
+
+def _mem_available() -> int:
+    """Bytes of memory the system can still give (MemAvailable), 0 where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@pytest.mark.slow
+def test_more_than_2_31_elements():
+    """64-bit indexing on the CPU (SPEC section 1.1: tensors of more than 2^31 elements), through the
+    optimizer's flat state: a bf16 parameter of 2^31 + 300 elements between two small ones in one
+    8-bit bucket, so the third one's state lies past 2^31 in the bucket's buffers.  The big
+    one's first and last elements move as a first AdamW step with g = 1 moves them (by lr, no
+    weight decay), its middle (g = 0) stays at 0; the small ones equal the PyTorch reference.
+    Needs about 13 GiB."""
+    n = (1 << 31) + 300
+    need = n * 6 + (4 << 30)  # parameter, gradient, two code arrays, and room
+    if _mem_available() < need:
+        pytest.skip(f"needs {need / 2**30:.0f} GiB of available memory")
+    gen = torch.Generator().manual_seed(5)
+    small = [torch.randn(5000, generator=gen).bfloat16() for _ in range(2)]
+    big = torch.zeros(n, dtype=torch.bfloat16)
+    params = [torch.nn.Parameter(small[0].clone()), torch.nn.Parameter(big), torch.nn.Parameter(small[1].clone())]
+    grads = [torch.randn(5000, generator=gen).bfloat16(), None, torch.randn(5000, generator=gen).bfloat16()]
+    g = torch.zeros(n, dtype=torch.bfloat16)
+    g[:5] = 1.0
+    g[-300:] = 1.0
+    grads[1] = g
+    for p, gr in zip(params, grads):
+        p.grad = gr
+    opt = adamw8.AdamW8bit(params, lr=1e-2, weight_decay=0.0)
+    opt.step()
+    lr_step = torch.tensor(-1e-2, dtype=torch.bfloat16)  # p - lr * 1 / (1 + eps), rounded to bf16
+    assert (params[1][:5] == lr_step).all() and (params[1][-300:] == lr_step).all()
+    assert (params[1][5:100_000] == 0).all() and (params[1][-100_300:-300] == 0).all()
+    assert (opt.state[params[1]]["state1"][-300:] == 255).all()  # m = absmax: the map's 1.0
+    for p, p0, gr in ((params[0], small[0], grads[0]), (params[2], small[1], grads[2])):
+        want, s = p0.clone(), make_state(p0, True, False)
+        R.fused_step_reference(*op_args(want, gr, s, hyper("cpu", lr=1e-2, wd=0.0)))
+        assert torch.equal(bits(p.detach()), bits(want))
+        assert torch.equal(opt.state[p]["state1"], s["state1"]) and torch.equal(opt.state[p]["state2"], s["state2"])
+        assert torch.equal(opt.state[p]["absmax1"], s["absmax1"])

@@ -21,7 +21,8 @@ def run(paged, side_warm, page_cycle, failed_capture, sync_before):
         p.grad = torch.randn_like(p)
     b[0].grad.copy_(a[0].grad)
     if side_warm:
-        s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             oa.step()
         torch.cuda.current_stream().wait_stream(s)
@@ -29,7 +30,8 @@ def run(paged, side_warm, page_cycle, failed_capture, sync_before):
         oa.step()
     ob.step()
     if page_cycle:
-        oa.page_out(); oa.page_in()
+        oa.page_out()
+        oa.page_in()
     if sync_before:
         torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
@@ -46,7 +48,8 @@ def run(paged, side_warm, page_cycle, failed_capture, sync_before):
     for lr in (1e-2, 5e-3, 2e-3):
         for o in (oa, ob):
             o.param_groups[0]["lr"] = lr
-        g.replay(); ob.step()
+        g.replay()
+        ob.step()
         torch.cuda.synchronize()
         diffs.append((a[0] - b[0]).abs().max().item())
     return diffs

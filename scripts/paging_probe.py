@@ -34,7 +34,9 @@ def beyond_free(extra: int) -> str:
 
 
 def main(gib: int = 4) -> None:
-    free = lambda: torch.cuda.mem_get_info()[0]
+    def free() -> int:
+        return torch.cuda.mem_get_info()[0]
+
     sync = torch.cuda.synchronize
     n = gib << 30
     rows = [("start", free())]

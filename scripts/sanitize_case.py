@@ -25,7 +25,10 @@ def make(dtype, eight, ams, block_wise, clip, device, big=False):
                                                           torch.randn(1001).to(dtype)[1:]]
     grads = [torch.randn(p.shape).to(dtype) for p in params]
     sd = torch.uint8 if eight else torch.float32
-    nb = lambda n: (n + 255) // 256 if block_wise else 1
+
+    def nb(n):
+        return (n + 255) // 256 if block_wise else 1
+
     lists = dict(
         state1=[torch.zeros(p.shape, dtype=sd) for p in params],
         state2=[torch.zeros(p.shape, dtype=sd) for p in params],
@@ -36,7 +39,10 @@ def make(dtype, eight, ams, block_wise, clip, device, big=False):
     )
     if not ams:
         lists["absmax"][2] = []
-    mv = lambda t: t.to(device) if t.is_contiguous() else t.to(device).t().contiguous().t()
+
+    def mv(t):
+        return t.to(device) if t.is_contiguous() else t.to(device).t().contiguous().t()
+
     params = [mv(p) if not p.is_contiguous() else p.to(device) for p in params]
     grads = [g.to(device) if g.is_contiguous() else mv(g) for g in grads]
     out = dict(params=params, grads=grads)

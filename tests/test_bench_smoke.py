@@ -70,8 +70,8 @@ AB = BENCH.parent / "cpu_ab" / "ab_step8.sh"
 @pytest.mark.skipif(shutil.which("g++") is None or shutil.which("git") is None, reason="needs g++ and git")
 def test_cpu_ab_tool_builds_both_versions_and_checks_their_bits():
     """benchmarks/cpu_ab/ab_step8.sh (the A/B timing of two revisions of the CPU kernels) builds,
-    finds both versions give the same bits, and reports the paired ratio; a bad argument is
-    refused with its usage."""
+    finds both versions give the same bits, and reports the paired ratio, for fp32 and bf16
+    parameters; a bad argument is refused with its usage."""
     import torch
 
     if not torch.backends.cpu.get_cpu_capability().startswith("AVX"):
@@ -80,11 +80,12 @@ def test_cpu_ab_tool_builds_both_versions_and_checks_their_bits():
     if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
     env = dict(os.environ, PYTHON=sys.executable)
-    r = subprocess.run(["bash", str(AB), "HEAD", "work", "avx2", "4099", "3"], capture_output=True, text=True, env=env,
-                       cwd=root)
-    assert r.returncode == 0, r.stderr
-    m = re.search(r"same bits; 4099 elements, 3 rounds: .* B / A ([0-9.]+)", r.stdout)
-    assert m and float(m.group(1)) > 0, r.stdout
+    for dtype in ("fp32", "bf16"):
+        r = subprocess.run(["bash", str(AB), "HEAD", "work", "avx2", "4099", "3"], capture_output=True, text=True,
+                           env=dict(env, AB_DTYPE=dtype), cwd=root)
+        assert r.returncode == 0, r.stderr
+        m = re.search(rf"same bits; 4099 {dtype} elements, 3 rounds: .* B / A ([0-9.]+)", r.stdout)
+        assert m and float(m.group(1)) > 0, r.stdout
     bad = subprocess.run(["bash", str(AB), "HEAD", "work", "sse2"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "BUILD must be avx512vbmi, avx512 or avx2" in bad.stderr
 

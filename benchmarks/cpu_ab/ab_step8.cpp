@@ -59,40 +59,27 @@ static double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: ab_step8 ELEMENTS ROUNDS (ab_step8.sh builds and runs it)\n");
-    return 2;
-  }
-  const int64_t n = std::atol(argv[1]);
-  const int rounds = std::atoi(argv[2]);
-  if (n < 1 || rounds < 1) {
-    std::fprintf(stderr, "ELEMENTS and ROUNDS must be positive\n");
-    return 2;
-  }
-  const float q1[256] = {
-#include "map_signed.inc"
-  };
-  const float q2[256] = {
-#include "map_unsigned.inc"
-  };
+// Runs the paired timing with parameters and gradients of storage type S (float, or c10::BFloat16
+// for bf16 parameters).
+template <typename S>
+int run(int64_t n, int rounds, cpu::DType dtype, const float* q1, const float* q2) {
   NearestCodeLut l1(q1), l2(q2);
   // page-aligned tensors, as torch's large allocations are
-  const auto page_aligned = [](std::vector<float>& buf) {
-    return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 4095) & ~uintptr_t{4095});
+  const auto page_aligned = [](std::vector<S>& buf) {
+    return reinterpret_cast<S*>((reinterpret_cast<uintptr_t>(buf.data()) + 4095) & ~uintptr_t{4095});
   };
-  std::vector<float> pbuf(n + 1024), gbuf(n + 1024);
-  float* p = page_aligned(pbuf);
-  float* g = page_aligned(gbuf);
+  std::vector<S> pbuf(n + 4096 / sizeof(S)), gbuf(n + 4096 / sizeof(S));
+  S* p = page_aligned(pbuf);
+  S* g = page_aligned(gbuf);
   std::mt19937 rng(0);
   std::normal_distribution<float> normal;
-  for (int64_t i = 0; i < n; ++i) p[i] = normal(rng) * 0.02f;
-  for (int64_t i = 0; i < n; ++i) g[i] = normal(rng) * 1e-3f;
+  for (int64_t i = 0; i < n; ++i) p[i] = static_cast<S>(normal(rng) * 0.02f);
+  for (int64_t i = 0; i < n; ++i) g[i] = static_cast<S>(normal(rng) * 1e-3f);
   const int64_t blocks = (n + kBlockSize - 1) / kBlockSize;
   std::vector<uint8_t> c1(n, 127), c2(n, 0);  // zero state: the codes of 0
   std::vector<float> a1(blocks, 0.0f), a2(blocks, 0.0f);
   cpu::Step8Args a{};
-  a.dtype = cpu::DType::kFloat;
+  a.dtype = dtype;
   a.p = p;
   a.g = g;
   a.c1 = c1.data();
@@ -113,16 +100,18 @@ int main(int argc, char** argv) {
   };
   for (int i = 0; i < 3; ++i) step(cpu::va::kKernels);
   {  // one step of each from the same state: the same bits
-    const std::vector<float> p0(p, p + n), a10 = a1, a20 = a2;
+    const std::vector<S> p0(p, p + n);
+    const std::vector<float> a10 = a1, a20 = a2;
     const std::vector<uint8_t> c10 = c1, c20 = c2;
     const int64_t t0 = t;
     step(cpu::va::kKernels);
-    const std::vector<float> pa(p, p + n), a1a = a1, a2a = a2;
+    const std::vector<S> pa(p, p + n);
+    const std::vector<float> a1a = a1, a2a = a2;
     const std::vector<uint8_t> c1a = c1, c2a = c2;
     std::copy(p0.begin(), p0.end(), p);
     a1 = a10, a2 = a20, c1 = c10, c2 = c20, t = t0;
     step(cpu::vb::kKernels);
-    if (!std::equal(pa.begin(), pa.end(), p) || c1a != c1 || c2a != c2 || a1a != a1 || a2a != a2) {
+    if (std::memcmp(pa.data(), p, n * sizeof(S)) != 0 || c1a != c1 || c2a != c2 || a1a != a1 || a2a != a2) {
       std::fprintf(stderr, "A and B give different bits\n");
       return 1;
     }
@@ -133,8 +122,31 @@ int main(int argc, char** argv) {
     tb.push_back(step(cpu::vb::kKernels));
     ratio.push_back(tb.back() / ta.back());
   }
-  std::printf("same bits; %lld elements, %d rounds: A %.4f, B %.4f ns per element (medians); B / A %.4f "
+  std::printf("same bits; %lld %s elements, %d rounds: A %.4f, B %.4f ns per element (medians); B / A %.4f "
               "(median of the paired ratios)\n",
-              static_cast<long long>(n), rounds, median(ta), median(tb), median(ratio));
+              static_cast<long long>(n), dtype == cpu::DType::kFloat ? "fp32" : "bf16", rounds, median(ta), median(tb),
+              median(ratio));
   return 0;
+}
+
+int main(int argc, char** argv) {
+  const bool bf16 = argc == 4 && std::strcmp(argv[3], "bf16") == 0;
+  if (argc < 3 || argc > 4 || (argc == 4 && !bf16 && std::strcmp(argv[3], "fp32") != 0)) {
+    std::fprintf(stderr, "usage: ab_step8 ELEMENTS ROUNDS [fp32|bf16] (ab_step8.sh builds and runs it)\n");
+    return 2;
+  }
+  const int64_t n = std::atol(argv[1]);
+  const int rounds = std::atoi(argv[2]);
+  if (n < 1 || rounds < 1) {
+    std::fprintf(stderr, "ELEMENTS and ROUNDS must be positive\n");
+    return 2;
+  }
+  static const float q1[256] = {
+#include "map_signed.inc"
+  };
+  static const float q2[256] = {
+#include "map_unsigned.inc"
+  };
+  return bf16 ? run<c10::BFloat16>(n, rounds, cpu::DType::kBFloat16, q1, q2)
+              : run<float>(n, rounds, cpu::DType::kFloat, q1, q2);
 }

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Times two versions of the CPU 8-bit step against each other (ab_step8.cpp): csrc/cpu/kernels.h
 # and csrc/cpu/avx512_lookup.h as of two git revisions ("work": the working tree), the rest of
-# csrc/ from the working tree, one thread, fp32, block-wise state, taking turns in one process.
+# csrc/ from the working tree, one thread, fp32 (or bf16) parameters, block-wise state, taking turns
+# in one process.
 #
 #   benchmarks/cpu_ab/ab_step8.sh A B [BUILD [ELEMENTS [ROUNDS]]]
 #   benchmarks/cpu_ab/ab_step8.sh HEAD work                       # avx512vbmi, 2^24 elements, 20 rounds
 #   benchmarks/cpu_ab/ab_step8.sh HEAD~1 HEAD avx2 4194304 30
 #
 # BUILD: avx512vbmi (default), avx512 or avx2, as the extension's builds (csrc/cpu/kernels_*.cpp).
-# AB_DIVIDE=0 takes the plane route's quotient by div_rn instead of the divider.  Needs the
-# Python environment the package is installed in (torch's headers; the maps come from the
-# extension's create_dynamic_map) and g++.
+# AB_DIVIDE=0 takes the plane route's quotient by div_rn instead of the divider; AB_DTYPE=bf16
+# times bf16 parameters and gradients instead of fp32 ones.  Needs the Python environment the
+# package is installed in (torch's headers; the maps come from the extension's
+# create_dynamic_map) and g++.
 set -euo pipefail
 if [[ $# -lt 2 || $# -gt 5 ]]; then
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 A=$1 B=$2 BUILD=${3:-avx512vbmi} N=${4:-16777216} ROUNDS=${5:-20}
@@ -48,4 +50,4 @@ g++ -O3 -std=c++20 -ffp-contract=off -fno-math-errno -fno-trapping-math -mtune-c
   -DAB_ISA=$ISA -DAB_KERNELS_A="\"$TMP/A/kernels.h\"" -DAB_KERNELS_B="\"$TMP/B/kernels.h\"" \
   -I"$ROOT/csrc" -I"$TMP" $INC "$ROOT/benchmarks/cpu_ab/ab_step8.cpp" -o "$TMP/ab_step8" \
   -L"$LIB" -lc10 -Wl,-rpath,"$LIB"
-"$TMP/ab_step8" "$N" "$ROUNDS"
+"$TMP/ab_step8" "$N" "$ROUNDS" "${AB_DTYPE:-fp32}"

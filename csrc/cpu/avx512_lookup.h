@@ -84,6 +84,20 @@ inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __m
 inline __mmask32 tail_mask32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u); }
 inline __mmask64 tail_mask64(int64_t n) { return n >= 64 ? ~__mmask64(0) : ((__mmask64(1) << n) - 1); }
 
+// dst[j] = c10::BFloat16(src[j])'s bits for j < len: round to nearest even, NaN to 0x7FC0.
+inline void to_bf16(const float* src, uint16_t* dst, int64_t len) {
+  const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), qnan = _mm512_set1_epi32(0x7fc0);
+  for (int64_t j = 0; j < len; j += 16) {
+    const __mmask16 m = tail_mask(len - j);
+    const __m512 x = _mm512_maskz_loadu_ps(m, src + j);
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, lsb)), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), qnan);
+    _mm256_mask_storeu_epi16(dst + j, m, _mm512_cvtepi32_epi16(r));
+  }
+}
+
 // out[j] = q[codes[j]] * absmax (dequantize_value) for j < len, q given as its halves
 inline void dequantize(const uint16_t* halves, const uint8_t* codes, float absmax, int64_t len, float* out) {
   const Table256W t(halves);

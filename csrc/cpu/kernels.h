@@ -23,6 +23,9 @@ namespace ADAMW8_CPU_NS {
 
 #ifdef ADAMW8_CPU_PERMUTE_LOOKUPS
 #include "avx512_lookup.h"
+#define ADAMW8_BF16_STORE 1
+#else
+#define ADAMW8_BF16_STORE 0
 #endif
 
 // The 32-bit update over [b, e): restrict pointers, the AMP branch hoisted, the element update
@@ -214,6 +217,11 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
   }
 #define ADAMW8_DEQ(buf, q, k, am) q[k[j]] * am  // dequantize_value
 #endif
+  // bf16 parameters in the AVX-512 builds: the new values as floats, rounded after the loop
+  // (lookup512::to_bf16), where GCC's vectorised c10::BFloat16(float) in this loop made the
+  // avx512vbmi build's bf16 step 4-6% slower (benchmarks/RESULTS.md, 2026-11-28)
+  constexpr bool kBf16Out = ADAMW8_BF16_STORE && std::is_same_v<T, c10::BFloat16>;
+  [[maybe_unused]] float pf[kBf16Out ? kBlockSize : 1];
   int32_t m1 = 0, m2 = 0, m3 = 0;
   // The arrays never overlap; without ivdep GCC guards the loop with a run-time alias check of
   // the parameter stores against the map gathers and state buffers, and the builds without
@@ -232,12 +240,18 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
     m[j] = mj;
     v[j] = vj;
     if constexpr (kAms) vh[j] = hj;
-    if constexpr (kWrite) p[j] = static_cast<T>(pj);
+    if constexpr (kWrite) {
+      if constexpr (kBf16Out) pf[j] = pj;
+      else p[j] = static_cast<T>(pj);
+    }
     m1 = bits_max(m1, std::fabs(mj));
     m2 = bits_max(m2, vj);
     if constexpr (kAms) m3 = bits_max(m3, hj);
   }
 #undef ADAMW8_DEQ
+#if ADAMW8_BF16_STORE
+  if constexpr (kBf16Out && kWrite) lookup512::to_bf16(pf, reinterpret_cast<uint16_t*>(p), len);
+#endif
   mx[0] = m1 > mx[0] ? m1 : mx[0];
   mx[1] = m2 > mx[1] ? m2 : mx[1];
   mx[2] = m3 > mx[2] ? m3 : mx[2];

@@ -70,8 +70,8 @@ AB = BENCH.parent / "cpu_ab" / "ab_step8.sh"
 @pytest.mark.skipif(shutil.which("g++") is None or shutil.which("git") is None, reason="needs g++ and git")
 def test_cpu_ab_tool_builds_both_versions_and_checks_their_bits():
     """benchmarks/cpu_ab/ab_step8.sh (the A/B timing of two revisions of the CPU kernels) builds,
-    finds both versions give the same bits, and reports the paired ratio, for fp32 and bf16
-    parameters; a bad argument is refused with its usage."""
+    finds both versions give the same bits, and reports the paired ratio, for fp32, bf16 and
+    fp16 parameters; a bad argument is refused with its usage."""
     import torch
 
     if not torch.backends.cpu.get_cpu_capability().startswith("AVX"):
@@ -80,7 +80,7 @@ def test_cpu_ab_tool_builds_both_versions_and_checks_their_bits():
     if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
     env = dict(os.environ, PYTHON=sys.executable)
-    for dtype in ("fp32", "bf16"):
+    for dtype in ("fp32", "bf16", "fp16"):
         r = subprocess.run(["bash", str(AB), "HEAD", "work", "avx2", "4099", "3"], capture_output=True, text=True,
                            env=dict(env, AB_DTYPE=dtype), cwd=root)
         assert r.returncode == 0, r.stderr

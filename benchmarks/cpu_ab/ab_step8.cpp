@@ -59,8 +59,8 @@ static double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Runs the paired timing with parameters and gradients of storage type S (float, or c10::BFloat16
-// for bf16 parameters).
+// Runs the paired timing with parameters and gradients of storage type S (float, c10::BFloat16 or
+// c10::Half).
 template <typename S>
 int run(int64_t n, int rounds, cpu::DType dtype, const float* q1, const float* q2) {
   NearestCodeLut l1(q1), l2(q2);
@@ -124,15 +124,17 @@ int run(int64_t n, int rounds, cpu::DType dtype, const float* q1, const float* q
   }
   std::printf("same bits; %lld %s elements, %d rounds: A %.4f, B %.4f ns per element (medians); B / A %.4f "
               "(median of the paired ratios)\n",
-              static_cast<long long>(n), dtype == cpu::DType::kFloat ? "fp32" : "bf16", rounds, median(ta), median(tb),
+              static_cast<long long>(n),
+              dtype == cpu::DType::kFloat ? "fp32" : dtype == cpu::DType::kBFloat16 ? "bf16" : "fp16", rounds, median(ta), median(tb),
               median(ratio));
   return 0;
 }
 
 int main(int argc, char** argv) {
   const bool bf16 = argc == 4 && std::strcmp(argv[3], "bf16") == 0;
-  if (argc < 3 || argc > 4 || (argc == 4 && !bf16 && std::strcmp(argv[3], "fp32") != 0)) {
-    std::fprintf(stderr, "usage: ab_step8 ELEMENTS ROUNDS [fp32|bf16] (ab_step8.sh builds and runs it)\n");
+  const bool fp16 = argc == 4 && std::strcmp(argv[3], "fp16") == 0;
+  if (argc < 3 || argc > 4 || (argc == 4 && !bf16 && !fp16 && std::strcmp(argv[3], "fp32") != 0)) {
+    std::fprintf(stderr, "usage: ab_step8 ELEMENTS ROUNDS [fp32|bf16|fp16] (ab_step8.sh builds and runs it)\n");
     return 2;
   }
   const int64_t n = std::atol(argv[1]);
@@ -147,6 +149,7 @@ int main(int argc, char** argv) {
   static const float q2[256] = {
 #include "map_unsigned.inc"
   };
-  return bf16 ? run<c10::BFloat16>(n, rounds, cpu::DType::kBFloat16, q1, q2)
-              : run<float>(n, rounds, cpu::DType::kFloat, q1, q2);
+  if (bf16) return run<c10::BFloat16>(n, rounds, cpu::DType::kBFloat16, q1, q2);
+  if (fp16) return run<c10::Half>(n, rounds, cpu::DType::kHalf, q1, q2);
+  return run<float>(n, rounds, cpu::DType::kFloat, q1, q2);
 }

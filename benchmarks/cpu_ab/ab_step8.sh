@@ -10,8 +10,8 @@
 #
 # BUILD: avx512vbmi (default), avx512 or avx2, as the extension's builds (csrc/cpu/kernels_*.cpp).
 # AB_DIVIDE=0 takes the plane route's quotient by div_rn instead of the divider; AB_DTYPE=bf16
-# times bf16 parameters and gradients instead of fp32 ones.  Needs the Python environment the
-# package is installed in (torch's headers; the maps come from the extension's
+# or fp16 times parameters and gradients of that type instead of fp32 ones.  Needs the Python
+# environment the package is installed in (torch's headers; the maps come from the extension's
 # create_dynamic_map) and g++.
 set -euo pipefail
 if [[ $# -lt 2 || $# -gt 5 ]]; then

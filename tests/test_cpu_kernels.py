@@ -103,8 +103,7 @@ def test_bf16_parameters_round_as_torch_does(table, cap, eight):
         torch.ops.adamw8.fused_step(*op_args(p, g, s, h))
         nan = ref_p.isnan()
         assert torch.equal(nan, p.isnan()), cap
-        assert torch.equal(bits(ref_p[~nan]), bits(p[~nan])), cap
-        ref_p[nan] = p[nan] = 0
+        ref_p[nan] = p[nan] = 0  # the same NaNs, whatever their payloads; every other bit compared next
         assert _mismatches(ref_p, ref_s, p, s) == [], cap
     assert ties > 0  # the case that tells round-half-even from other roundings
 

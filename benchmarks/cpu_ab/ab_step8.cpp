@@ -62,7 +62,7 @@ static double median(std::vector<double> v) {
 // Runs the paired timing with parameters and gradients of storage type S (float, c10::BFloat16 or
 // c10::Half).
 template <typename S>
-int run(int64_t n, int rounds, cpu::DType dtype, const float* q1, const float* q2) {
+int run(int64_t n, int rounds, cpu::DType dtype, const char* name, const float* q1, const float* q2) {
   NearestCodeLut l1(q1), l2(q2);
   // page-aligned tensors, as torch's large allocations are
   const auto page_aligned = [](std::vector<S>& buf) {
@@ -124,19 +124,17 @@ int run(int64_t n, int rounds, cpu::DType dtype, const float* q1, const float* q
   }
   std::printf("same bits; %lld %s elements, %d rounds: A %.4f, B %.4f ns per element (medians); B / A %.4f "
               "(median of the paired ratios)\n",
-              static_cast<long long>(n),
-              dtype == cpu::DType::kFloat ? "fp32" : dtype == cpu::DType::kBFloat16 ? "bf16" : "fp16", rounds, median(ta), median(tb),
-              median(ratio));
+              static_cast<long long>(n), name, rounds, median(ta), median(tb), median(ratio));
   return 0;
 }
 
 int main(int argc, char** argv) {
-  const bool bf16 = argc == 4 && std::strcmp(argv[3], "bf16") == 0;
-  const bool fp16 = argc == 4 && std::strcmp(argv[3], "fp16") == 0;
-  if (argc < 3 || argc > 4 || (argc == 4 && !bf16 && !fp16 && std::strcmp(argv[3], "fp32") != 0)) {
-    std::fprintf(stderr, "usage: ab_step8 ELEMENTS ROUNDS [fp32|bf16|fp16] (ab_step8.sh builds and runs it)\n");
+  const char* usage = "usage: ab_step8 ELEMENTS ROUNDS [fp32|bf16|fp16] (ab_step8.sh builds and runs it)\n";
+  if (argc < 3 || argc > 4) {
+    std::fprintf(stderr, "%s", usage);
     return 2;
   }
+  const char* dt = argc == 4 ? argv[3] : "fp32";
   const int64_t n = std::atol(argv[1]);
   const int rounds = std::atoi(argv[2]);
   if (n < 1 || rounds < 1) {
@@ -149,7 +147,9 @@ int main(int argc, char** argv) {
   static const float q2[256] = {
 #include "map_unsigned.inc"
   };
-  if (bf16) return run<c10::BFloat16>(n, rounds, cpu::DType::kBFloat16, q1, q2);
-  if (fp16) return run<c10::Half>(n, rounds, cpu::DType::kHalf, q1, q2);
-  return run<float>(n, rounds, cpu::DType::kFloat, q1, q2);
+  if (std::strcmp(dt, "fp32") == 0) return run<float>(n, rounds, cpu::DType::kFloat, dt, q1, q2);
+  if (std::strcmp(dt, "bf16") == 0) return run<c10::BFloat16>(n, rounds, cpu::DType::kBFloat16, dt, q1, q2);
+  if (std::strcmp(dt, "fp16") == 0) return run<c10::Half>(n, rounds, cpu::DType::kHalf, dt, q1, q2);
+  std::fprintf(stderr, "%s", usage);
+  return 2;
 }

@@ -220,7 +220,7 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
   // bf16 parameters in the AVX-512 builds: the new values as floats, rounded after the loop
   // (lookup512::to_bf16), where GCC's vectorised c10::BFloat16(float) in this loop made the
   // avx512vbmi build's bf16 step 4-6% slower (benchmarks/RESULTS.md, 2026-11-28)
-  constexpr bool kBf16Out = ADAMW8_BF16_STORE && std::is_same_v<T, c10::BFloat16>;
+  constexpr bool kBf16Out = kWrite && ADAMW8_BF16_STORE && std::is_same_v<T, c10::BFloat16>;
   [[maybe_unused]] float pf[kBf16Out ? kBlockSize : 1];
   int32_t m1 = 0, m2 = 0, m3 = 0;
   // The arrays never overlap; without ivdep GCC guards the loop with a run-time alias check of
@@ -240,9 +240,10 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
     m[j] = mj;
     v[j] = vj;
     if constexpr (kAms) vh[j] = hj;
-    if constexpr (kWrite) {
-      if constexpr (kBf16Out) pf[j] = pj;
-      else p[j] = static_cast<T>(pj);
+    if constexpr (kBf16Out) {
+      pf[j] = pj;
+    } else if constexpr (kWrite) {
+      p[j] = static_cast<T>(pj);
     }
     m1 = bits_max(m1, std::fabs(mj));
     m2 = bits_max(m2, vj);
@@ -250,7 +251,7 @@ inline void block8(const Step8Args& a, int64_t off, int64_t len, float a1, float
   }
 #undef ADAMW8_DEQ
 #if ADAMW8_BF16_STORE
-  if constexpr (kBf16Out && kWrite) lookup512::to_bf16(pf, reinterpret_cast<uint16_t*>(p), len);
+  if constexpr (kBf16Out) lookup512::to_bf16(pf, reinterpret_cast<uint16_t*>(p), len);
 #endif
   mx[0] = m1 > mx[0] ? m1 : mx[0];
   mx[1] = m2 > mx[1] ? m2 : mx[1];
